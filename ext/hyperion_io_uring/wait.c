@@ -1,0 +1,128 @@
+/*
+ * wait.c: the one place that blocks.
+ *
+ * The function that runs without the GVL only submits and waits; it never
+ * reaps. Completions are reaped by the caller after the GVL is back, so a
+ * Thread#raise, Timeout or signal that arrives during the wait can never
+ * lose a CQE: it is still in the CQ when the exception propagates, and the
+ * caller's cleanup (cancel + drain) consumes it.
+ */
+#include "hyperion_io_uring.h"
+#include <errno.h>
+#include <time.h>
+#include <math.h>
+
+#ifdef HAVE_RB_FIBER_SCHEDULER_CURRENT
+#include <ruby/fiber/scheduler.h>
+#endif
+
+double
+hio_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+struct wait_args {
+    struct io_uring *ring;
+    unsigned wait_nr;
+    double timeout;
+    int ret;
+};
+
+/* EINTR (a signal, Ruby's UBF), ETIME (the timeout), EAGAIN and EBUSY (CQ
+ * overflow backpressure, flushed by the next enter) are "no events yet".
+ * liburing 2.3 may also report a signal as "submitted N": the caller
+ * decides by what is in the CQ, never by this value. */
+static int
+wait_normalize(int ret)
+{
+    if (ret >= 0) return 0;
+    switch (-ret) {
+      case EINTR: case ETIME: case EAGAIN: case EBUSY:
+        return 0;
+      default:
+        return ret;
+    }
+}
+
+static void
+wait_run(struct wait_args *a)
+{
+    if (a->timeout < 0) {
+        a->ret = io_uring_submit_and_wait(a->ring, a->wait_nr);
+    } else {
+        struct io_uring_cqe *cqe = NULL; /* never NULL to liburing: 2.5 crashed on it */
+        struct __kernel_timespec ts;
+        double whole = floor(a->timeout);
+        ts.tv_sec = (long long)whole;
+        ts.tv_nsec = (long long)((a->timeout - whole) * 1e9);
+        a->ret = io_uring_submit_and_wait_timeout(a->ring, &cqe, a->wait_nr, &ts, NULL);
+    }
+}
+
+static void *
+wait_fn_nogvl(void *p)
+{
+    wait_run((struct wait_args *)p);
+    return NULL;
+}
+
+int
+hio_wait_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout)
+{
+    struct wait_args a;
+
+    a.ring = ring;
+    a.wait_nr = wait_nr;
+    a.timeout = timeout;
+    a.ret = -EINTR; /* what it means when an interrupt kept the wait from running */
+#ifdef HAVE_RB_NOGVL
+    /* RB_NOGVL_INTR_FAIL: with an interrupt already pending, do not enter the
+     * wait at all; the caller's rb_thread_check_ints() then raises it. */
+    rb_nogvl(wait_fn_nogvl, &a, RUBY_UBF_IO, NULL, RB_NOGVL_INTR_FAIL);
+#else
+    rb_thread_call_without_gvl(wait_fn_nogvl, &a, RUBY_UBF_IO, NULL);
+#endif
+    return wait_normalize(a.ret);
+}
+
+int
+hio_wait_held(struct io_uring *ring, unsigned wait_nr, double timeout)
+{
+    struct wait_args a;
+
+    a.ring = ring;
+    a.wait_nr = wait_nr;
+    a.timeout = timeout;
+    a.ret = 0;
+    wait_run(&a);
+    return wait_normalize(a.ret);
+}
+
+int
+hio_submit_get_events(struct io_uring *ring)
+{
+    int ret;
+
+    /* Without deferred task running the kernel posts CQEs by itself: with
+     * nothing to submit and no overflow to flush, a peek needs no syscall. */
+    if (io_uring_sq_ready(ring) == 0 && !(ring->flags & IORING_SETUP_DEFER_TASKRUN) &&
+        !io_uring_cq_has_overflow(ring))
+        return 0;
+#ifdef HAVE_IO_URING_SUBMIT_AND_GET_EVENTS
+    ret = io_uring_submit_and_get_events(ring);
+#else
+    ret = io_uring_submit(ring);
+#endif
+    return wait_normalize(ret);
+}
+
+int
+hio_wait_scheduler(struct io_uring *ring, double timeout)
+{
+    (void)ring;
+    (void)timeout;
+    return 0;
+}
