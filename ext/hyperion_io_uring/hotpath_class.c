@@ -1,3 +1,608 @@
+/*
+ * hotpath_class.c: Ruby binding of Hyperion::IOUring::HotpathRing.
+ *
+ * Argument checks and conversions only; hotpath.c does the work and wait.c
+ * the blocking.
+ */
 #include "hyperion_io_uring.h"
+#include <errno.h>
+#include <string.h>
+#include <limits.h>
+#include <sys/uio.h>
+
 VALUE hio_cHotpathRing;
-void hio_init_hotpath_class(void) {}
+static ID id_queue_depth, id_n_bufs, id_buf_size, id_min_complete, id_timeout_ms, id_raw;
+static ID id_default_n_bufs, id_default_buf_size;
+static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags;
+
+#define HP_CLASS "Hyperion::IOUring::HotpathRing"
+#define HP_MAX_BUF_SIZE (1024u * 1024u)
+
+/* ---- TypedData ---- */
+
+static void
+hpc_free(void *p)
+{
+    hio_hp_close((struct hio_hotpath *)p); /* bounded drain; never raises */
+    ruby_xfree(p);
+}
+
+static size_t
+hpc_memsize(const void *p)
+{
+    const struct hio_hotpath *h = p;
+    size_t sz = sizeof(*h);
+
+    if (h->inited) {
+        sz += h->bufs.mem_bytes + h->bufs.br_bytes + h->bufs.n * 5u;
+        sz += (size_t)h->nconns * sizeof(struct hio_conn) + (size_t)h->nsends * sizeof(struct hio_send);
+        sz += (size_t)h->q_cap * sizeof(struct hio_completion) + (size_t)h->parked_cap * sizeof(int);
+    }
+    return sz;
+}
+
+static const rb_data_type_t hpc_type = {
+    HP_CLASS,
+    { NULL, hpc_free, hpc_memsize, },
+    0, 0,
+    RUBY_TYPED_FREE_IMMEDIATELY,
+};
+
+static VALUE
+hpc_alloc(VALUE klass)
+{
+    struct hio_hotpath *h;
+    VALUE obj = TypedData_Make_Struct(klass, struct hio_hotpath, &hpc_type, h);
+    h->uring.ring_fd = -1;
+    h->send_free = -1;
+    return obj;
+}
+
+static struct hio_hotpath *
+hpc_get(VALUE self)
+{
+    struct hio_hotpath *h;
+    TypedData_Get_Struct(self, struct hio_hotpath, &hpc_type, h);
+    return h;
+}
+
+static struct hio_hotpath *
+hpc_usable(VALUE self)
+{
+    struct hio_hotpath *h = hpc_get(self);
+
+    if (!h->inited) hio_raise_closed();
+    hio_owner_check(&h->owner, HP_CLASS);
+    return h;
+}
+
+static unsigned
+hpc_uint_arg(VALUE v, const char *what, unsigned lo, unsigned hi, int pow2)
+{
+    long n;
+
+    if (!RB_INTEGER_TYPE_P(v)) rb_raise(rb_eTypeError, "%s must be an Integer, got %s", what, rb_obj_classname(v));
+    n = FIXNUM_P(v) ? FIX2LONG(v) : -1;
+    if (n < (long)lo || n > (long)hi || (pow2 && (n & (n - 1))))
+        rb_raise(rb_eArgError, "%s must be %sin %u..%u (got %"PRIsVALUE")", what,
+                 pow2 ? "a power of two " : "", lo, hi, v);
+    return (unsigned)n;
+}
+
+/* ---- Methods ---- */
+
+/*
+ * call-seq:
+ *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192) -> ring
+ *
+ * Opens a ring of +queue_depth+ SQEs (1..32768; the CQ is 4x larger, since
+ * multishot requests complete many times per submission) with a provided-
+ * buffer ring of +n_bufs+ buffers (a power of two, 1..32768) of +buf_size+
+ * bytes (1..1 MiB). n_bufs and buf_size default to HYPERION_IO_URING_HOTPATH_BUFS
+ * and HYPERION_IO_URING_HOTPATH_BUF_SIZE when set. Raises ArgumentError /
+ * TypeError for bad values, Unsupported (with the reason) when
+ * hotpath_supported? is false, Errno::* when setup fails.
+ */
+static VALUE
+hpc_initialize(int argc, VALUE *argv, VALUE self)
+{
+    static ID kw_ids[3];
+    struct hio_hotpath *h = hpc_get(self);
+    VALUE opts, kw[3] = { Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
+    unsigned depth = 1024, n_bufs, buf_size;
+    int ret;
+
+    if (!kw_ids[0]) { kw_ids[0] = id_queue_depth; kw_ids[1] = id_n_bufs; kw_ids[2] = id_buf_size; }
+    rb_scan_args(argc, argv, "0:", &opts);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 3, kw);
+    if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
+    if (kw[1] == Qundef) kw[1] = rb_respond_to(klass, id_default_n_bufs) ? rb_funcall(klass, id_default_n_bufs, 0) : INT2FIX(512);
+    if (kw[2] == Qundef) kw[2] = rb_respond_to(klass, id_default_buf_size) ? rb_funcall(klass, id_default_buf_size, 0) : INT2FIX(8192);
+    n_bufs = hpc_uint_arg(kw[1], "n_bufs", 1, 32768, 1);
+    buf_size = hpc_uint_arg(kw[2], "buf_size", 1, HP_MAX_BUF_SIZE, 0);
+    if (h->inited || h->closed) rb_raise(rb_eRuntimeError, "ring already initialized");
+    hio_require_supported("io_uring hotpath", "hotpath_supported?");
+    ret = hio_hp_open(h, depth, n_bufs, buf_size);
+    if (ret < 0)
+        hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", h->err, depth, n_bufs, buf_size);
+    return self;
+}
+
+static void
+hpc_check_submit(struct hio_hotpath *h, int ret, const char *what, int fd)
+{
+    if (ret == 0) return;
+    if (ret == -EBADF) rb_raise(rb_eArgError, "%s: fd %d is not open", what, fd);
+    hio_raise_errno(ret, "%s(fd %d)", what, fd);
+}
+
+/*
+ * call-seq:
+ *   ring.submit_accept_multishot(listener) -> nil
+ *
+ * Arms a multishot accept on +listener+ (Integer fd or IO): every
+ * connection arrives as an OP_ACCEPT completion whose +result+ is the new fd
+ * (close-on-exec). Queued; sent to the kernel with the next wait or #flush.
+ * Arming a listener that is already armed does nothing. The accept re-arms
+ * itself after a transient end; a final error (EINVAL, EBADF, ENOTSOCK)
+ * arrives as a completion with a negative +result+.
+ */
+static VALUE
+hpc_submit_accept(VALUE self, VALUE listener)
+{
+    int fd = hio_fd_arg(listener, "submit_accept_multishot");
+    struct hio_hotpath *h = hpc_usable(self);
+
+    hpc_check_submit(h, hio_hp_submit_accept(h, fd), "submit_accept_multishot", fd);
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.submit_recv_multishot(fd) -> nil
+ *
+ * Arms a multishot recv on +fd+ into the buffer ring: data arrives as
+ * OP_RECV completions (+result+ bytes in buffer +buf_id+, which Ruby holds
+ * until #release_buffer), +result+ 0 at EOF, negative on error. When the
+ * buffers run out the recv is parked and re-armed as buffers come back;
+ * no byte is lost and ENOBUFS is never reported as EOF.
+ */
+static VALUE
+hpc_submit_recv(VALUE self, VALUE fdv)
+{
+    int fd = hio_fd_arg(fdv, "submit_recv_multishot");
+    struct hio_hotpath *h = hpc_usable(self);
+
+    hpc_check_submit(h, hio_hp_submit_recv(h, fd), "submit_recv_multishot", fd);
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.submit_send(fd, data) -> nil
+ *   ring.submit_send(fd, iov_ptr, iov_count) -> nil
+ *
+ * Queues a send of +data+ (a String; its bytes are copied into ring-owned
+ * memory, so the String may change or die at once) with MSG_NOSIGNAL. A
+ * short send is continued by the ring; exactly one OP_SEND completion
+ * arrives per call, with the total length or -errno. Sends on one fd go out
+ * in order.
+ *
+ * The three-argument form is upstream's legacy one: +iov_ptr+ answers
+ * +to_i+ with the address of +iov_count+ <tt>struct iovec</tt> (a
+ * Fiddle::Pointer); their bytes are copied before this returns.
+ */
+static VALUE
+hpc_submit_send(int argc, VALUE *argv, VALUE self)
+{
+    struct hio_hotpath *h;
+    VALUE fdv, data, count;
+    int fd, ret;
+
+    rb_scan_args(argc, argv, "21", &fdv, &data, &count);
+    fd = hio_fd_arg(fdv, "submit_send");
+    if (NIL_P(count)) {
+        StringValue(data);
+        h = hpc_usable(self);
+        ret = hio_hp_submit_send(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data));
+        RB_GC_GUARD(data);
+    } else {
+        /* Upstream's legacy form: an address of iovecs (Fiddle::Pointer). */
+        VALUE addr = rb_funcall(data, rb_intern("to_i"), 0);
+        long cnt;
+        if (!RB_INTEGER_TYPE_P(count)) rb_raise(rb_eTypeError, "iov_count must be an Integer");
+        cnt = NUM2LONG(count);
+        if (cnt < 0 || cnt > IOV_MAX) rb_raise(rb_eArgError, "iov_count must be in 0..%d (got %ld)", IOV_MAX, cnt);
+        if (cnt > 0 && NUM2ULL(addr) == 0) rb_raise(rb_eArgError, "submit_send: NULL iov pointer");
+        h = hpc_usable(self);
+        ret = hio_hp_submit_sendv(h, fd, (const struct iovec *)(uintptr_t)NUM2ULL(addr), (unsigned)cnt);
+    }
+    hpc_check_submit(h, ret, "submit_send", fd);
+    return Qnil;
+}
+
+struct hpc_each {
+    VALUE self;
+    struct hio_hotpath *h;
+    unsigned want;
+    double timeout;
+    int raw;
+    long yielded;
+};
+
+static VALUE
+hpc_each_body(VALUE arg)
+{
+    struct hpc_each *e = (struct hpc_each *)arg;
+    struct hio_hotpath *h = e->h;
+    struct hio_completion c;
+    unsigned limit;
+    int ret;
+
+    ret = hio_hp_wait(h, e->want, e->timeout, 1);
+    if (ret < 0) hio_raise_errno(ret, "io_uring_enter(each_completion)");
+    /* Yield what is queued now (not what the block queues meanwhile). Each
+     * completion leaves the queue before its block runs: an exception in the
+     * block loses none of the others. */
+    limit = h->q_count;
+    while (limit-- > 0 && h->inited && hio_hp_pop(h, &c)) {
+        e->yielded++;
+        if (e->raw) {
+            rb_yield_values(5, INT2FIX(c.op_kind), INT2FIX(c.fd), LL2NUM(c.result), INT2FIX(c.buf_id),
+                            UINT2NUM(c.flags));
+        } else {
+            VALUE hash = rb_hash_new();
+            rb_hash_aset(hash, sym_op_kind, INT2FIX(c.op_kind));
+            rb_hash_aset(hash, sym_fd, INT2FIX(c.fd));
+            rb_hash_aset(hash, sym_result, LL2NUM(c.result));
+            rb_hash_aset(hash, sym_buf_id, INT2FIX(c.buf_id));
+            rb_hash_aset(hash, sym_flags, UINT2NUM(c.flags));
+            rb_yield(hash);
+        }
+    }
+    return Qnil;
+}
+
+static VALUE
+hpc_each_ensure(VALUE arg)
+{
+    ((struct hpc_each *)arg)->h->in_each = 0;
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.each_completion(min_complete: 1, timeout_ms: 100, raw: false) { |c| ... } -> Integer
+ *   ring.each_completion(raw: true) { |op_kind, fd, result, buf_id, flags| ... } -> Integer
+ *
+ * Submits what is queued and waits, with the GVL released, until
+ * +min_complete+ completions are ready or +timeout_ms+ passes (0: do not
+ * wait; nil: no limit); then yields each and returns how many it yielded.
+ * Each completion is a Hash with :op_kind (OP_ACCEPT, OP_RECV, OP_SEND),
+ * :fd, :result, :buf_id (-1 when none) and :flags; with <tt>raw: true</tt>
+ * the block gets those five Integers and nothing is allocated per
+ * completion. Completions are copied out of the kernel's queue before the
+ * block runs: if the block raises, the rest stay queued for the next call.
+ * Thread#raise, Timeout and signals interrupt the wait.
+ */
+static VALUE
+hpc_each_completion(int argc, VALUE *argv, VALUE self)
+{
+    static ID kw_ids[3];
+    struct hpc_each e;
+    VALUE opts, kw[3] = { Qundef, Qundef, Qundef };
+
+    if (!kw_ids[0]) { kw_ids[0] = id_min_complete; kw_ids[1] = id_timeout_ms; kw_ids[2] = id_raw; }
+    rb_scan_args(argc, argv, "0:", &opts);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 3, kw);
+    memset(&e, 0, sizeof(e));
+    e.want = kw[0] == Qundef ? 1 : hpc_uint_arg(kw[0], "min_complete", 0, 65536, 0);
+    e.timeout = 0.1;
+    if (kw[1] != Qundef) {
+        if (NIL_P(kw[1])) e.timeout = -1.0;
+        else if (!RB_INTEGER_TYPE_P(kw[1]) && !RB_FLOAT_TYPE_P(kw[1]))
+            rb_raise(rb_eTypeError, "timeout_ms must be Numeric or nil, got %s", rb_obj_classname(kw[1]));
+        else {
+            double ms = NUM2DBL(kw[1]);
+            if (ms != ms || ms < 0) rb_raise(rb_eArgError, "timeout_ms must be >= 0");
+            e.timeout = ms / 1000.0;
+        }
+    }
+    e.raw = kw[2] != Qundef && RTEST(kw[2]);
+    rb_need_block();
+    e.self = self;
+    e.h = hpc_usable(self);
+    if (e.h->in_each) rb_raise(hio_eError, "each_completion is not reentrant (called from its own block)");
+    e.h->in_each = 1;
+    rb_ensure(hpc_each_body, (VALUE)&e, hpc_each_ensure, (VALUE)&e);
+    return LONG2NUM(e.yielded);
+}
+
+static unsigned
+hpc_held_buffer(struct hio_hotpath *h, VALUE bidv)
+{
+    long bid;
+    int ret;
+
+    if (!RB_INTEGER_TYPE_P(bidv)) rb_raise(rb_eTypeError, "buf_id must be an Integer, got %s", rb_obj_classname(bidv));
+    bid = FIXNUM_P(bidv) ? FIX2LONG(bidv) : -1;
+    ret = hio_bufring_check(&h->bufs, bid);
+    if (ret == -ERANGE) rb_raise(rb_eArgError, "buf_id %"PRIsVALUE" out of range 0..%u", bidv, h->bufs.n - 1);
+    if (ret < 0)
+        rb_raise(rb_eArgError, "buffer %ld is not held by Ruby (already released, or never delivered by a recv)", bid);
+    return (unsigned)bid;
+}
+
+static long
+hpc_len_arg(struct hio_hotpath *h, unsigned bid, VALUE lenv)
+{
+    long len;
+
+    if (!RB_INTEGER_TYPE_P(lenv)) rb_raise(rb_eTypeError, "len must be an Integer, got %s", rb_obj_classname(lenv));
+    len = FIXNUM_P(lenv) ? FIX2LONG(lenv) : -1;
+    if (len < 0 || len > (long)h->bufs.len[bid])
+        rb_raise(rb_eArgError, "len %"PRIsVALUE" is outside the %u bytes the kernel wrote into buffer %u", lenv,
+                 h->bufs.len[bid], bid);
+    return len;
+}
+
+/*
+ * call-seq:
+ *   ring.copy_buffer(buf_id, len) -> String
+ *
+ * A new binary String of the first +len+ bytes of buffer +buf_id+ (one
+ * copy, straight from the kernel's buffer). The buffer stays held: give it
+ * back with #release_buffer. ArgumentError for an id out of range, a buffer
+ * Ruby does not hold, or +len+ beyond what the kernel wrote.
+ */
+static VALUE
+hpc_copy_buffer(VALUE self, VALUE bidv, VALUE lenv)
+{
+    struct hio_hotpath *h = hpc_usable(self);
+    unsigned bid = hpc_held_buffer(h, bidv);
+    long len = hpc_len_arg(h, bid, lenv);
+
+    return rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
+}
+
+/*
+ * call-seq:
+ *   ring.release_buffer(buf_id) -> nil
+ *
+ * Gives buffer +buf_id+ back to the kernel (and re-arms connections parked
+ * for lack of buffers). ArgumentError when Ruby does not hold it (out of
+ * range, or released twice).
+ */
+static VALUE
+hpc_release_buffer(VALUE self, VALUE bidv)
+{
+    struct hio_hotpath *h = hpc_usable(self);
+    unsigned bid = hpc_held_buffer(h, bidv);
+
+    hio_hp_release(h, bid);
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.take_buffer(buf_id, len) -> String
+ *
+ * #copy_buffer then #release_buffer, in one call.
+ */
+static VALUE
+hpc_take_buffer(VALUE self, VALUE bidv, VALUE lenv)
+{
+    struct hio_hotpath *h = hpc_usable(self);
+    unsigned bid = hpc_held_buffer(h, bidv);
+    long len = hpc_len_arg(h, bid, lenv);
+    VALUE str = rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
+
+    hio_hp_release(h, bid);
+    return str;
+}
+
+/*
+ * call-seq:
+ *   ring.cancel(fd) -> nil
+ *
+ * Cancels +fd+'s multishot recv (or accept) and its pending sends; call it
+ * before closing the fd. Their final completions arrive with -ECANCELED
+ * (a send that finished first reports its length).
+ */
+static VALUE
+hpc_cancel(VALUE self, VALUE fdv)
+{
+    int fd = hio_fd_arg(fdv, "cancel");
+    struct hio_hotpath *h = hpc_usable(self);
+
+    hpc_check_submit(h, hio_hp_cancel(h, fd), "cancel", fd);
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.flush -> Integer
+ *
+ * Submits what is queued now instead of with the next wait; returns how
+ * many SQEs the kernel took.
+ */
+static VALUE
+hpc_flush(VALUE self)
+{
+    struct hio_hotpath *h = hpc_usable(self);
+    int ret = hio_hp_flush(h);
+
+    if (ret < 0) hio_raise_errno(ret, "io_uring_submit(flush)");
+    return INT2FIX(ret);
+}
+
+/*
+ * call-seq:
+ *   ring.close -> nil
+ *
+ * Cancels everything in flight, waits (at most a second) for the kernel to
+ * give it all back, unregisters and frees the buffer ring, and closes the
+ * ring. Idempotent. If the kernel does not give everything back, the
+ * memory it could still write is leaked rather than freed. In a forked
+ * child it only drops the child's reference.
+ */
+static VALUE
+hpc_close(VALUE self)
+{
+    struct hio_hotpath *h = hpc_get(self);
+
+    if (!h->inited) return Qnil;
+    if (!hio_owner_forked(&h->owner)) hio_owner_check(&h->owner, HP_CLASS);
+    if (h->in_each) rb_raise(hio_eError, "cannot close a ring from inside its each_completion block");
+    hio_hp_close(h);
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.closed? -> true or false
+ */
+static VALUE
+hpc_closed_p(VALUE self)
+{
+    return hpc_get(self)->inited ? Qfalse : Qtrue;
+}
+
+/*
+ * call-seq:
+ *   ring.healthy? -> true or false
+ *
+ * False once the ring itself failed (a wait failed with an error other than
+ * EINTR, ETIME, EAGAIN or EBUSY, or the kernel broke the buffer protocol),
+ * after #force_unhealthy!, and when closed. Signals never make it false.
+ */
+static VALUE
+hpc_healthy_p(VALUE self)
+{
+    struct hio_hotpath *h = hpc_get(self);
+    return h->inited && h->healthy ? Qtrue : Qfalse;
+}
+
+/*
+ * call-seq:
+ *   ring.force_unhealthy! -> nil
+ *
+ * Marks the ring unhealthy (upstream's test seam for the fallback path).
+ */
+static VALUE
+hpc_force_unhealthy(VALUE self)
+{
+    hpc_get(self)->healthy = 0;
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.fileno -> Integer or nil
+ */
+static VALUE
+hpc_fileno(VALUE self)
+{
+    struct hio_hotpath *h = hpc_get(self);
+    return h->inited ? INT2FIX(h->uring.ring_fd) : Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.stats -> Hash
+ *
+ * Counters since the ring opened: :accepts, :recvs, :recv_bytes, :sends,
+ * :send_bytes, :short_sends (continued by the ring), :enobufs (recvs parked
+ * for lack of buffers), :rearms (multishot requests re-armed), :cq_overflows,
+ * :stale_completions (late completions of cancelled or replaced connections,
+ * dropped), :buffers_in_use (held by Ruby now), :submits and :waits
+ * (io_uring_enter calls that submitted / waited), plus :inflight (requests
+ * the kernel holds), :queued (completions not yet yielded) and :setup_flags.
+ */
+static VALUE
+hpc_stats(VALUE self)
+{
+    struct hio_hotpath *h = hpc_get(self);
+    VALUE s = rb_hash_new();
+#define HPC_STAT(name, val) rb_hash_aset(s, ID2SYM(rb_intern(name)), ULL2NUM((unsigned long long)(val)))
+    HPC_STAT("accepts", h->st.accepts);
+    HPC_STAT("recvs", h->st.recvs);
+    HPC_STAT("recv_bytes", h->st.recv_bytes);
+    HPC_STAT("sends", h->st.sends);
+    HPC_STAT("send_bytes", h->st.send_bytes);
+    HPC_STAT("short_sends", h->st.short_sends);
+    HPC_STAT("enobufs", h->st.enobufs);
+    HPC_STAT("rearms", h->st.rearms);
+    HPC_STAT("cq_overflows", h->st.cq_overflows);
+    HPC_STAT("stale_completions", h->st.stale_completions);
+    HPC_STAT("buffers_in_use", h->bufs.in_use);
+    HPC_STAT("submits", h->st.submits);
+    HPC_STAT("waits", h->st.waits);
+    HPC_STAT("inflight", h->inflight < 0 ? 0 : h->inflight);
+    HPC_STAT("queued", h->q_count);
+    HPC_STAT("setup_flags", h->flags);
+#undef HPC_STAT
+    return s;
+}
+
+/*
+ * call-seq:
+ *   HotpathRing.native_probe -> nil or String
+ *
+ * Runs the functional hot-path probe: nil when a multishot accept and a
+ * multishot recv into a buffer ring completed on loopback, else the reason.
+ */
+static VALUE
+hpc_s_probe(VALUE klass)
+{
+    char reason[256];
+    const char *r = hio_hp_probe(reason, sizeof(reason));
+    return r ? rb_str_new_cstr(r) : Qnil;
+}
+
+void
+hio_init_hotpath_class(void)
+{
+    id_queue_depth = rb_intern("queue_depth");
+    id_n_bufs = rb_intern("n_bufs");
+    id_buf_size = rb_intern("buf_size");
+    id_min_complete = rb_intern("min_complete");
+    id_timeout_ms = rb_intern("timeout_ms");
+    id_raw = rb_intern("raw");
+    id_default_n_bufs = rb_intern("default_n_bufs");
+    id_default_buf_size = rb_intern("default_buf_size");
+    sym_op_kind = ID2SYM(rb_intern("op_kind"));
+    sym_fd = ID2SYM(rb_intern("fd"));
+    sym_result = ID2SYM(rb_intern("result"));
+    sym_buf_id = ID2SYM(rb_intern("buf_id"));
+    sym_flags = ID2SYM(rb_intern("flags"));
+
+    hio_cHotpathRing = rb_define_class_under(hio_mIOUring, "HotpathRing", rb_cObject);
+    rb_define_const(hio_cHotpathRing, "DEFAULT_QUEUE_DEPTH", INT2FIX(1024));
+    rb_define_const(hio_cHotpathRing, "DEFAULT_N_BUFS", INT2FIX(512));
+    rb_define_const(hio_cHotpathRing, "DEFAULT_BUF_SIZE", INT2FIX(8192));
+    rb_define_const(hio_cHotpathRing, "COMPLETION_BYTES", INT2FIX(24));
+    rb_define_const(hio_cHotpathRing, "MAX_BATCH", INT2FIX(64));
+    rb_define_const(hio_cHotpathRing, "OP_ACCEPT", INT2FIX(HIO_OP_ACCEPT));
+    rb_define_const(hio_cHotpathRing, "OP_RECV", INT2FIX(HIO_OP_RECV));
+    rb_define_const(hio_cHotpathRing, "OP_SEND", INT2FIX(HIO_OP_SEND));
+    rb_define_const(hio_cHotpathRing, "OP_CLOSE", INT2FIX(HIO_OP_CLOSE));
+    rb_define_alloc_func(hio_cHotpathRing, hpc_alloc);
+    rb_define_singleton_method(hio_cHotpathRing, "native_probe", hpc_s_probe, 0);
+    rb_define_method(hio_cHotpathRing, "initialize", hpc_initialize, -1);
+    rb_define_method(hio_cHotpathRing, "submit_accept_multishot", hpc_submit_accept, 1);
+    rb_define_method(hio_cHotpathRing, "submit_recv_multishot", hpc_submit_recv, 1);
+    rb_define_method(hio_cHotpathRing, "submit_send", hpc_submit_send, -1);
+    rb_define_method(hio_cHotpathRing, "each_completion", hpc_each_completion, -1);
+    rb_define_method(hio_cHotpathRing, "copy_buffer", hpc_copy_buffer, 2);
+    rb_define_method(hio_cHotpathRing, "release_buffer", hpc_release_buffer, 1);
+    rb_define_method(hio_cHotpathRing, "take_buffer", hpc_take_buffer, 2);
+    rb_define_method(hio_cHotpathRing, "cancel", hpc_cancel, 1);
+    rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);
+    rb_define_method(hio_cHotpathRing, "close", hpc_close, 0);
+    rb_define_method(hio_cHotpathRing, "closed?", hpc_closed_p, 0);
+    rb_define_method(hio_cHotpathRing, "healthy?", hpc_healthy_p, 0);
+    rb_define_method(hio_cHotpathRing, "force_unhealthy!", hpc_force_unhealthy, 0);
+    rb_define_method(hio_cHotpathRing, "fileno", hpc_fileno, 0);
+    rb_define_method(hio_cHotpathRing, "stats", hpc_stats, 0);
+}

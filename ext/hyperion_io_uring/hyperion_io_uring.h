@@ -112,6 +112,108 @@ int hio_sring_reserve(struct hio_sring *r, size_t len);
 /* Runs op to its end; raises only after the request is drained. */
 void hio_sring_run(struct hio_sop *op);
 
+
+/* ---- buf_ring.c: the provided-buffer ring ---- */
+struct hio_bufring {
+    struct io_uring_buf_ring *br; /* descriptors, mmap'd */
+    size_t br_bytes;
+    unsigned char *mem;           /* n * size bytes, mmap'd */
+    size_t mem_bytes;
+    unsigned n, size;
+    unsigned short bgid;
+    int registered;
+    uint8_t *held;                /* 1: held by Ruby */
+    uint32_t *len;                /* bytes the kernel wrote into a held buffer */
+    unsigned in_use;
+};
+int hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsigned size, unsigned short bgid);
+int hio_bufring_take(struct hio_bufring *b, unsigned bid, unsigned len);
+int hio_bufring_check(const struct hio_bufring *b, long bid);
+void hio_bufring_release(struct hio_bufring *b, unsigned bid);
+const unsigned char *hio_bufring_data(const struct hio_bufring *b, unsigned bid);
+void hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, int kernel_may_write);
+
+/* ---- hotpath.c: the HotpathRing engine ---- */
+enum hio_op_kind {
+    HIO_OP_ACCEPT = 1,
+    HIO_OP_RECV = 2,
+    HIO_OP_SEND = 3,
+    HIO_OP_CLOSE = 4,
+    HIO_OP_CANCEL = 5 /* internal: never reaches Ruby */
+};
+
+/* What Ruby sees of one completion (upstream's 24-byte Completion). */
+struct hio_completion {
+    int32_t op_kind;
+    int32_t fd;
+    int64_t result;
+    int32_t buf_id;
+    uint32_t flags;
+};
+
+enum hio_arm_state { HIO_ARM_NONE = 0, HIO_ARM_ARMED, HIO_ARM_PARKED, HIO_ARM_CANCELLING };
+
+/* Per fd number. gen changes whenever the number starts naming another
+ * connection, so late completions of the previous one are dropped. */
+struct hio_conn {
+    uint32_t gen;
+    uint8_t recv;     /* enum hio_arm_state */
+    uint8_t accept;   /* enum hio_arm_state */
+    int32_t send_head, send_tail; /* queue of send slots, -1: empty */
+    uint64_t ino, dev; /* identity of the socket the recv was armed on */
+};
+
+struct hio_send {
+    int fd;
+    uint32_t gen;
+    char *data;       /* ring-owned copy of the payload */
+    size_t len, off;
+    int32_t next;     /* next in the fd's queue, or in the free list */
+    uint8_t inflight;
+    uint8_t cancelled;
+};
+
+struct hio_stats {
+    uint64_t accepts, recvs, recv_bytes, sends, send_bytes, short_sends, enobufs, rearms,
+        cq_overflows, stale_completions, submits, waits;
+};
+
+struct hio_hotpath {
+    struct io_uring uring;
+    int inited, closed, healthy, leaked, in_each, closing, cancel_any_failed;
+    unsigned flags, depth;
+    struct hio_owner owner;
+    struct hio_bufring bufs;
+    struct hio_conn *conns;
+    unsigned nconns;
+    struct hio_send *sends;
+    unsigned nsends;
+    int32_t send_free;
+    struct hio_completion *q;    /* completions reaped, not yet yielded */
+    unsigned q_head, q_count, q_cap;
+    int *parked;                 /* fds whose recv ended with ENOBUFS (FIFO) */
+    unsigned parked_head, parked_count, parked_cap;
+    long inflight;               /* requests whose final CQE is still due */
+    struct hio_stats st;
+    char err[160];               /* what failed, for probe reasons */
+};
+
+int hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size);
+int hio_hp_submit_accept(struct hio_hotpath *h, int fd);
+int hio_hp_submit_recv(struct hio_hotpath *h, int fd);
+int hio_hp_submit_send(struct hio_hotpath *h, int fd, const void *data, size_t len);
+struct iovec;
+int hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt);
+int hio_hp_cancel(struct hio_hotpath *h, int fd);
+int hio_hp_flush(struct hio_hotpath *h);
+int hio_hp_release(struct hio_hotpath *h, unsigned bid);
+/* Reaps into h->q until want are queued or timeout passes; blocks without
+ * the GVL; may raise (interrupts) with nothing lost. Returns 0 or -errno. */
+int hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible);
+int hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out);
+void hio_hp_close(struct hio_hotpath *h);
+const char *hio_hp_probe(char *reason, size_t cap);
+
 void hio_require_supported(const char *what, const char *probe);
 unsigned hio_depth_arg(VALUE v, const char *what);
 void hio_init_ring_class(void);

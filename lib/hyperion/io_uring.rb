@@ -49,3 +49,4 @@ rescue LoadError => e
 end
 
 require_relative "io_uring/policy"
+require_relative "io_uring/hotpath_ring"

@@ -294,9 +294,9 @@ module Hyperion
 
       def hotpath_probe_reason
         return "io_uring unsupported: #{unsupported_reason}" unless supported?
-        return "extension has no hot path" unless respond_to?(:native_hotpath_probe)
+        return "extension has no hot path" unless const_defined?(:HotpathRing, false)
 
-        native_hotpath_probe
+        HotpathRing.native_probe
       end
 
       def warn_once(name, raw, message)

@@ -1,0 +1,135 @@
+/*
+ * buf_ring.c: the provided-buffer ring the kernel picks recv buffers from.
+ *
+ * Both the ring of buffer descriptors and the buffers are mmap'd here (page
+ * aligned, MADV_DONTFORK so a forked child has nothing to free or corrupt),
+ * never Ruby memory: the GC cannot move or free what the kernel writes.
+ * liburing 2.3 lacks io_uring_setup_buf_ring, so registration is by hand.
+ *
+ * Ownership: a buffer is either in the kernel's ring or held by Ruby (its
+ * recv CQE was delivered and it was not released yet). held[] makes a double
+ * release or a copy from a buffer Ruby does not hold an ArgumentError instead
+ * of silent corruption.
+ */
+#include "hyperion_io_uring.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+static void *
+bufr_map(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    madvise(p, bytes, MADV_DONTFORK);
+    return p;
+}
+
+static void
+bufr_add(struct hio_bufring *b, unsigned bid, int offset)
+{
+    io_uring_buf_ring_add(b->br, b->mem + (size_t)bid * b->size, b->size, (unsigned short)bid,
+                          io_uring_buf_ring_mask(b->n), offset);
+}
+
+int
+hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsigned size, unsigned short bgid)
+{
+    struct io_uring_buf_reg reg;
+    unsigned i;
+    int ret;
+
+    memset(b, 0, sizeof(*b));
+    b->n = n;
+    b->size = size;
+    b->bgid = bgid;
+    b->br_bytes = (size_t)n * sizeof(struct io_uring_buf);
+    b->mem_bytes = (size_t)n * size;
+    b->br = bufr_map(b->br_bytes);
+    b->mem = bufr_map(b->mem_bytes);
+    b->held = calloc(n, 1);
+    b->len = calloc(n, sizeof(uint32_t));
+    if (!b->br || !b->mem || !b->held || !b->len) {
+        hio_bufring_teardown(b, ring, 0);
+        return -ENOMEM;
+    }
+#ifdef HAVE_IO_URING_BUF_RING_INIT
+    io_uring_buf_ring_init(b->br);
+#else
+    b->br->tail = 0;
+#endif
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (unsigned long)(uintptr_t)b->br;
+    reg.ring_entries = n;
+    reg.bgid = bgid;
+    ret = io_uring_register_buf_ring(ring, &reg, 0);
+    if (ret < 0) {
+        hio_bufring_teardown(b, ring, 0);
+        return ret;
+    }
+    b->registered = 1;
+    for (i = 0; i < n; i++) bufr_add(b, i, (int)i);
+    io_uring_buf_ring_advance(b->br, (int)n); /* publishes the tail with release order */
+    return 0;
+}
+
+/* A recv CQE handed buffer bid (len bytes) to Ruby. Returns -EINVAL for a
+ * bid the kernel cannot have given us (we never release it then). */
+int
+hio_bufring_take(struct hio_bufring *b, unsigned bid, unsigned len)
+{
+    if (bid >= b->n || b->held[bid] || len > b->size) return -EINVAL;
+    b->held[bid] = 1;
+    b->len[bid] = len;
+    b->in_use++;
+    return 0;
+}
+
+/* 0 when Ruby holds bid, else why not. */
+int
+hio_bufring_check(const struct hio_bufring *b, long bid)
+{
+    if (bid < 0 || bid >= (long)b->n) return -ERANGE;
+    if (!b->held[bid]) return -ENOENT;
+    return 0;
+}
+
+void
+hio_bufring_release(struct hio_bufring *b, unsigned bid)
+{
+    b->held[bid] = 0;
+    b->len[bid] = 0;
+    b->in_use--;
+    bufr_add(b, bid, 0);
+    io_uring_buf_ring_advance(b->br, 1);
+}
+
+const unsigned char *
+hio_bufring_data(const struct hio_bufring *b, unsigned bid)
+{
+    return b->mem + (size_t)bid * b->size;
+}
+
+/*
+ * Unregisters (when ring is still open and ours) and unmaps. With
+ * kernel_may_write set (a drain failed, or we are not allowed to submit),
+ * the buffer memory is leaked instead: the kernel may still write into it.
+ */
+void
+hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, int kernel_may_write)
+{
+    if (b->registered && ring && !kernel_may_write) io_uring_unregister_buf_ring(ring, b->bgid);
+    b->registered = 0;
+    if (!kernel_may_write) {
+        if (b->br) munmap(b->br, b->br_bytes);
+        if (b->mem) munmap(b->mem, b->mem_bytes);
+    }
+    b->br = NULL;
+    b->mem = NULL;
+    free(b->held);
+    free(b->len);
+    b->held = NULL;
+    b->len = NULL;
+    b->in_use = 0;
+}

@@ -1,0 +1,930 @@
+/*
+ * hotpath.c: engine of HotpathRing.
+ *
+ * One ring per worker: a multishot accept per listener, a multishot recv per
+ * connection into the provided-buffer ring, and sends, all reaped in batches.
+ * Completions are copied out of the CQ into h->q (ring-owned) and the CQ is
+ * advanced before Ruby sees any of them, so an exception in a block, a
+ * Thread#raise or a Timeout loses nothing: what was not yielded is still
+ * queued for the next call.
+ *
+ * Lifetimes: every request the kernel holds is counted in h->inflight until
+ * its final CQE (one without IORING_CQE_F_MORE). Payloads of sends are
+ * ring-owned copies; recv buffers are the buffer ring's. close() cancels and
+ * drains until inflight is 0, and leaks (never frees) memory the kernel may
+ * still write if that fails.
+ */
+#include "hyperion_io_uring.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <limits.h>
+#include <unistd.h>
+
+#define HP_BGID 0
+#define HP_CLOSE_DRAIN_SECONDS 1.0
+#define HP_GEN_MASK 0xffffffu
+#define HP_MAX_CQ 65536u
+
+/* ---- user_data: kind (8 bits) | generation (24 bits) | fd or send slot (32 bits) ---- */
+
+static inline uint64_t
+hp_ud(unsigned kind, uint32_t gen, uint32_t idx)
+{
+    return ((uint64_t)kind << 56) | ((uint64_t)(gen & HP_GEN_MASK) << 32) | idx;
+}
+static inline unsigned hp_ud_kind(uint64_t ud) { return (unsigned)(ud >> 56); }
+static inline uint32_t hp_ud_gen(uint64_t ud) { return (uint32_t)(ud >> 32) & HP_GEN_MASK; }
+static inline uint32_t hp_ud_idx(uint64_t ud) { return (uint32_t)ud; }
+
+/* ---- tables ---- */
+
+static struct hio_conn *
+hp_conn(struct hio_hotpath *h, int fd)
+{
+    if (fd < 0) return NULL;
+    if ((unsigned)fd >= h->nconns) {
+        unsigned n = h->nconns ? h->nconns : 64, i;
+        struct hio_conn *nc;
+        while (n <= (unsigned)fd) n *= 2;
+        nc = realloc(h->conns, (size_t)n * sizeof(*nc));
+        if (!nc) return NULL;
+        for (i = h->nconns; i < n; i++) {
+            memset(&nc[i], 0, sizeof(nc[i]));
+            nc[i].send_head = nc[i].send_tail = -1;
+        }
+        h->conns = nc;
+        h->nconns = n;
+    }
+    return &h->conns[fd];
+}
+
+/* Queue a completion for Ruby. Only malloc here (never Ruby's allocator:
+ * it may raise in the middle of a reap). */
+static void
+hp_push(struct hio_hotpath *h, int op, int fd, int64_t res, int32_t bid, uint32_t flags)
+{
+    struct hio_completion *c;
+
+    if (h->q_count == h->q_cap) {
+        unsigned cap = h->q_cap ? h->q_cap * 2 : 64, i;
+        struct hio_completion *nq = malloc((size_t)cap * sizeof(*nq));
+        if (!nq) { h->healthy = 0; return; }
+        for (i = 0; i < h->q_count; i++) nq[i] = h->q[(h->q_head + i) % h->q_cap];
+        free(h->q);
+        h->q = nq;
+        h->q_cap = cap;
+        h->q_head = 0;
+    }
+    c = &h->q[(h->q_head + h->q_count) % h->q_cap];
+    c->op_kind = op;
+    c->fd = fd;
+    c->result = res;
+    c->buf_id = bid;
+    c->flags = flags;
+    h->q_count++;
+}
+
+int
+hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out)
+{
+    if (h->q_count == 0) return 0;
+    *out = h->q[h->q_head];
+    h->q_head = (h->q_head + 1) % h->q_cap;
+    h->q_count--;
+    return 1;
+}
+
+static void
+hp_park(struct hio_hotpath *h, int fd)
+{
+    if (h->parked_count == h->parked_cap) {
+        unsigned cap = h->parked_cap ? h->parked_cap * 2 : 16, i;
+        int *np = malloc((size_t)cap * sizeof(*np));
+        if (!np) { h->healthy = 0; return; }
+        for (i = 0; i < h->parked_count; i++) np[i] = h->parked[(h->parked_head + i) % h->parked_cap];
+        free(h->parked);
+        h->parked = np;
+        h->parked_cap = cap;
+        h->parked_head = 0;
+    }
+    h->parked[(h->parked_head + h->parked_count) % h->parked_cap] = fd;
+    h->parked_count++;
+}
+
+/* ---- SQEs ---- */
+
+static void hp_reap(struct hio_hotpath *h);
+
+static struct io_uring_sqe *
+hp_sqe(struct hio_hotpath *h)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&h->uring);
+
+    if (!sqe) {
+        /* SQ full: push it to the kernel now. With the CQ overflowing the
+         * kernel may refuse (EBUSY) until we reap, so reap and retry once. */
+        h->st.submits++;
+        if (io_uring_submit(&h->uring) < 0) {
+            hio_submit_get_events(&h->uring);
+            hp_reap(h);
+            io_uring_submit(&h->uring);
+        }
+        sqe = io_uring_get_sqe(&h->uring);
+    }
+    return sqe;
+}
+
+static int
+hp_prep_cancel(struct hio_hotpath *h, uint64_t target)
+{
+    struct io_uring_sqe *sqe = hp_sqe(h);
+
+    if (!sqe) return -EBUSY;
+    io_uring_prep_cancel64(sqe, target, 0);
+    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
+    h->inflight++;
+    return 0;
+}
+
+static int
+hp_arm_accept(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    struct io_uring_sqe *sqe = hp_sqe(h);
+
+    if (!sqe) return -EBUSY;
+    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
+    c->accept = HIO_ARM_ARMED;
+    h->inflight++;
+    return 0;
+}
+
+static int
+hp_arm_recv(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    struct io_uring_sqe *sqe = hp_sqe(h);
+
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = HP_BGID;
+    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
+    c->recv = HIO_ARM_ARMED;
+    h->inflight++;
+    return 0;
+}
+
+static int
+hp_send_start(struct hio_hotpath *h, int32_t slot)
+{
+    struct hio_send *s = &h->sends[slot];
+    struct io_uring_sqe *sqe = hp_sqe(h);
+
+    if (!sqe) return -EBUSY;
+    /* MSG_WAITALL: the kernel retries a short stream send by itself (5.18+);
+     * a short result still gets continued in hp_on_send. */
+    io_uring_prep_send(sqe, s->fd, s->data + s->off, s->len - s->off, MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)slot));
+    s->inflight = 1;
+    h->inflight++;
+    return 0;
+}
+
+static void
+hp_send_free(struct hio_hotpath *h, int32_t slot)
+{
+    struct hio_send *s = &h->sends[slot];
+
+    free(s->data);
+    s->data = NULL;
+    s->fd = -1;
+    s->inflight = s->cancelled = 0;
+    s->next = h->send_free;
+    h->send_free = slot;
+}
+
+static int32_t
+hp_send_alloc(struct hio_hotpath *h)
+{
+    int32_t slot;
+
+    if (h->send_free < 0) {
+        unsigned n = h->nsends ? h->nsends * 2 : 64, i;
+        struct hio_send *ns;
+        if (n > (unsigned)INT32_MAX / 2) return -1;
+        ns = realloc(h->sends, (size_t)n * sizeof(*ns)); /* the kernel holds s->data, never &sends[i] */
+        if (!ns) return -1;
+        for (i = h->nsends; i < n; i++) {
+            memset(&ns[i], 0, sizeof(ns[i]));
+            ns[i].fd = -1;
+            ns[i].next = (i + 1 < n) ? (int32_t)(i + 1) : -1;
+        }
+        h->sends = ns;
+        h->send_free = (int32_t)h->nsends;
+        h->nsends = n;
+    }
+    slot = h->send_free;
+    h->send_free = h->sends[slot].next;
+    h->sends[slot].next = -1;
+    return slot;
+}
+
+/* The fd number now names another connection (it was accepted anew, or a
+ * different socket was armed on it). Requests of the previous one are
+ * cancelled; their late CQEs no longer match c->gen and are dropped. */
+static void
+hp_retire(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    int32_t slot = c->send_head;
+
+    if (c->recv == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
+    if (c->accept == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
+    while (slot >= 0) {
+        int32_t next = h->sends[slot].next;
+        if (h->sends[slot].inflight) {
+            hp_prep_cancel(h, hp_ud(HIO_OP_SEND, h->sends[slot].gen, (uint32_t)slot));
+            h->sends[slot].next = -1; /* orphan: freed at its final CQE */
+        } else {
+            hp_send_free(h, slot);
+        }
+        slot = next;
+    }
+    c->gen = (c->gen + 1) & HP_GEN_MASK;
+    c->recv = c->accept = HIO_ARM_NONE;
+    c->send_head = c->send_tail = -1;
+    c->ino = c->dev = 0;
+}
+
+/* ---- completion handlers ---- */
+
+static void
+hp_on_accept(struct hio_hotpath *h, int lfd, uint32_t gen, int res, unsigned flags)
+{
+    struct hio_conn *c = &h->conns[lfd];
+    int final = !(flags & IORING_CQE_F_MORE);
+    int state = c->accept;
+
+    if (final) h->inflight--;
+    if (c->gen != gen) {
+        /* The listener's number was reused: nobody wants this connection. */
+        h->st.stale_completions++;
+        if (res >= 0) close(res);
+        return;
+    }
+    if (final) c->accept = HIO_ARM_NONE;
+    if (res >= 0) {
+        struct hio_conn *nc = hp_conn(h, res);
+        if (!nc) { close(res); h->healthy = 0; return; }
+        hp_retire(h, res, nc);
+        h->st.accepts++;
+        hp_push(h, HIO_OP_ACCEPT, lfd, res, -1, flags);
+        /* Ended without an error (a CQ overflow ends multishot): re-arm. */
+        if (final && state == HIO_ARM_ARMED && hp_arm_accept(h, lfd, c) == 0) h->st.rearms++;
+        return;
+    }
+    if (final && res == -ECANCELED && state == HIO_ARM_ARMED) {
+        /* Cancelled by the kernel, not by Ruby: transient, re-arm. */
+        if (hp_arm_accept(h, lfd, c) == 0) h->st.rearms++;
+        return;
+    }
+    /* Errors reach Ruby. EINVAL, EBADF, ENOTSOCK are final and never re-armed:
+     * that would spin. Errors with F_MORE set leave the accept armed. */
+    hp_push(h, HIO_OP_ACCEPT, lfd, res, -1, flags);
+}
+
+static void
+hp_recycle(struct hio_hotpath *h, unsigned flags)
+{
+    /* A stale recv consumed a buffer Ruby will never see: give it back. */
+    unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+    if (bid < h->bufs.n && !h->bufs.held[bid]) {
+        h->bufs.held[bid] = 1;
+        h->bufs.in_use++;
+        hio_bufring_release(&h->bufs, bid);
+    }
+}
+
+static void
+hp_on_recv(struct hio_hotpath *h, int fd, uint32_t gen, int res, unsigned flags)
+{
+    struct hio_conn *c = &h->conns[fd];
+    int final = !(flags & IORING_CQE_F_MORE);
+    int state = c->recv;
+
+    if (final) h->inflight--;
+    if (c->gen != gen) {
+        h->st.stale_completions++;
+        if (res > 0 && (flags & IORING_CQE_F_BUFFER)) hp_recycle(h, flags);
+        return;
+    }
+    if (final) c->recv = HIO_ARM_NONE;
+    if (res > 0) {
+        unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+        if (!(flags & IORING_CQE_F_BUFFER) || hio_bufring_take(&h->bufs, bid, (unsigned)res) < 0) {
+            /* The kernel handed us a buffer we think it does not have. */
+            h->healthy = 0;
+            hp_push(h, HIO_OP_RECV, fd, -EFAULT, -1, flags);
+            return;
+        }
+        h->st.recvs++;
+        h->st.recv_bytes += (uint64_t)res;
+        hp_push(h, HIO_OP_RECV, fd, res, (int32_t)bid, flags);
+        if (final && state == HIO_ARM_ARMED && hp_arm_recv(h, fd, c) == 0) h->st.rearms++;
+        return;
+    }
+    /* res <= 0. F_BUFFER on an error CQE (one stable kernel did that) is
+     * ignored: re-adding a buffer the kernel may still list would corrupt. */
+    if (!final) {
+        hp_push(h, HIO_OP_RECV, fd, res, -1, flags);
+        return;
+    }
+    if (res == -ENOBUFS) {
+        /* The buffer ring ran dry; the bytes stay in the socket. Park the
+         * connection and re-arm it when Ruby releases a buffer. */
+        h->st.enobufs++;
+        if (state == HIO_ARM_CANCELLING) {
+            hp_push(h, HIO_OP_RECV, fd, -ECANCELED, -1, flags);
+            return;
+        }
+        c->recv = HIO_ARM_PARKED;
+        hp_park(h, fd);
+        return;
+    }
+    if (res == -ECANCELED && state == HIO_ARM_ARMED) {
+        if (hp_arm_recv(h, fd, c) == 0) h->st.rearms++;
+        return;
+    }
+    hp_push(h, HIO_OP_RECV, fd, res, -1, flags); /* EOF (0) or a final error */
+}
+
+static void
+hp_fail_sends(struct hio_hotpath *h, struct hio_conn *c, int fd, int64_t err)
+{
+    while (c->send_head >= 0) {
+        int32_t slot = c->send_head;
+        c->send_head = h->sends[slot].next;
+        hp_push(h, HIO_OP_SEND, fd, err, -1, 0);
+        hp_send_free(h, slot);
+    }
+    c->send_tail = -1;
+}
+
+static void
+hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned flags)
+{
+    struct hio_send *s;
+    struct hio_conn *c;
+    int fd;
+    int64_t result;
+
+    h->inflight--;
+    if (slot < 0 || (unsigned)slot >= h->nsends) return;
+    s = &h->sends[slot];
+    s->inflight = 0;
+    fd = s->fd;
+    c = hp_conn(h, fd);
+    if (!c || c->gen != gen || s->gen != gen) {
+        h->st.stale_completions++;
+        hp_send_free(h, slot);
+        return;
+    }
+    if (!s->cancelled) {
+        if (res > 0) s->off += (size_t)res;
+        if ((res > 0 && s->off < s->len) || res == -EAGAIN || res == -EINTR) {
+            if (res > 0) h->st.short_sends++;
+            if (hp_send_start(h, slot) == 0) return;
+            res = -EBUSY;
+        }
+    }
+    if (s->off == s->len) {
+        result = (int64_t)s->len;
+        h->st.sends++;
+        h->st.send_bytes += s->len;
+    } else {
+        result = res < 0 ? res : -ECANCELED;
+    }
+    hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
+    c->send_head = s->next;
+    if (c->send_head < 0) c->send_tail = -1;
+    hp_send_free(h, slot);
+    if (result < 0) {
+        hp_fail_sends(h, c, fd, result); /* later sends on a failed stream cannot succeed in order */
+    } else if (c->send_head >= 0 && hp_send_start(h, c->send_head) < 0) {
+        hp_fail_sends(h, c, fd, -EBUSY);
+    }
+}
+
+static void
+hp_handle(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
+{
+    unsigned kind = hp_ud_kind(ud);
+    uint32_t gen = hp_ud_gen(ud), idx = hp_ud_idx(ud);
+
+    if (h->closing) {
+        /* Tearing down: only account for what the kernel gave back. */
+        if (kind >= HIO_OP_ACCEPT && kind <= HIO_OP_CANCEL && !(flags & IORING_CQE_F_MORE)) h->inflight--;
+        if (kind == HIO_OP_CANCEL && res == -EINVAL) h->cancel_any_failed = 1;
+        return;
+    }
+    switch (kind) {
+      case HIO_OP_ACCEPT:
+        if (idx < h->nconns) hp_on_accept(h, (int)idx, gen, res, flags);
+        break;
+      case HIO_OP_RECV:
+        if (idx < h->nconns) hp_on_recv(h, (int)idx, gen, res, flags);
+        break;
+      case HIO_OP_SEND:
+        hp_on_send(h, (int32_t)idx, gen, res, flags);
+        break;
+      case HIO_OP_CANCEL:
+        h->inflight--;
+        break;
+      default:
+        break; /* liburing's own timeout SQE on kernels without EXT_ARG */
+    }
+}
+
+static void
+hp_reap(struct hio_hotpath *h)
+{
+    struct io_uring_cqe *cqe;
+    unsigned head, n = 0;
+
+    if (io_uring_cq_has_overflow(&h->uring)) h->st.cq_overflows++;
+    /* Copy each CQE out and advance before handling: handlers may queue
+     * SQEs, and nothing here calls into Ruby. */
+    for (;;) {
+        struct io_uring_cqe batch[64];
+        unsigned i;
+        n = 0;
+        io_uring_for_each_cqe(&h->uring, head, cqe) {
+            batch[n] = *cqe;
+            if (++n == 64) break;
+        }
+        if (n == 0) break;
+        io_uring_cq_advance(&h->uring, n);
+        for (i = 0; i < n; i++) hp_handle(h, batch[i].user_data, batch[i].res, batch[i].flags);
+    }
+}
+
+/* Re-arm parked recvs, one per buffer the kernel has back. */
+static void
+hp_unpark(struct hio_hotpath *h)
+{
+    unsigned avail = h->bufs.n - h->bufs.in_use;
+
+    while (h->parked_count > 0 && avail > 0) {
+        int fd = h->parked[h->parked_head];
+        struct hio_conn *c = &h->conns[fd];
+        h->parked_head = (h->parked_head + 1) % h->parked_cap;
+        h->parked_count--;
+        if (c->recv != HIO_ARM_PARKED) continue; /* cancelled meanwhile */
+        if (hp_arm_recv(h, fd, c) < 0) { hp_park(h, fd); c->recv = HIO_ARM_PARKED; break; }
+        h->st.rearms++;
+        avail--;
+    }
+}
+
+/* ---- public engine API ---- */
+
+int
+hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size)
+{
+    unsigned cq = depth * 4;
+    int ret;
+
+    if (cq < 256) cq = 256;
+    if (cq < n_bufs * 2) cq = n_bufs * 2;
+    if (cq > HP_MAX_CQ) cq = HP_MAX_CQ;
+    h->uring.ring_fd = -1;
+    h->send_free = -1;
+    ret = hio_queue_init(&h->uring, depth, cq, &h->flags);
+    if (ret < 0) {
+        h->uring.ring_fd = -1;
+        snprintf(h->err, sizeof(h->err), "io_uring_setup");
+        return ret;
+    }
+    ret = hio_bufring_setup(&h->bufs, &h->uring, n_bufs, buf_size, HP_BGID);
+    if (ret < 0) {
+        io_uring_queue_exit(&h->uring);
+        h->uring.ring_fd = -1;
+        snprintf(h->err, sizeof(h->err), "io_uring_register_buf_ring(%u x %u bytes)", n_bufs, buf_size);
+        return ret;
+    }
+    hio_owner_init(&h->owner);
+    h->depth = depth;
+    h->inited = 1;
+    h->healthy = 1;
+    return 0;
+}
+
+static int
+hp_fd_identity(int fd, uint64_t *ino, uint64_t *dev)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) return -errno;
+    *ino = (uint64_t)st.st_ino;
+    *dev = (uint64_t)st.st_dev;
+    return 0;
+}
+
+int
+hio_hp_submit_accept(struct hio_hotpath *h, int fd)
+{
+    struct hio_conn *c;
+    uint64_t ino, dev;
+    int ret = hp_fd_identity(fd, &ino, &dev);
+
+    if (ret < 0) return ret;
+    if (!(c = hp_conn(h, fd))) return -ENOMEM;
+    if (c->ino != ino || c->dev != dev) {
+        if (c->accept != HIO_ARM_NONE || c->recv != HIO_ARM_NONE || c->send_head >= 0) hp_retire(h, fd, c);
+        c->ino = ino;
+        c->dev = dev;
+    }
+    if (c->accept == HIO_ARM_ARMED) return 0; /* already armed: a second would double every accept */
+    return hp_arm_accept(h, fd, c);
+}
+
+int
+hio_hp_submit_recv(struct hio_hotpath *h, int fd)
+{
+    struct hio_conn *c;
+    uint64_t ino, dev;
+    int ret = hp_fd_identity(fd, &ino, &dev);
+
+    if (ret < 0) return ret;
+    if (!(c = hp_conn(h, fd))) return -ENOMEM;
+    if (c->ino != ino || c->dev != dev) {
+        /* Another socket than the one armed before (closed without cancel,
+         * number reused by a socket accepted elsewhere). */
+        if (c->ino || c->dev) hp_retire(h, fd, c);
+        c->ino = ino;
+        c->dev = dev;
+    }
+    if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_PARKED) return 0;
+    if (c->recv == HIO_ARM_CANCELLING) {
+        /* Re-armed before the cancel's final CQE: that CQE belongs to the
+         * old request; a new generation keeps it from ending this one. */
+        c->gen = (c->gen + 1) & HP_GEN_MASK;
+    }
+    return hp_arm_recv(h, fd, c);
+}
+
+int
+hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt)
+{
+    struct hio_conn *c;
+    struct hio_send *s;
+    size_t len = 0, off = 0;
+    unsigned i;
+    int32_t slot;
+
+    if (iovcnt > IOV_MAX) return -EINVAL;
+    for (i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len && !iov[i].iov_base) return -EFAULT;
+        if (iov[i].iov_len > SIZE_MAX / 2 - len) return -EINVAL;
+        len += iov[i].iov_len;
+    }
+    if (fcntl(fd, F_GETFD) < 0) return -errno;
+    if (!(c = hp_conn(h, fd))) return -ENOMEM;
+    if (len == 0) {
+        hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
+        return 0;
+    }
+    slot = hp_send_alloc(h);
+    if (slot < 0) return -ENOMEM;
+    s = &h->sends[slot];
+    /* The caller's memory may be freed or moved the moment we return. */
+    s->data = malloc(len);
+    if (!s->data) { hp_send_free(h, slot); return -ENOMEM; }
+    for (i = 0; i < iovcnt; i++) {
+        memcpy(s->data + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+    }
+    s->len = len;
+    s->off = 0;
+    s->fd = fd;
+    s->gen = c->gen;
+    s->next = -1;
+    if (c->send_tail < 0) {
+        int ret;
+        c->send_head = c->send_tail = slot;
+        ret = hp_send_start(h, slot);
+        if (ret < 0) {
+            c->send_head = c->send_tail = -1;
+            hp_send_free(h, slot);
+            return ret;
+        }
+    } else {
+        /* Queued behind the one in flight: sends on one fd stay in order. */
+        h->sends[c->send_tail].next = slot;
+        c->send_tail = slot;
+    }
+    return 0;
+}
+
+int
+hio_hp_submit_send(struct hio_hotpath *h, int fd, const void *data, size_t len)
+{
+    struct iovec iov;
+
+    iov.iov_base = (void *)data;
+    iov.iov_len = len;
+    return hio_hp_submit_sendv(h, fd, &iov, 1);
+}
+
+int
+hio_hp_cancel(struct hio_hotpath *h, int fd)
+{
+    struct hio_conn *c;
+
+    if (fd < 0) return -EINVAL;
+    if ((unsigned)fd >= h->nconns) return 0;
+    c = &h->conns[fd];
+    if (c->recv == HIO_ARM_ARMED) {
+        hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
+        c->recv = HIO_ARM_CANCELLING;
+    } else if (c->recv == HIO_ARM_PARKED) {
+        c->recv = HIO_ARM_NONE; /* its parked entry is skipped when popped */
+        hp_push(h, HIO_OP_RECV, fd, -ECANCELED, -1, 0);
+    }
+    if (c->accept == HIO_ARM_ARMED) {
+        hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
+        c->accept = HIO_ARM_CANCELLING;
+    }
+    if (c->send_head >= 0) {
+        int32_t head = c->send_head;
+        struct hio_send *s = &h->sends[head];
+        if (s->inflight) {
+            s->cancelled = 1;
+            hp_prep_cancel(h, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)head));
+            c->send_head = s->next;
+            hp_fail_sends(h, c, fd, -ECANCELED);
+            s->next = -1;
+            c->send_head = c->send_tail = head;
+        } else {
+            hp_fail_sends(h, c, fd, -ECANCELED);
+        }
+    }
+    return 0;
+}
+
+int
+hio_hp_flush(struct hio_hotpath *h)
+{
+    int ret;
+
+    if (io_uring_sq_ready(&h->uring) == 0) return 0;
+    h->st.submits++;
+    ret = io_uring_submit(&h->uring);
+    return ret == -EBUSY || ret == -EAGAIN ? 0 : ret;
+}
+
+int
+hio_hp_release(struct hio_hotpath *h, unsigned bid)
+{
+    int ret = hio_bufring_check(&h->bufs, (long)bid);
+
+    if (ret < 0) return ret;
+    hio_bufring_release(&h->bufs, bid);
+    if (h->parked_count) hp_unpark(h);
+    return 0;
+}
+
+int
+hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible)
+{
+    double deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    unsigned cq_entries = *h->uring.cq.kring_entries;
+
+    for (;;) {
+        double left = -1.0;
+        unsigned nr;
+        int ret;
+
+        if (io_uring_cq_ready(&h->uring)) { hp_reap(h); hp_unpark(h); }
+        if (h->q_count >= want) return 0;
+        if (timeout == 0) {
+            /* Do not wait: submit, let the kernel run deferred work, peek. */
+            if (io_uring_sq_ready(&h->uring)) h->st.submits++;
+            ret = hio_submit_get_events(&h->uring);
+            hp_reap(h);
+            hp_unpark(h);
+            return ret;
+        }
+        if (deadline >= 0) {
+            left = deadline - hio_now();
+            if (left <= 0) return 0;
+        }
+        nr = want - h->q_count;
+        if (nr > cq_entries) nr = cq_entries;
+        h->st.waits++;
+        if (io_uring_sq_ready(&h->uring)) h->st.submits++;
+        if (interruptible) {
+            if (!hio_wait_scheduler(&h->uring, left)) ret = hio_wait_nogvl(&h->uring, nr, left);
+            else ret = 0;
+        } else {
+            ret = hio_wait_held(&h->uring, nr, left < 0 || left > 0.05 ? 0.05 : left);
+        }
+        if (ret < 0) { h->healthy = 0; return ret; }
+        hp_reap(h);
+        hp_unpark(h);
+        if (h->q_count >= want) return 0;
+        if (interruptible) rb_thread_check_ints();
+    }
+}
+
+static void
+hp_free_tables(struct hio_hotpath *h, int kernel_may_write)
+{
+    unsigned i;
+
+    for (i = 0; i < h->nsends; i++) {
+        /* A send the kernel may still read from keeps its payload (leaked). */
+        if (h->sends[i].data && !(kernel_may_write && h->sends[i].inflight)) free(h->sends[i].data);
+    }
+    free(h->sends);
+    free(h->conns);
+    free(h->q);
+    free(h->parked);
+    h->sends = NULL;
+    h->conns = NULL;
+    h->q = NULL;
+    h->parked = NULL;
+    h->nsends = h->nconns = h->q_cap = h->q_count = h->parked_cap = h->parked_count = 0;
+    h->send_free = -1;
+}
+
+/* Cancel everything in flight and reap until the kernel holds nothing of
+ * ours, for at most HP_CLOSE_DRAIN_SECONDS with the GVL held. */
+static void
+hp_drain_all(struct hio_hotpath *h)
+{
+    double deadline = hio_now() + HP_CLOSE_DRAIN_SECONDS;
+    int fallback_done = 0;
+
+    h->closing = 1;
+    if (h->inflight <= 0) return;
+    {
+        /* IORING_ASYNC_CANCEL_ANY (5.19): one SQE cancels every request. */
+        struct io_uring_sqe *sqe = hp_sqe(h);
+        if (sqe) {
+            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+            io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
+            h->inflight++;
+        }
+    }
+    while (h->inflight > 0) {
+        double left = deadline - hio_now();
+        if (left <= 0) break;
+        hio_wait_held(&h->uring, 1, left < 0.05 ? left : 0.05);
+        hp_reap(h);
+        if (h->cancel_any_failed && !fallback_done) {
+            /* Older kernel: cancel request by request. */
+            unsigned i;
+            fallback_done = 1;
+            for (i = 0; i < h->nconns; i++) {
+                struct hio_conn *c = &h->conns[i];
+                if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_CANCELLING)
+                    hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, i));
+                if (c->accept == HIO_ARM_ARMED || c->accept == HIO_ARM_CANCELLING)
+                    hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, i));
+            }
+            for (i = 0; i < h->nsends; i++)
+                if (h->sends[i].inflight) hp_prep_cancel(h, hp_ud(HIO_OP_SEND, h->sends[i].gen, i));
+        }
+    }
+}
+
+void
+hio_hp_close(struct hio_hotpath *h)
+{
+    int kernel_may_write;
+
+    if (!h->inited) return;
+    if (hio_owner_forked(&h->owner)) {
+        /* The child never submits to, cancels on or unregisters from the
+         * parent's ring; its buffer memory was never mapped here (DONTFORK). */
+        hio_bufring_teardown(&h->bufs, NULL, 1);
+        hio_queue_forget(&h->uring);
+        hp_free_tables(h, 1);
+        h->inited = 0;
+        h->closed = 1;
+        return;
+    }
+    if (hio_owner_other_thread(&h->owner)) {
+        /* Only the GC gets here (methods check the thread). A single-issuer
+         * ring refuses submissions from this thread, so nothing can be
+         * cancelled: closing the fd makes the kernel cancel, but not
+         * synchronously, so what it may still write is leaked. */
+        kernel_may_write = h->inflight > 0;
+    } else {
+        hp_drain_all(h);
+        kernel_may_write = h->inflight > 0;
+    }
+    if (kernel_may_write) h->leaked = 1;
+    hio_bufring_teardown(&h->bufs, &h->uring, kernel_may_write);
+    io_uring_queue_exit(&h->uring);
+    hp_free_tables(h, kernel_may_write);
+    h->inited = 0;
+    h->closed = 1;
+}
+
+/* ---- probe ---- */
+
+static int
+hp_probe_listener(int *lfd_out, struct sockaddr_in *addr)
+{
+    socklen_t alen = sizeof(*addr);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+    if (fd < 0) return -errno;
+    memset(addr, 0, sizeof(*addr));
+    addr->sin_family = AF_INET;
+    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)addr, sizeof(*addr)) < 0 || listen(fd, 8) < 0 ||
+        getsockname(fd, (struct sockaddr *)addr, &alen) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    *lfd_out = fd;
+    return 0;
+}
+
+/* Waits (GVL held, at most 1 s) for the next completion of op. */
+static int
+hp_probe_next(struct hio_hotpath *h, int op, struct hio_completion *out)
+{
+    double deadline = hio_now() + 1.0;
+
+    while (hio_now() < deadline) {
+        while (hio_hp_pop(h, out)) if (out->op_kind == op) return 0;
+        if (hio_hp_wait(h, 1, 0.05, 0) < 0) return -EIO;
+    }
+    return -ETIMEDOUT;
+}
+
+/*
+ * A functional probe: a small ring with a buffer ring really completes a
+ * multishot accept and a multishot recv on a loopback connection. Returns
+ * NULL when it worked, else reason (filled in).
+ */
+const char *
+hio_hp_probe(char *reason, size_t cap)
+{
+    struct hio_hotpath h;
+    struct hio_completion c;
+    struct sockaddr_in addr;
+    int lfd = -1, cfd = -1, sfd = -1, ret;
+    const char *step = "";
+
+    memset(&h, 0, sizeof(h));
+    ret = hio_hp_open(&h, 8, 4, 256);
+    if (ret < 0) {
+        snprintf(reason, cap, "%s failed: %s%s", h.err, strerror(-ret),
+                 ret == -EINVAL ? " (provided buffer rings need Linux 5.19+)" : "");
+        return reason;
+    }
+    step = "loopback listener";
+    if ((ret = hp_probe_listener(&lfd, &addr)) < 0) goto fail;
+    step = "multishot accept";
+    if ((ret = hio_hp_submit_accept(&h, lfd)) < 0) goto fail;
+    hio_hp_flush(&h);
+    cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (cfd < 0 || connect(cfd, (struct sockaddr *)&addr, sizeof(addr)) < 0) { ret = -errno; step = "loopback connect"; goto fail; }
+    if ((ret = hp_probe_next(&h, HIO_OP_ACCEPT, &c)) < 0) goto fail;
+    if (c.result < 0) { ret = (int)c.result; goto fail; }
+    sfd = (int)c.result;
+    step = "multishot recv";
+    if ((ret = hio_hp_submit_recv(&h, sfd)) < 0) goto fail;
+    if (write(cfd, "hyperion", 8) != 8) { ret = -errno; step = "loopback write"; goto fail; }
+    if ((ret = hp_probe_next(&h, HIO_OP_RECV, &c)) < 0) goto fail;
+    if (c.result != 8 || c.buf_id < 0 || memcmp(hio_bufring_data(&h.bufs, (unsigned)c.buf_id), "hyperion", 8) != 0) {
+        ret = c.result < 0 ? (int)c.result : -EIO;
+        goto fail;
+    }
+    hio_hp_release(&h, (unsigned)c.buf_id);
+    hio_hp_close(&h);
+    close(sfd);
+    close(cfd);
+    close(lfd);
+    return NULL;
+fail:
+    snprintf(reason, cap, "%s failed: %s%s", step, strerror(-ret),
+             ret == -EINVAL ? " (multishot accept needs Linux 5.19+, multishot recv 6.0+)" : "");
+    hio_hp_close(&h);
+    if (sfd >= 0) close(sfd);
+    if (cfd >= 0) close(cfd);
+    if (lfd >= 0) close(lfd);
+    return reason;
+}
