@@ -121,8 +121,6 @@ hp_park(struct hio_hotpath *h, int fd)
 
 /* ---- SQEs ---- */
 
-static void hp_reap(struct hio_hotpath *h);
-
 static struct io_uring_sqe *
 hp_sqe(struct hio_hotpath *h)
 {
@@ -130,13 +128,10 @@ hp_sqe(struct hio_hotpath *h)
 
     if (!sqe) {
         /* SQ full: push it to the kernel now. With the CQ overflowing the
-         * kernel may refuse (EBUSY) until we reap, so reap and retry once. */
+         * kernel may refuse (EBUSY) until the next reap; the caller then
+         * gets NULL (-EBUSY). Never reap here: handlers call this. */
         h->st.submits++;
-        if (io_uring_submit(&h->uring) < 0) {
-            hio_submit_get_events(&h->uring);
-            hp_reap(h);
-            io_uring_submit(&h->uring);
-        }
+        io_uring_submit(&h->uring);
         sqe = io_uring_get_sqe(&h->uring);
     }
     return sqe;
@@ -265,6 +260,30 @@ hp_retire(struct hio_hotpath *h, int fd, struct hio_conn *c)
 
 /* ---- completion handlers ---- */
 
+/* Re-arm after a transient end. With no SQE to be had (SQ full and the
+ * kernel refusing submissions while the CQ overflows) a recv is parked, to
+ * be re-armed by the next reap; an accept reports -EBUSY to Ruby. */
+static void
+hp_rearm_recv(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    if (hp_arm_recv(h, fd, c) == 0) {
+        h->st.rearms++;
+        return;
+    }
+    c->recv = HIO_ARM_PARKED;
+    hp_park(h, fd);
+}
+
+static void
+hp_rearm_accept(struct hio_hotpath *h, int lfd, struct hio_conn *c)
+{
+    if (hp_arm_accept(h, lfd, c) == 0) {
+        h->st.rearms++;
+        return;
+    }
+    hp_push(h, HIO_OP_ACCEPT, lfd, -EBUSY, -1, 0);
+}
+
 static void
 hp_on_accept(struct hio_hotpath *h, int lfd, uint32_t gen, int res, unsigned flags)
 {
@@ -281,18 +300,19 @@ hp_on_accept(struct hio_hotpath *h, int lfd, uint32_t gen, int res, unsigned fla
     }
     if (final) c->accept = HIO_ARM_NONE;
     if (res >= 0) {
-        struct hio_conn *nc = hp_conn(h, res);
+        struct hio_conn *nc = hp_conn(h, res); /* may move h->conns */
         if (!nc) { close(res); h->healthy = 0; return; }
+        c = &h->conns[lfd];
         hp_retire(h, res, nc);
         h->st.accepts++;
         hp_push(h, HIO_OP_ACCEPT, lfd, res, -1, flags);
         /* Ended without an error (a CQ overflow ends multishot): re-arm. */
-        if (final && state == HIO_ARM_ARMED && hp_arm_accept(h, lfd, c) == 0) h->st.rearms++;
+        if (final && state == HIO_ARM_ARMED) hp_rearm_accept(h, lfd, c);
         return;
     }
     if (final && res == -ECANCELED && state == HIO_ARM_ARMED) {
         /* Cancelled by the kernel, not by Ruby: transient, re-arm. */
-        if (hp_arm_accept(h, lfd, c) == 0) h->st.rearms++;
+        hp_rearm_accept(h, lfd, c);
         return;
     }
     /* Errors reach Ruby. EINVAL, EBADF, ENOTSOCK are final and never re-armed:
@@ -337,7 +357,7 @@ hp_on_recv(struct hio_hotpath *h, int fd, uint32_t gen, int res, unsigned flags)
         h->st.recvs++;
         h->st.recv_bytes += (uint64_t)res;
         hp_push(h, HIO_OP_RECV, fd, res, (int32_t)bid, flags);
-        if (final && state == HIO_ARM_ARMED && hp_arm_recv(h, fd, c) == 0) h->st.rearms++;
+        if (final && state == HIO_ARM_ARMED) hp_rearm_recv(h, fd, c);
         return;
     }
     /* res <= 0. F_BUFFER on an error CQE (one stable kernel did that) is
@@ -359,7 +379,7 @@ hp_on_recv(struct hio_hotpath *h, int fd, uint32_t gen, int res, unsigned flags)
         return;
     }
     if (res == -ECANCELED && state == HIO_ARM_ARMED) {
-        if (hp_arm_recv(h, fd, c) == 0) h->st.rearms++;
+        hp_rearm_recv(h, fd, c);
         return;
     }
     hp_push(h, HIO_OP_RECV, fd, res, -1, flags); /* EOF (0) or a final error */

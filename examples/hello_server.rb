@@ -1,0 +1,89 @@
+#!/usr/bin/env ruby
+# frozen_string_literal: true
+
+# A minimal HTTP/1.1 keep-alive "Hello World" server on one HotpathRing:
+# multishot accept, multishot recv into the kernel's buffer ring, and
+# submit_send, all reaped in batches by each_completion(raw: true).
+#
+#   ruby examples/hello_server.rb [--port 9292] [--seconds 30]
+#
+# It prints "listening on 127.0.0.1:PORT" when ready and the ring's stats when
+# it stops (after --seconds, or on INT/TERM). Loopback only.
+$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+require "hyperion/io_uring"
+require "socket"
+require "optparse"
+
+opts = { port: 9292, seconds: 30.0, host: "127.0.0.1" }
+OptionParser.new do |o|
+  o.on("--port N", Integer) { |v| opts[:port] = v }
+  o.on("--seconds S", Float) { |v| opts[:seconds] = v }
+end.parse!(ARGV)
+
+unless Hyperion::IOUring.hotpath_supported?
+  warn "hot path unsupported here: #{Hyperion::IOUring.hotpath_unsupported_reason}"
+  exit 2
+end
+
+BODY = "Hello World\n"
+RESPONSE = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: #{BODY.bytesize}\r\n\r\n#{BODY}".b.freeze
+TERMINATOR = "\r\n\r\n"
+HR = Hyperion::IOUring::HotpathRing
+
+listener = TCPServer.new(opts[:host], opts[:port])
+listener.listen(1024)
+ring = HR.new
+ring.submit_accept_multishot(listener)
+partial = {} # fd => bytes of a request not complete yet
+stop = false
+%w[INT TERM].each { |sig| trap(sig) { stop = true } }
+deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + opts[:seconds]
+puts "listening on #{opts[:host]}:#{listener.addr[1]}"
+$stdout.flush
+
+# Counts complete requests in data (plus what was left over last time) and
+# keeps the tail of an incomplete one.
+count_requests = lambda do |fd, data|
+  if (head = partial.delete(fd))
+    data = head << data
+  end
+  n = 0
+  pos = 0
+  while (i = data.index(TERMINATOR, pos))
+    n += 1
+    pos = i + 4
+  end
+  partial[fd] = data.byteslice(pos..) if pos < data.bytesize
+  n
+end
+
+close_conn = lambda do |fd|
+  partial.delete(fd)
+  ring.cancel(fd)
+  IO.for_fd(fd).close
+rescue SystemCallError, IOError
+  nil
+end
+
+until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+  ring.each_completion(raw: true, timeout_ms: 100) do |op, fd, res, buf_id, _flags|
+    case op
+    when HR::OP_ACCEPT
+      ring.submit_recv_multishot(res) if res >= 0
+    when HR::OP_RECV
+      if res.positive?
+        n = count_requests.call(fd, ring.take_buffer(buf_id, res))
+        ring.submit_send(fd, n == 1 ? RESPONSE : RESPONSE * n) if n.positive?
+      elsif res != -Errno::ECANCELED::Errno
+        close_conn.call(fd) # EOF or error
+      end
+    when HR::OP_SEND
+      close_conn.call(fd) if res.negative? && res != -Errno::ECANCELED::Errno
+    end
+  end
+end
+
+stats = ring.stats
+ring.close
+listener.close
+puts "stats: #{stats.map { |k, v| "#{k}=#{v}" }.join(' ')}"
