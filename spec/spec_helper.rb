@@ -1,0 +1,23 @@
+# frozen_string_literal: true
+
+require "hyperion/io_uring"
+require "socket"
+
+Dir[File.join(__dir__, "support", "*.rb")].sort.each { |f| require f }
+
+RSpec.configure do |config|
+  config.order = :random
+  Kernel.srand config.seed
+
+  config.disable_monkey_patching!
+  config.expect_with(:rspec) { |c| c.syntax = :expect }
+  config.mock_with(:rspec) { |m| m.verify_partial_doubles = true }
+
+  config.include FdHelpers
+  config.include SocketHelpers
+  config.include IOUringHelpers
+
+  # A spec that stubs the policy layer must not leave its answer cached for
+  # the next one.
+  config.after { Hyperion::IOUring.reset! }
+end
