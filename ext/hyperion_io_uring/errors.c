@@ -44,8 +44,10 @@ hio_fd_arg(VALUE v, const char *what)
         return (int)fd;
     }
     if (RB_TYPE_P(v, T_FILE)) {
-        rb_io_t *fptr;
-        GetOpenFile(v, fptr); /* IOError "closed stream" when closed */
+        /* Not GetOpenFile: its IOError "closed stream" does not say which
+         * call got the closed IO. */
+        rb_io_t *fptr = RFILE(v)->fptr;
+        if (!fptr || fptr->fd < 0) rb_raise(rb_eIOError, "%s: closed stream", what);
         return fptr->fd;
     }
     rb_raise(rb_eTypeError, "%s: expected an Integer fd or an IO, got %s", what, rb_obj_classname(v));
