@@ -71,6 +71,15 @@ ringc_usable(VALUE self)
     return r;
 }
 
+/* In a forked child only close and closed? may touch the parent's ring;
+ * the read-only accessors (fileno, stats) stay usable from other threads. */
+static void
+ringc_check_fork(const struct hio_sring *r)
+{
+    if (r->inited && hio_owner_forked(&r->owner))
+        hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
+}
+
 /* Raise Unsupported (with the reason) when the policy layer says the host
  * cannot; the lib/ layer defines supported? before it loads us. */
 void
@@ -274,6 +283,7 @@ static VALUE
 ringc_fileno(VALUE self)
 {
     struct hio_sring *r = ringc_get(self);
+    ringc_check_fork(r);
     return r->inited ? INT2FIX(r->uring.ring_fd) : Qnil;
 }
 
@@ -289,7 +299,10 @@ static VALUE
 ringc_stats(VALUE self)
 {
     struct hio_sring *r = ringc_get(self);
-    VALUE h = rb_hash_new();
+    VALUE h;
+
+    ringc_check_fork(r);
+    h = rb_hash_new();
     rb_hash_aset(h, ID2SYM(rb_intern("ops")), ULL2NUM(r->ops));
     rb_hash_aset(h, ID2SYM(rb_intern("waits")), ULL2NUM(r->waits));
     rb_hash_aset(h, ID2SYM(rb_intern("cancels")), ULL2NUM(r->cancels));
