@@ -11,7 +11,7 @@ module IOUringHelpers
   end
 
   # What the kernel says about a ring in /proc/self/fdinfo/<ring fd>:
-  # SqHead/SqTail, CqHead/CqTail as Integers and :polls, the requests armed
+  # SqMask/SqHead/SqTail, CqMask/CqHead/CqTail as Integers and :polls, the requests armed
   # and waiting (the PollList; absent on kernels that do not print it).
   def ring_fdinfo(ring)
     info = {}
@@ -22,7 +22,7 @@ module IOUringHelpers
       elsif (m = line.match(/\A(\w+):\s*(\S*)/))
         section = nil
         case m[1]
-        when "SqHead", "SqTail", "CqHead", "CqTail" then info[m[1]] = Integer(m[2])
+        when "SqMask", "SqHead", "SqTail", "CqMask", "CqHead", "CqTail" then info[m[1]] = Integer(m[2])
         when "PollList" then info[:polls] = []
         end
         section = :polls if m[1] == "PollList"
