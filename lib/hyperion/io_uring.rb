@@ -50,3 +50,21 @@ end
 
 require_relative "io_uring/policy"
 require_relative "io_uring/hotpath_ring"
+
+# The stub extension (and a failed load) defines no Ring. Without this,
+# Ring.new would be a NameError instead of Unsupported with the reason.
+unless Hyperion::IOUring.const_defined?(:Ring, false)
+  module Hyperion
+    module IOUring
+      # Stands in for the native Ring where the extension has none.
+      class Ring
+        DEFAULT_QUEUE_DEPTH = 256
+
+        # @raise [Unsupported] always, with {IOUring.unsupported_reason}
+        def initialize(queue_depth: DEFAULT_QUEUE_DEPTH)
+          raise Unsupported, "io_uring not supported on this host: #{IOUring.unsupported_reason}"
+        end
+      end
+    end
+  end
+end
