@@ -2,6 +2,7 @@
 
 require "fcntl"
 require "io/nonblock"
+require "objspace"
 require "timeout"
 
 # Raised into a thread blocked in the ring, to tell it from anything else.
@@ -631,6 +632,8 @@ RSpec.describe Hyperion::IOUring::Ring do
               [e.class.name, e.message, e.is_a?(Hyperion::IOUring::Error)]
             end
           end
+          # Reads only what the child has: the ring mappings are not inherited.
+          report[:memsize] = ObjectSpace.memsize_of(ring)
           report[:closed_before] = ring.closed?
           report[:close] = ring.close
           report[:closed_after] = ring.closed?
@@ -668,6 +671,7 @@ RSpec.describe Hyperion::IOUring::Ring do
           expect(message).to include(Process.pid.to_s, report[:pid].to_s)
         end
         expect(Hyperion::IOUring::ForkError.ancestors).to include(Hyperion::IOUring::Error)
+        expect(report[:memsize]).to be_a(Integer)
         expect(report.values_at(:closed_before, :close, :closed_after, :close_again)).to eq([false, nil, true, nil])
         expect(report[:accept_after_close]).to eq(["IOError", "ring closed"])
         # The child's GC freed its copy of the held ring (closing only the

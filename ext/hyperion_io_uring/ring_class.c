@@ -29,7 +29,10 @@ ringc_memsize(const void *p)
     size_t sz = sizeof(*r) + r->buf_cap;
     if (r->inited) {
         sz += (size_t)r->uring.sq.ring_sz + (size_t)r->uring.cq.ring_sz;
-        sz += (size_t)*r->uring.sq.kring_entries * sizeof(struct io_uring_sqe);
+        /* ring_entries, not *kring_entries: that one lives in the ring
+         * mapping, which a forked child lacks (io_uring_ring_dontfork), so
+         * ObjectSpace.memsize_of crashed there. */
+        sz += (size_t)r->uring.sq.ring_entries * sizeof(struct io_uring_sqe);
     }
     return sz;
 }
