@@ -563,6 +563,30 @@ RSpec.describe Hyperion::IOUring::Ring do
   end
 
   describe "GC" do
+    it "accepts and reads correctly under GC.stress, with a wait in between" do
+      with_listener do |server, port|
+        client = connect(port)
+        writer = Thread.new do
+          sleep 0.05
+          client.write("stressed")
+        end
+        begin
+          GC.stress = true
+          fd = ring.accept(server, timeout: 5)
+          data = ring.read(fd, timeout: 5)
+        ensure
+          GC.stress = false
+        end
+        expect(fd).to be_a(Integer)
+        expect(data).to eq("stressed")
+        expect_ring_idle(ring)
+      ensure
+        writer&.join
+        IO.for_fd(fd).close if fd.is_a?(Integer)
+        client&.close
+      end
+    end
+
     it "frees 200 rings that were never closed: their fds and mappings are gone" do
       expect_no_fd_leak do
         full_gc
