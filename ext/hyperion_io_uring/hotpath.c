@@ -750,8 +750,8 @@ hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interrupti
         h->st.waits++;
         if (io_uring_sq_ready(&h->uring)) h->st.submits++;
         if (interruptible) {
-            if (!hio_wait_scheduler(&h->uring, left)) ret = hio_wait_nogvl(&h->uring, nr, left);
-            else ret = 0;
+            if (hio_wait_scheduler(&h->uring, left, &h->sched_io)) ret = hio_submit_get_events(&h->uring);
+            else ret = hio_wait_nogvl(&h->uring, nr, left);
         } else {
             ret = hio_wait_held(&h->uring, nr, left < 0 || left > 0.05 ? 0.05 : left);
         }

@@ -21,6 +21,13 @@ static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags;
 /* ---- TypedData ---- */
 
 static void
+hpc_mark(void *p)
+{
+    struct hio_hotpath *x = p;
+    if (x->sched_io) rb_gc_mark(x->sched_io);
+}
+
+static void
 hpc_free(void *p)
 {
     hio_hp_close((struct hio_hotpath *)p); /* bounded drain; never raises */
@@ -43,7 +50,7 @@ hpc_memsize(const void *p)
 
 static const rb_data_type_t hpc_type = {
     HP_CLASS,
-    { NULL, hpc_free, hpc_memsize, },
+    { hpc_mark, hpc_free, hpc_memsize, },
     0, 0,
     RUBY_TYPED_FREE_IMMEDIATELY,
 };

@@ -74,7 +74,7 @@ int hio_wait_held(struct io_uring *ring, unsigned wait_nr, double timeout);
  * through the scheduler for the ring fd to become readable.
  * Returns 1 when it waited that way, 0 when there is no scheduler.
  */
-int hio_wait_scheduler(struct io_uring *ring, double timeout);
+int hio_wait_scheduler(struct io_uring *ring, double timeout, VALUE *io_slot);
 
 /* ---- ring.c: the single-shot Ring engine ---- */
 struct hio_sring {
@@ -87,6 +87,7 @@ struct hio_sring {
     char *buf;        /* read scratch, owned here, never moved by the GC */
     size_t buf_cap;
     uint64_t ops, waits, cancels;
+    VALUE sched_io;   /* IO for the ring fd, for Fiber scheduler waits (marked) */
 };
 
 enum hio_sop_kind { HIO_SOP_ACCEPT = 1, HIO_SOP_READ = 2 };
@@ -196,6 +197,7 @@ struct hio_hotpath {
     long inflight;               /* requests whose final CQE is still due */
     struct hio_stats st;
     char err[160];               /* what failed, for probe reasons */
+    VALUE sched_io;              /* IO for the ring fd, for Fiber scheduler waits (marked) */
 };
 
 int hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size);

@@ -163,7 +163,7 @@ sring_body(VALUE arg)
             if (timeout <= 0) { op->timed_out = 1; return Qnil; }
         }
         r->waits++;
-        if (!hio_wait_scheduler(&r->uring, timeout)) {
+        if (!hio_wait_scheduler(&r->uring, timeout, &r->sched_io)) {
             ret = hio_wait_nogvl(&r->uring, 1, timeout);
             if (ret < 0) { op->fatal = ret; return Qnil; }
         }

@@ -16,6 +16,13 @@ static VALUE sym_wouldblock;
 /* ---- TypedData ---- */
 
 static void
+ringc_mark(void *p)
+{
+    struct hio_sring *x = p;
+    if (x->sched_io) rb_gc_mark(x->sched_io);
+}
+
+static void
 ringc_free(void *p)
 {
     hio_sring_close((struct hio_sring *)p);
@@ -39,7 +46,7 @@ ringc_memsize(const void *p)
 
 static const rb_data_type_t ringc_type = {
     "Hyperion::IOUring::Ring",
-    { NULL, ringc_free, ringc_memsize, },
+    { ringc_mark, ringc_free, ringc_memsize, },
     0, 0,
     RUBY_TYPED_FREE_IMMEDIATELY,
 };

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <time.h>
 #include <math.h>
+#include <ruby/io.h>
 
 #ifdef HAVE_RB_FIBER_SCHEDULER_CURRENT
 #include <ruby/fiber/scheduler.h>
@@ -119,10 +120,35 @@ hio_submit_get_events(struct io_uring *ring)
     return wait_normalize(ret);
 }
 
+/*
+ * Under a Fiber scheduler (the calling fiber is non-blocking), wait for the
+ * ring fd to become readable through the scheduler's io_wait, so the other
+ * fibers on this thread keep running. The kernel marks the ring fd POLLIN
+ * when completions are posted; with DEFER_TASKRUN they become visible only
+ * after an enter with GETEVENTS, which the caller does before reaping.
+ * *io_slot caches an IO for the ring fd (autoclose off); the ring marks it.
+ */
 int
-hio_wait_scheduler(struct io_uring *ring, double timeout)
+hio_wait_scheduler(struct io_uring *ring, double timeout, VALUE *io_slot)
 {
+#if defined(HAVE_RB_FIBER_SCHEDULER_CURRENT) && defined(HAVE_RB_FIBER_SCHEDULER_IO_WAIT)
+    VALUE sched = rb_fiber_scheduler_current();
+
+    if (NIL_P(sched)) return 0;
+    if (!RTEST(*io_slot)) {
+        VALUE io = rb_funcall(rb_cIO, rb_intern("for_fd"), 1, INT2FIX(ring->ring_fd));
+        rb_funcall(io, rb_intern("autoclose="), 1, Qfalse);
+        *io_slot = io;
+    }
+    /* Hand queued requests to the kernel before parking the fiber. */
+    if (io_uring_sq_ready(ring)) io_uring_submit(ring);
+    rb_fiber_scheduler_io_wait(sched, *io_slot, INT2FIX(RUBY_IO_READABLE),
+                               timeout < 0 ? Qnil : DBL2NUM(timeout));
+    return 1;
+#else
     (void)ring;
     (void)timeout;
+    (void)io_slot;
     return 0;
+#endif
 }
