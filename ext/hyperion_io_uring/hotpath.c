@@ -248,6 +248,9 @@ hp_retire(struct hio_hotpath *h, int fd, struct hio_conn *c)
             hp_prep_cancel(h, hp_ud(HIO_OP_SEND, h->sends[slot].gen, (uint32_t)slot));
             h->sends[slot].next = -1; /* orphan: freed at its final CQE */
         } else {
+            /* Never started (queued behind one in flight, possibly one Ruby
+             * cancelled): report it now, before the number's new owner. */
+            hp_push(h, HIO_OP_SEND, fd, -ECANCELED, -1, 0);
             hp_send_free(h, slot);
         }
         slot = next;
@@ -402,7 +405,7 @@ hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned 
 {
     struct hio_send *s;
     struct hio_conn *c;
-    int fd;
+    int fd, cancelled;
     int64_t result;
 
     h->inflight--;
@@ -416,14 +419,15 @@ hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned 
         hp_send_free(h, slot);
         return;
     }
-    if (!s->cancelled) {
-        if (res > 0) s->off += (size_t)res;
-        if ((res > 0 && s->off < s->len) || res == -EAGAIN || res == -EINTR) {
-            if (res > 0) h->st.short_sends++;
-            if (hp_send_start(h, slot) == 0) return;
-            res = -EBUSY;
-        }
+    /* Bytes the kernel sent count even when Ruby cancelled meanwhile: a
+     * send that finished before the cancel reached it reports its length. */
+    if (res > 0) s->off += (size_t)res;
+    if (!s->cancelled && ((res > 0 && s->off < s->len) || res == -EAGAIN || res == -EINTR)) {
+        if (res > 0) h->st.short_sends++;
+        if (hp_send_start(h, slot) == 0) return;
+        res = -EBUSY;
     }
+    cancelled = s->cancelled;
     if (s->off == s->len) {
         result = (int64_t)s->len;
         h->st.sends++;
@@ -435,8 +439,10 @@ hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned 
     c->send_head = s->next;
     if (c->send_head < 0) c->send_tail = -1;
     hp_send_free(h, slot);
-    if (result < 0) {
-        hp_fail_sends(h, c, fd, result); /* later sends on a failed stream cannot succeed in order */
+    if (result < 0 || cancelled) {
+        /* Later sends on a failed or cancelled stream cannot succeed in
+         * order; they report after this one, in the order they were queued. */
+        hp_fail_sends(h, c, fd, result < 0 ? result : -ECANCELED);
     } else if (c->send_head >= 0 && hp_send_start(h, c->send_head) < 0) {
         hp_fail_sends(h, c, fd, -EBUSY);
     }
@@ -685,12 +691,10 @@ hio_hp_cancel(struct hio_hotpath *h, int fd)
         int32_t head = c->send_head;
         struct hio_send *s = &h->sends[head];
         if (s->inflight) {
+            /* The sends queued behind it fail when its final CQE arrives
+             * (hp_on_send), so completions keep the order of the calls. */
             s->cancelled = 1;
             hp_prep_cancel(h, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)head));
-            c->send_head = s->next;
-            hp_fail_sends(h, c, fd, -ECANCELED);
-            s->next = -1;
-            c->send_head = c->send_tail = head;
         } else {
             hp_fail_sends(h, c, fd, -ECANCELED);
         }
