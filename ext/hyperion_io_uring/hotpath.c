@@ -728,7 +728,6 @@ int
 hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible)
 {
     double deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
-    unsigned cq_entries = *h->uring.cq.kring_entries;
 
     for (;;) {
         double left = -1.0;
@@ -749,8 +748,13 @@ hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interrupti
             left = deadline - hio_now();
             if (left <= 0) return 0;
         }
-        nr = want - h->q_count;
-        if (nr > cq_entries) nr = cq_entries;
+        /* Wake for the first CQE, not for want - q_count of them: requests
+         * the ring starts itself while reaping (a send queued behind
+         * another on its fd, a short send's continuation, a re-arm) cannot
+         * complete before that reap, so the kernel alone may never see
+         * enough CQEs (min_complete: 2 with two sends on one fd waited for
+         * the whole timeout, or forever). The loop re-checks q_count. */
+        nr = 1;
         h->st.waits++;
         if (io_uring_sq_ready(&h->uring)) h->st.submits++;
         if (interruptible) {
