@@ -96,6 +96,21 @@ hpc_uint_arg(VALUE v, const char *what, unsigned lo, unsigned hi, int pow2)
     return (unsigned)n;
 }
 
+/* Unsupported with the hot path's own reason. hio_require_supported asks
+ * unsupported_reason, which is nil when io_uring works but the hot path
+ * does not: the message then said "unknown reason". */
+static void
+hpc_require_supported(void)
+{
+    VALUE reason;
+
+    if (!rb_respond_to(hio_mIOUring, rb_intern("hotpath_supported?"))) return;
+    if (RTEST(rb_funcall(hio_mIOUring, rb_intern("hotpath_supported?"), 0))) return;
+    reason = rb_funcall(hio_mIOUring, rb_intern("hotpath_unsupported_reason"), 0);
+    rb_raise(hio_eUnsupported, "io_uring hotpath not supported on this host: %"PRIsVALUE,
+             NIL_P(reason) ? rb_str_new_cstr("unknown reason") : reason);
+}
+
 /* ---- Methods ---- */
 
 /*
@@ -128,7 +143,7 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     n_bufs = hpc_uint_arg(kw[1], "n_bufs", 1, 32768, 1);
     buf_size = hpc_uint_arg(kw[2], "buf_size", 1, HP_MAX_BUF_SIZE, 0);
     if (h->inited || h->closed) rb_raise(rb_eRuntimeError, "ring already initialized");
-    hio_require_supported("io_uring hotpath", "hotpath_supported?");
+    hpc_require_supported();
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
     if (ret < 0)
         hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", h->err, depth, n_bufs, buf_size);
