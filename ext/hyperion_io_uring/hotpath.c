@@ -400,6 +400,21 @@ hp_fail_sends(struct hio_hotpath *h, struct hio_conn *c, int fd, int64_t err)
     c->send_tail = -1;
 }
 
+static int hp_fd_identity(int fd, uint64_t *ino, uint64_t *dev);
+
+/* Sends started while reaping (a short send's continuation, the next one
+ * queued on the fd) name the socket by fd number. If Ruby closed the number
+ * without cancel() and it now names another socket, the old connection's
+ * bytes must not go there: compare with the socket submit_send recorded. */
+static int
+hp_same_socket(int fd, const struct hio_conn *c)
+{
+    uint64_t ino, dev;
+
+    if (hp_fd_identity(fd, &ino, &dev) < 0) return 0;
+    return ino == c->ino && dev == c->dev;
+}
+
 static void
 hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned flags)
 {
@@ -424,8 +439,9 @@ hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned 
     if (res > 0) s->off += (size_t)res;
     if (!s->cancelled && ((res > 0 && s->off < s->len) || res == -EAGAIN || res == -EINTR)) {
         if (res > 0) h->st.short_sends++;
-        if (hp_send_start(h, slot) == 0) return;
-        res = -EBUSY;
+        if (!hp_same_socket(fd, c)) res = -EBADF;
+        else if (hp_send_start(h, slot) == 0) return;
+        else res = -EBUSY;
     }
     cancelled = s->cancelled;
     if (s->off == s->len) {
@@ -443,8 +459,9 @@ hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned 
         /* Later sends on a failed or cancelled stream cannot succeed in
          * order; they report after this one, in the order they were queued. */
         hp_fail_sends(h, c, fd, result < 0 ? result : -ECANCELED);
-    } else if (c->send_head >= 0 && hp_send_start(h, c->send_head) < 0) {
-        hp_fail_sends(h, c, fd, -EBUSY);
+    } else if (c->send_head >= 0) {
+        if (!hp_same_socket(fd, c)) hp_fail_sends(h, c, fd, -EBADF);
+        else if (hp_send_start(h, c->send_head) < 0) hp_fail_sends(h, c, fd, -EBUSY);
     }
 }
 
@@ -611,8 +628,10 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
     struct hio_conn *c;
     struct hio_send *s;
     size_t len = 0, off = 0;
+    uint64_t ino, dev;
     unsigned i;
     int32_t slot;
+    int ret;
 
     if (iovcnt > IOV_MAX) return -EINVAL;
     for (i = 0; i < iovcnt; i++) {
@@ -620,8 +639,15 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
         if (iov[i].iov_len > SIZE_MAX / 2 - len) return -EINVAL;
         len += iov[i].iov_len;
     }
-    if (fcntl(fd, F_GETFD) < 0) return -errno;
+    if ((ret = hp_fd_identity(fd, &ino, &dev)) < 0) return ret;
     if (!(c = hp_conn(h, fd))) return -ENOMEM;
+    if (c->ino != ino || c->dev != dev) {
+        /* Another socket than the one the queued sends were for (closed
+         * without cancel, number reused): do not queue behind them. */
+        if (c->ino || c->dev) hp_retire(h, fd, c);
+        c->ino = ino;
+        c->dev = dev;
+    }
     if (len == 0) {
         hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
         return 0;
@@ -642,7 +668,6 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
     s->gen = c->gen;
     s->next = -1;
     if (c->send_tail < 0) {
-        int ret;
         c->send_head = c->send_tail = slot;
         ret = hp_send_start(h, slot);
         if (ret < 0) {
