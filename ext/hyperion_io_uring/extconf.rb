@@ -24,7 +24,7 @@ def stub_reason
 end
 
 reason = stub_reason
-$CFLAGS << " -std=gnu11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers"
+$CFLAGS << " -std=gnu11 -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers"
 $CFLAGS << " -Werror" if ENV["HYPERION_IO_URING_WERROR"] == "1"
 
 if ENV["HYPERION_IO_URING_SANITIZE"] == "1"

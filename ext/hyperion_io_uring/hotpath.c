@@ -518,21 +518,24 @@ hp_reap(struct hio_hotpath *h)
     }
 }
 
-/* Re-arm parked recvs, one per buffer the kernel has back. */
+/* Re-arm parked recvs, one per buffer Ruby gave back since (credit): more
+ * would only end in ENOBUFS again. in_use cannot tell, since buffers the
+ * kernel filled but we have not reaped yet count as free there. */
 static void
 hp_unpark(struct hio_hotpath *h)
 {
-    unsigned avail = h->bufs.n - h->bufs.in_use;
+    unsigned cap = h->bufs.n - h->bufs.in_use;
 
-    while (h->parked_count > 0 && avail > 0) {
+    if (h->unpark_credit > cap) h->unpark_credit = cap;
+    while (h->parked_count > 0 && h->unpark_credit > 0) {
         int fd = h->parked[h->parked_head];
         struct hio_conn *c = &h->conns[fd];
         h->parked_head = (h->parked_head + 1) % h->parked_cap;
         h->parked_count--;
-        if (c->recv != HIO_ARM_PARKED) continue; /* cancelled meanwhile */
+        if (c->recv != HIO_ARM_PARKED) continue; /* cancelled or replaced meanwhile */
         if (hp_arm_recv(h, fd, c) < 0) { hp_park(h, fd); c->recv = HIO_ARM_PARKED; break; }
         h->st.rearms++;
-        avail--;
+        h->unpark_credit--;
     }
 }
 
@@ -566,6 +569,8 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
     h->depth = depth;
     h->inited = 1;
     h->healthy = 1;
+    h->magic = HIO_HOTPATH_MAGIC;
+    hio_registry_add(h);
     return 0;
 }
 
@@ -745,6 +750,7 @@ hio_hp_release(struct hio_hotpath *h, unsigned bid)
 
     if (ret < 0) return ret;
     hio_bufring_release(&h->bufs, bid);
+    h->unpark_credit++;
     if (h->parked_count) hp_unpark(h);
     return 0;
 }
@@ -864,6 +870,8 @@ hio_hp_close(struct hio_hotpath *h)
     int kernel_may_write;
 
     if (!h->inited) return;
+    hio_registry_remove(h);
+    h->magic = 0;
     if (hio_owner_forked(&h->owner)) {
         /* The child never submits to, cancels on or unregisters from the
          * parent's ring; its buffer memory was never mapped here (DONTFORK). */

@@ -531,6 +531,23 @@ hpc_fileno(VALUE self)
 
 /*
  * call-seq:
+ *   ring.ptr -> Integer or nil
+ *
+ * A handle for the exported C function
+ * <tt>int hyperion_io_uring_hotpath_submit_send(void *ring, int fd, const void *iov, unsigned iovcnt)</tt>
+ * (upstream's HTTP extension finds it with dlsym(RTLD_DEFAULT, ...)); nil
+ * once closed. The function checks the handle against the live rings, so a
+ * stale or bogus one gets -EINVAL, never a crash.
+ */
+static VALUE
+hpc_ptr(VALUE self)
+{
+    struct hio_hotpath *h = hpc_get(self);
+    return h->inited ? ULL2NUM((unsigned long long)(uintptr_t)h) : Qnil;
+}
+
+/*
+ * call-seq:
  *   ring.stats -> Hash
  *
  * Counters since the ring opened: :accepts, :recvs, :recv_bytes, :sends,
@@ -627,4 +644,5 @@ hio_init_hotpath_class(void)
     rb_define_method(hio_cHotpathRing, "force_unhealthy!", hpc_force_unhealthy, 0);
     rb_define_method(hio_cHotpathRing, "fileno", hpc_fileno, 0);
     rb_define_method(hio_cHotpathRing, "stats", hpc_stats, 0);
+    rb_define_method(hio_cHotpathRing, "ptr", hpc_ptr, 0);
 }

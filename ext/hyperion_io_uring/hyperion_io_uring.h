@@ -179,7 +179,11 @@ struct hio_stats {
         cq_overflows, stale_completions, submits, waits;
 };
 
+#define HIO_HOTPATH_MAGIC 0x48494f55u /* "HIOU" */
+
 struct hio_hotpath {
+    uint32_t magic;              /* HIO_HOTPATH_MAGIC while open (C entry point) */
+    unsigned unpark_credit;      /* buffers released since parked recvs were re-armed */
     struct io_uring uring;
     int inited, closed, healthy, leaked, in_each, closing, cancel_any_failed;
     unsigned flags, depth;
@@ -215,6 +219,10 @@ int hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interr
 int hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out);
 void hio_hp_close(struct hio_hotpath *h);
 const char *hio_hp_probe(char *reason, size_t cap);
+
+/* ---- c_api.c: live rings for the exported C entry point ---- */
+void hio_registry_add(struct hio_hotpath *h);
+void hio_registry_remove(struct hio_hotpath *h);
 
 void hio_require_supported(const char *what, const char *probe);
 unsigned hio_depth_arg(VALUE v, const char *what);

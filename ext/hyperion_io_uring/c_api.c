@@ -1,0 +1,82 @@
+/*
+ * c_api.c: the C entry point upstream Hyperion's HTTP extension calls.
+ *
+ * Upstream's ext/hyperion_http/response_writer.c looks the symbol up with
+ * dlsym(RTLD_DEFAULT, "hyperion_io_uring_hotpath_submit_send") and calls it,
+ * GVL held, with the value of HotpathRing#ptr. Ruby loads extensions with
+ * RTLD_GLOBAL, so exporting it with default visibility is enough.
+ *
+ * The handle is never dereferenced before it is found in the registry of
+ * live rings: a bogus or stale pointer gets -EINVAL, never a crash.
+ */
+#include "hyperion_io_uring.h"
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+
+static struct hio_hotpath **capi_live;
+static size_t capi_nlive, capi_cap;
+
+void
+hio_registry_add(struct hio_hotpath *h)
+{
+    if (capi_nlive == capi_cap) {
+        size_t cap = capi_cap ? capi_cap * 2 : 8;
+        struct hio_hotpath **n = realloc(capi_live, cap * sizeof(*n));
+        if (!n) return; /* unregistered: the entry point then refuses it */
+        capi_live = n;
+        capi_cap = cap;
+    }
+    capi_live[capi_nlive++] = h;
+}
+
+void
+hio_registry_remove(struct hio_hotpath *h)
+{
+    size_t i;
+
+    for (i = 0; i < capi_nlive; i++) {
+        if (capi_live[i] == h) {
+            capi_live[i] = capi_live[--capi_nlive];
+            return;
+        }
+    }
+}
+
+static int
+capi_live_p(const void *p)
+{
+    size_t i;
+
+    for (i = 0; i < capi_nlive; i++)
+        if ((const void *)capi_live[i] == p) return 1;
+    return 0;
+}
+
+/*
+ * int hyperion_io_uring_hotpath_submit_send(void *ring, int fd,
+ *                                           const void *iov, unsigned iovcnt)
+ *
+ * Queues a send of the iovecs' bytes on fd exactly as HotpathRing#submit_send
+ * does (one OP_SEND completion with the total, sends in order per fd). The
+ * bytes are copied before it returns. Returns 0, or a negative errno with
+ * errno set: -EINVAL for a handle that is not a live ring of this process
+ * and thread, or iovcnt above IOV_MAX; -EBADF for a closed fd.
+ */
+RUBY_FUNC_EXPORTED int
+hyperion_io_uring_hotpath_submit_send(void *ring, int fd, const void *iov, unsigned iovcnt)
+{
+    struct hio_hotpath *h = ring;
+    int ret;
+
+    if (!ring || !capi_live_p(ring) || h->magic != HIO_HOTPATH_MAGIC || !h->inited ||
+        hio_owner_forked(&h->owner) || hio_owner_other_thread(&h->owner) || iovcnt > IOV_MAX ||
+        (iovcnt && !iov) || fd < 0) {
+        errno = EINVAL;
+        return -EINVAL;
+    }
+    ret = hio_hp_submit_sendv(h, fd, (const struct iovec *)iov, iovcnt);
+    if (ret < 0) errno = -ret;
+    return ret;
+}
