@@ -766,9 +766,10 @@ hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interrupti
         int ret;
 
         if (io_uring_cq_ready(&h->uring)) { hp_reap(h); hp_unpark(h); }
-        if (h->q_count >= want) return 0;
-        if (timeout == 0) {
-            /* Do not wait: submit, let the kernel run deferred work, peek. */
+        if (h->q_count >= want && want > 0) return 0;
+        if (timeout == 0 || want == 0) {
+            /* min_complete: 0 (upstream's polling form) or timeout_ms: 0:
+             * do not wait; submit, let the kernel run deferred work, peek. */
             if (io_uring_sq_ready(&h->uring)) h->st.submits++;
             ret = hio_submit_get_events(&h->uring);
             hp_reap(h);
