@@ -2,6 +2,10 @@
 
 require "etc"
 require_relative "io_uring/version"
+require_relative "io_uring/upstream"
+
+Hyperion::IOUring::Upstream.check_not_loaded_first!
+Hyperion::IOUring::Upstream.shadow!
 
 module Hyperion
   # io_uring rings for Ruby servers, with upstream Hyperion's API.
@@ -50,6 +54,7 @@ end
 
 require_relative "io_uring/policy"
 require_relative "io_uring/hotpath_ring"
+require_relative "io_uring/fiber_rings"
 
 # The stub extension (and a failed load) defines no Ring. Without this,
 # Ring.new would be a NameError instead of Unsupported with the reason.
