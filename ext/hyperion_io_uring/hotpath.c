@@ -518,16 +518,18 @@ hp_reap(struct hio_hotpath *h)
     }
 }
 
-/* Re-arm parked recvs, one per buffer Ruby gave back since (credit): more
- * would only end in ENOBUFS again. in_use cannot tell, since buffers the
- * kernel filled but we have not reaped yet count as free there. */
+/* Re-arm parked recvs, at most one per buffer the kernel has back. This can
+ * overestimate (a buffer filled but not reaped yet counts as free, and one
+ * multishot recv may take several), so some re-armed recvs end in ENOBUFS
+ * again; counting only buffers released since the last park would be
+ * cheaper but can stall: a re-armed recv whose socket has nothing left to
+ * read uses no buffer, and no further release comes to re-arm the rest. */
 static void
 hp_unpark(struct hio_hotpath *h)
 {
-    unsigned cap = h->bufs.n - h->bufs.in_use;
+    unsigned avail = h->bufs.n - h->bufs.in_use;
 
-    if (h->unpark_credit > cap) h->unpark_credit = cap;
-    while (h->parked_count > 0 && h->unpark_credit > 0) {
+    while (h->parked_count > 0 && avail > 0) {
         int fd = h->parked[h->parked_head];
         struct hio_conn *c = &h->conns[fd];
         h->parked_head = (h->parked_head + 1) % h->parked_cap;
@@ -535,7 +537,7 @@ hp_unpark(struct hio_hotpath *h)
         if (c->recv != HIO_ARM_PARKED) continue; /* cancelled or replaced meanwhile */
         if (hp_arm_recv(h, fd, c) < 0) { hp_park(h, fd); c->recv = HIO_ARM_PARKED; break; }
         h->st.rearms++;
-        h->unpark_credit--;
+        avail--;
     }
 }
 
@@ -644,14 +646,21 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
         if (iov[i].iov_len > SIZE_MAX / 2 - len) return -EINVAL;
         len += iov[i].iov_len;
     }
-    if ((ret = hp_fd_identity(fd, &ino, &dev)) < 0) return ret;
-    if (!(c = hp_conn(h, fd))) return -ENOMEM;
-    if (c->ino != ino || c->dev != dev) {
-        /* Another socket than the one the queued sends were for (closed
-         * without cancel, number reused): do not queue behind them. */
-        if (c->ino || c->dev) hp_retire(h, fd, c);
-        c->ino = ino;
-        c->dev = dev;
+    if (fd < 0) return -EBADF;
+    c = (unsigned)fd < h->nconns ? &h->conns[fd] : NULL;
+    if (!c || (!c->ino && !c->dev) || c->send_head >= 0) {
+        /* Learn which socket the number names: on its first use since it
+         * was accepted or armed, and when sends are still pending on it (if
+         * it names another socket now, closed without cancel and reused, the
+         * new send must not queue behind the old connection's). Otherwise no
+         * syscall: an idle keep-alive connection's send costs none. */
+        if ((ret = hp_fd_identity(fd, &ino, &dev)) < 0) return ret;
+        if (!(c = hp_conn(h, fd))) return -ENOMEM;
+        if (c->ino != ino || c->dev != dev) {
+            if (c->ino || c->dev) hp_retire(h, fd, c);
+            c->ino = ino;
+            c->dev = dev;
+        }
     }
     if (len == 0) {
         hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
@@ -750,7 +759,6 @@ hio_hp_release(struct hio_hotpath *h, unsigned bid)
 
     if (ret < 0) return ret;
     hio_bufring_release(&h->bufs, bid);
-    h->unpark_credit++;
     if (h->parked_count) hp_unpark(h);
     return 0;
 }

@@ -183,7 +183,6 @@ struct hio_stats {
 
 struct hio_hotpath {
     uint32_t magic;              /* HIO_HOTPATH_MAGIC while open (C entry point) */
-    unsigned unpark_credit;      /* buffers released since parked recvs were re-armed */
     struct io_uring uring;
     int inited, closed, healthy, leaked, in_each, closing, cancel_any_failed;
     unsigned flags, depth;
