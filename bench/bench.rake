@@ -1,0 +1,28 @@
+# frozen_string_literal: true
+
+# Loaded by the Rakefile (Dir.glob("bench/*.rake")). See bench/README.md.
+#
+#   bundle exec rake bench        full run: 3 interleaved rounds, writes
+#                                 bench/results/latest.{md,svg,json}
+#   bundle exec rake bench:quick  CI: one short round per variant, proves the
+#                                 harness still works; writes tmp/bench/quick.*
+#
+# BENCH_ONLY=accept,http,percall narrows either; the BENCH_* variables in
+# bench/harness.rb (Bench.config) override counts and durations.
+bench_run = lambda do |*args|
+  only = ENV["BENCH_ONLY"].to_s.strip
+  args += ["--only", only] unless only.empty?
+  ruby File.join(__dir__, "run.rb"), *args
+end
+
+desc "Benchmark the rings against plain Ruby I/O (accept, HTTP hello, per call); writes bench/results/latest.md"
+task bench: :compile do
+  bench_run.call
+end
+
+namespace :bench do
+  desc "Quick benchmark run for CI (a few seconds per variant; proves the harness works)"
+  task quick: :compile do
+    bench_run.call("--quick")
+  end
+end

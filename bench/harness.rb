@@ -1,0 +1,700 @@
+# frozen_string_literal: true
+
+# The benchmark harness behind `rake bench` and `rake bench:quick`.
+#
+# Three workloads, each variant run ROUNDS times, interleaved (the order of
+# the variants rotates every round), on 127.0.0.1 only:
+#
+# 1. accept: bench/accept_client.c (built here with gcc -O2) opens and closes
+#    N connections, CONC in flight, against bench/accept_server.rb in four
+#    variants (select, blocking, ring, multishot).
+# 2. http: wrk -t1 --latency, -c1/-c50/-c200, against the two example
+#    servers (examples/hello_select_server.rb, examples/hello_server.rb).
+# 3. percall: bench/percall.rb, ns per call.
+#
+# Server CPU comes from the server's own CLOCK_PROCESS_CPUTIME_ID, read
+# through bench/cpu_probe.rb (SIGUSR1 before and after the load). Syscalls
+# are counted in a separate, shorter load on the same server process (so the
+# tracing never slows the timed run) with `perf stat` on the raw_syscalls
+# and syscalls:sys_enter_* tracepoints, or `strace -c -f` where perf cannot.
+#
+# Every process started here is registered and killed (TERM, then KILL) when
+# a run ends, when the harness fails, and at exit; the servers also carry an
+# alarm(2) watchdog (BENCH_WATCHDOG) in case the harness is killed outright.
+require "etc"
+require "fileutils"
+require "json"
+require "io/wait"
+require "rbconfig"
+require "tmpdir"
+require "timeout"
+
+module Bench
+  ROOT = File.expand_path("..", __dir__)
+  HOST = "127.0.0.1"
+
+  class Error < StandardError; end
+
+  def self.monotonic = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+
+  def self.log(msg)
+    $stdout.puts(msg)
+    $stdout.flush
+  end
+
+  # ---- configuration --------------------------------------------------------
+
+  Config = Struct.new(:mode, :rounds, :accept_n, :accept_conc, :accept_count_n, :wrk_seconds, :wrk_warmup,
+                      :wrk_conns, :count_seconds, :percall_iterations, :out_md, :out_svg, :out_json, :pin,
+                      :syscalls, keyword_init: true) do
+    def quick? = mode == :quick
+  end
+
+  def self.env_list(name, default) = (ENV[name] || default).split(",").map { |v| Integer(v) }
+
+  def self.config(mode)
+    quick = mode == :quick
+    results = quick ? File.join(ROOT, "tmp", "bench") : File.join(ROOT, "bench", "results")
+    Config.new(
+      mode: mode,
+      rounds: Integer(ENV.fetch("BENCH_ROUNDS", quick ? "1" : "3")),
+      accept_n: Integer(ENV.fetch("BENCH_ACCEPT_N", quick ? "3000" : "20000")),
+      accept_conc: env_list("BENCH_ACCEPT_CONC", quick ? "64" : "1,64"),
+      accept_count_n: Integer(ENV.fetch("BENCH_ACCEPT_COUNT_N", quick ? "1000" : "5000")),
+      wrk_seconds: Integer(ENV.fetch("BENCH_WRK_SECONDS", quick ? "1" : "5")),
+      wrk_warmup: Integer(ENV.fetch("BENCH_WRK_WARMUP", quick ? "0" : "1")),
+      wrk_conns: env_list("BENCH_WRK_CONNS", quick ? "50" : "1,50,200"),
+      count_seconds: Integer(ENV.fetch("BENCH_COUNT_SECONDS", quick ? "1" : "2")),
+      percall_iterations: Integer(ENV.fetch("BENCH_PERCALL_ITERATIONS", quick ? "20000" : "200000")),
+      out_md: File.join(results, quick ? "quick.md" : "latest.md"),
+      out_svg: File.join(results, quick ? "quick.svg" : "latest.svg"),
+      out_json: File.join(results, quick ? "quick.json" : "latest.json"),
+      pin: ENV.fetch("BENCH_PIN", "1") != "0" && Etc.nprocessors >= 2 && system("command -v taskset >/dev/null 2>&1"),
+      syscalls: ENV.fetch("BENCH_SYSCALLS", "auto")
+    )
+  end
+
+  # ---- processes ------------------------------------------------------------
+
+  # Every child the harness starts, so that none outlives it.
+  module Procs
+    @pids = {}
+    @lock = Mutex.new
+
+    class << self
+      def spawn(*cmd, **opts)
+        pid = Process.spawn(*cmd, pgroup: true, **opts)
+        @lock.synchronize { @pids[pid] = cmd.grep(String).first(3).join(" ") }
+        pid
+      end
+
+      # TERM the child's process group, KILL it if it has not gone after
+      # +grace+ seconds; reap it. Returns its Process::Status (or nil).
+      def stop(pid, signal: "TERM", grace: 3.0)
+        status = reap(pid)
+        return status if status
+
+        signal_group(pid, signal)
+        deadline = Bench.monotonic + grace
+        while Bench.monotonic < deadline
+          return status if (status = reap(pid))
+
+          sleep 0.02
+        end
+        signal_group(pid, "KILL")
+        _, status = Process.wait2(pid)
+        status
+      rescue Errno::ECHILD
+        nil
+      ensure
+        @lock.synchronize { @pids.delete(pid) }
+      end
+
+      def reap(pid)
+        _, status = Process.wait2(pid, Process::WNOHANG)
+        @lock.synchronize { @pids.delete(pid) } if status
+        status
+      end
+
+      def signal_group(pid, signal)
+        Process.kill(signal, -pid)
+      rescue Errno::ESRCH, Errno::EPERM
+        begin
+          Process.kill(signal, pid)
+        rescue Errno::ESRCH
+          nil
+        end
+      end
+
+      def stop_all
+        @lock.synchronize { @pids.keys }.each { |pid| stop(pid, grace: 1.0) }
+      end
+
+      # Runs a command to completion within +timeout+ seconds; returns
+      # [stdout, stderr, status]. Killed (and reported) if it takes longer.
+      def capture(*cmd, timeout:)
+        out_r, out_w = IO.pipe
+        err_r, err_w = IO.pipe
+        pid = spawn(*cmd, out: out_w, err: err_w, in: File::NULL)
+        out_w.close
+        err_w.close
+        readers = [Thread.new { out_r.read }, Thread.new { err_r.read }]
+        status = nil
+        deadline = Bench.monotonic + timeout
+        until (status = reap(pid))
+          if Bench.monotonic > deadline
+            stop(pid, signal: "KILL")
+            raise Error, "#{cmd.join(' ')}: still running after #{timeout} s; killed"
+          end
+          sleep 0.01
+        end
+        [readers[0].value, readers[1].value, status]
+      ensure
+        [out_r, err_r].each { |io| io&.close unless io&.closed? }
+      end
+    end
+  end
+
+  at_exit { Procs.stop_all }
+
+  # A benchmarked server: started pinned, ready once it prints "listening
+  # on HOST:PORT", asked for its CPU time through bench/cpu_probe.rb.
+  class Server
+    attr_reader :pid, :port, :label
+
+    def initialize(label, script, args, cpu:)
+      @label = label
+      @probe_r, probe_w = IO.pipe
+      out_r, out_w = IO.pipe
+      cmd = [*Bench.pin_prefix(cpu), RbConfig.ruby, "-r", File.join(ROOT, "bench", "cpu_probe.rb"), script,
+             "--port", "0", *args]
+      env = { "BENCH_PROBE_FD" => "3", "BENCH_WATCHDOG" => "900" }
+      @pid = Procs.spawn(env, *cmd, 3 => probe_w, out: out_w, err: out_w, in: File::NULL, chdir: ROOT)
+      probe_w.close
+      out_w.close
+      @lines = Queue.new
+      @output = []
+      @reader = Thread.new do
+        out_r.each_line do |line|
+          @output << line
+          @lines << line
+        end
+      ensure
+        @lines << :eof
+        out_r.close
+      end
+      wait_listening
+    end
+
+    def output = @output.join
+
+    def wait_listening
+      deadline = Bench.monotonic + 20
+      loop do
+        left = deadline - Bench.monotonic
+        raise Error, "#{@label}: not listening after 20 s:\n#{output}" if left <= 0
+
+        line = pop_with_timeout(left)
+        raise Error, "#{@label}: exited before listening:\n#{output}" if line == :eof
+
+        next unless line.is_a?(String) && (m = line.match(/listening on [\d.]+:(\d+)/))
+
+        @port = Integer(m[1])
+        return
+      end
+    end
+
+    # Ruby 3.1's Queue#pop has no timeout: keyword.
+    def pop_with_timeout(left)
+      Timeout.timeout(left) { @lines.pop }
+    rescue Timeout::Error
+      nil
+    end
+
+    # [cpu_ns, ops] from the server itself.
+    def cpu
+      Process.kill("USR1", @pid)
+      raise Error, "#{@label}: no answer to SIGUSR1:\n#{output}" unless @probe_r.wait_readable(10)
+
+      line = @probe_r.gets
+      m = line&.match(/cpu_ns=(\d+) ops=(-?\d+)/)
+      raise Error, "#{@label}: bad probe answer #{line.inspect}" unless m
+
+      [Integer(m[1]), Integer(m[2])]
+    end
+
+    def alive? = Procs.reap(@pid).nil?
+
+    def stop
+      status = Procs.stop(@pid)
+      @reader.join(3)
+      @probe_r.close unless @probe_r.closed?
+      status
+    end
+  end
+
+  def self.pin_prefix(cpu)
+    @config&.pin && cpu ? ["taskset", "-c", cpu.to_s] : []
+  end
+
+  SERVER_CPU = 0
+  LOAD_CPU = 1
+
+  # ---- syscall counting -----------------------------------------------------
+
+  # Counts the syscalls a process makes while a block runs: every syscall
+  # (raw_syscalls:sys_enter) plus the ones the report breaks out.
+  class SyscallCounter
+    NAMED = %w[io_uring_enter accept4 accept close read write recvfrom sendto sendmsg recvmsg readv writev select
+               pselect6 ppoll poll epoll_wait epoll_ctl fcntl ioctl futex getpid gettid getsockopt setsockopt
+               newfstatat newfstat statx mmap munmap madvise brk rt_sigreturn rt_sigprocmask sched_yield].freeze
+    TRACEFS = %w[/sys/kernel/tracing /sys/kernel/debug/tracing].freeze
+
+    attr_reader :method, :note
+
+    def initialize(choice)
+      @method, @note = pick(choice)
+    end
+
+    def available? = !@method.nil?
+
+    def pick(choice)
+      return [nil, "syscall counting off (BENCH_SYSCALLS=off)"] if choice == "off"
+
+      if %w[auto perf].include?(choice)
+        if perf_ok?
+          return [:perf, "`perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_<name>...` on the server " \
+                         "during a separate, shorter load (same server process)"]
+        end
+        return [nil, "perf cannot count syscall tracepoints here"] if choice == "perf"
+      end
+      if system("command -v strace >/dev/null 2>&1")
+        return [:strace, "`strace -c -f -p PID` on the server during a separate, shorter load " \
+                         "(perf cannot count syscall tracepoints here)"]
+      end
+
+      [nil, "no syscall counter available (neither perf tracepoints nor strace)"]
+    end
+
+    def perf_ok?
+      return false unless system("command -v perf >/dev/null 2>&1")
+
+      _, _, st = Procs.capture("perf", "stat", "-e", "syscalls:sys_enter_io_uring_enter", "true", timeout: 30)
+      st.success?
+    rescue Error
+      false
+    end
+
+    # The NAMED syscalls this kernel has a tracepoint for (perf refuses the
+    # whole list if one is missing).
+    def perf_events
+      @perf_events ||= begin
+        dir = TRACEFS.map { |t| File.join(t, "events", "syscalls") }.find { |d| File.directory?(d) }
+        names = dir ? NAMED.select { |n| File.directory?(File.join(dir, "sys_enter_#{n}")) } : %w[io_uring_enter]
+        ["raw_syscalls:sys_enter", *names.map { |n| "syscalls:sys_enter_#{n}" }]
+      end
+    end
+
+    # Yields, counting the syscalls of +pid+ meanwhile. Returns
+    # { "total" => n, "io_uring_enter" => n, ... }.
+    def count(pid, &block)
+      case @method
+      when :perf then perf_count(pid, &block)
+      when :strace then strace_count(pid, &block)
+      else
+        yield
+        nil
+      end
+    end
+
+    def perf_count(pid)
+      Dir.mktmpdir("bench-perf") do |dir|
+        ctl = File.join(dir, "ctl")
+        ack = File.join(dir, "ack")
+        out = File.join(dir, "out")
+        err = File.join(dir, "err")
+        [ctl, ack].each { |f| File.mkfifo(f) }
+        perf = Procs.spawn("perf", "stat", "-x,", "-D", "-1", "--control", "fifo:#{ctl},#{ack}",
+                           "-e", perf_events.join(","), "-p", pid.to_s, "-o", out,
+                           in: File::NULL, out: File::NULL, err: err)
+        ctl_w = ack_r = nil
+        begin
+          # Opening a FIFO blocks until perf opens the other end; perf may
+          # also fail before it does (its stderr says why).
+          Timeout.timeout(30) do
+            ctl_w = File.open(ctl, "w")
+            ack_r = File.open(ack, "r")
+          end
+          perf_cmd(ctl_w, ack_r, "enable")
+          yield
+          perf_cmd(ctl_w, ack_r, "disable")
+        rescue Errno::EPIPE, Timeout::Error => e
+          raise Error, "perf stat failed (#{e.class}): #{File.read(err) rescue ''}"
+        ensure
+          # perf writes its counts on SIGINT; closing ~40 tracepoint events
+          # takes it a moment (one RCU grace period each).
+          Procs.stop(perf, signal: "INT", grace: 30)
+          [ctl_w, ack_r].each do |io|
+            io&.close
+          rescue Errno::EPIPE
+            nil
+          end
+        end
+        parse_perf(File.read(out))
+      end
+    end
+
+    def perf_cmd(ctl_w, ack_r, cmd)
+      ctl_w.write("#{cmd}\n")
+      ctl_w.flush
+      raise Error, "perf: no ack for #{cmd}" unless ack_r.wait_readable(30)
+
+      ack_r.gets
+    end
+
+    def parse_perf(text)
+      counts = {}
+      text.each_line do |line|
+        f = line.strip.split(",")
+        next if f.size < 3 || line.start_with?("#")
+
+        name = f[2].sub(/\Araw_syscalls:sys_enter\z/, "total").sub(/\Asyscalls:sys_enter_/, "")
+        counts[name] = f[0] =~ /\A\d+\z/ ? Integer(f[0]) : 0
+      end
+      raise Error, "perf stat gave no counts:\n#{text}" unless counts.key?("total")
+
+      counts
+    end
+
+    def strace_count(pid)
+      Dir.mktmpdir("bench-strace") do |dir|
+        out = File.join(dir, "out")
+        st = Procs.spawn("strace", "-c", "-f", "-p", pid.to_s, "-o", out, in: File::NULL, out: File::NULL,
+                                                                          err: File::NULL)
+        sleep 1.0 # attaching to every thread takes a moment
+        begin
+          yield
+        ensure
+          Procs.stop(st, signal: "INT", grace: 10)
+        end
+        parse_strace(File.read(out))
+      end
+    end
+
+    def parse_strace(text)
+      counts = { "total" => 0 }
+      text.each_line do |line|
+        f = line.split
+        # % time, seconds, usecs/call, calls, [errors], syscall
+        next unless f.size >= 5 && f[0] =~ /\A[\d.]+\z/ && f[3] =~ /\A\d+\z/
+
+        name = f.last
+        next if name == "total"
+
+        counts[name] = Integer(f[3])
+        counts["total"] += Integer(f[3])
+      end
+      counts
+    end
+  end
+
+  # ---- statistics ------------------------------------------------------------
+
+  def self.median(values)
+    v = values.compact.sort
+    return nil if v.empty?
+
+    v.size.odd? ? v[v.size / 2] : (v[v.size / 2 - 1] + v[v.size / 2]) / 2.0
+  end
+
+  def self.ratio(a, b) = a && b && b.positive? ? a.fdiv(b) : nil
+
+  # ---- workloads --------------------------------------------------------------
+
+  # Collects samples: results[workload][row][variant][metric] = [values].
+  class Results
+    attr_reader :data, :meta
+
+    def initialize
+      @data = Hash.new { |h, k| h[k] = Hash.new { |h2, k2| h2[k2] = Hash.new { |h3, k3| h3[k3] = Hash.new { |h4, k4| h4[k4] = [] } } } }
+      @meta = {}
+    end
+
+    def add(workload, row, variant, metrics)
+      metrics.each { |k, v| @data[workload][row][variant][k] << v unless v.nil? }
+    end
+
+    def samples(workload, row, variant, metric) = @data.dig(workload, row, variant, metric) || []
+
+    def med(workload, row, variant, metric) = Bench.median(samples(workload, row, variant, metric))
+
+    def to_h = JSON.parse(JSON.generate(@data))
+  end
+
+  ACCEPT_VARIANTS = {
+    "select" => "accept_nonblock + IO.select",
+    "blocking" => "TCPServer#accept (blocking)",
+    "ring" => "Ring#accept",
+    "multishot" => "HotpathRing multishot accept"
+  }.freeze
+
+  HTTP_VARIANTS = {
+    "select" => ["IO.select server", "examples/hello_select_server.rb"],
+    "hotpath" => ["HotpathRing server", "examples/hello_server.rb"]
+  }.freeze
+
+  PERCALL_VARIANTS = {
+    "sysread" => "IO#sysread(100) (floor)",
+    "read_nonblock" => "IO#read_nonblock(100, exception: false)",
+    "ring_read" => "Ring#read(fd, max: 100)",
+    "each_completion" => "each_completion(raw: true), 1 ready",
+    "each_completion_hash" => "each_completion (Hash), 1 ready",
+    "copy_release" => "copy_buffer(id, 100) + release_buffer(id)",
+    "take_buffer" => "take_buffer(id, 100)"
+  }.freeze
+
+  def self.rotate(list, round) = list.rotate(round % list.size)
+
+  def self.accept_client
+    bin = File.join(ROOT, "tmp", "bench", "accept_client")
+    src = File.join(ROOT, "bench", "accept_client.c")
+    if !File.exist?(bin) || File.mtime(bin) < File.mtime(src)
+      FileUtils.mkdir_p(File.dirname(bin))
+      out, err, st = Procs.capture("gcc", "-O2", "-Wall", "-Wextra", "-o", bin, src, timeout: 120)
+      raise Error, "gcc failed building #{src}:\n#{out}#{err}" unless st.success?
+    end
+    bin
+  end
+
+  # One client run: [rate, connections, seconds].
+  def self.run_accept_client(port, n, conc)
+    out, err, st = Procs.capture(*pin_prefix(LOAD_CPU), accept_client, "-h", HOST, "-p", port.to_s, "-n", n.to_s,
+                                 "-c", conc.to_s, "-t", "120", timeout: 180)
+    m = out.match(/connections=(\d+) errors=(\d+) seconds=([\d.]+) rate=([\d.]+)/)
+    raise Error, "accept_client failed (#{st}): #{out}#{err}" unless st.success? && m
+
+    { rate: Float(m[4]), connections: Integer(m[1]), seconds: Float(m[3]) }
+  end
+
+  def self.run_accept(cfg, results, counter)
+    cfg.rounds.times do |round|
+      cfg.accept_conc.each do |conc|
+        rotate(ACCEPT_VARIANTS.keys, round).each do |variant|
+          server = Server.new("accept_server --variant #{variant}", File.join(ROOT, "bench", "accept_server.rb"),
+                              ["--variant", variant, "--seconds", "600"], cpu: SERVER_CPU)
+          begin
+            run_accept_client(server.port, [cfg.accept_n / 10, 500].max, conc) # warm-up
+            cpu0, ops0 = server.cpu
+            r = run_accept_client(server.port, cfg.accept_n, conc)
+            cpu1, ops1 = server.cpu
+            accepted = ops1 - ops0
+            raise Error, "#{variant}: server accepted #{accepted}, client finished #{r[:connections]}" if accepted != r[:connections]
+
+            metrics = { rate: r[:rate], cpu_us: (cpu1 - cpu0) / 1000.0 / accepted }
+            if counter.available?
+              c = nil
+              counts = counter.count(server.pid) { c = run_accept_client(server.port, cfg.accept_count_n, conc) }
+              metrics.merge!(syscall_metrics(counts, c[:connections], close_path: CLOSE_PATH.fetch(variant)))
+            end
+            results.add(:accept, "c#{conc}", variant, metrics)
+            log format("  accept  c=%-3d %-10s round %d: %9.0f accepts/s  %6.2f us CPU/accept  %s", conc, variant,
+                       round + 1, metrics[:rate], metrics[:cpu_us], sys_summary(metrics))
+          ensure
+            server.stop
+          end
+        end
+      end
+    end
+  end
+
+  # The syscalls that closing an accepted connection costs, per variant:
+  # TCPSocket#close is close(2); the io_uring variants get an Integer fd and
+  # close it with IO.for_fd(fd).close, whose IO#initialize adds
+  # fcntl(F_GETFL) and ioctl(TCGETS) (an isatty check), seen with strace.
+  CLOSE_PATH = {
+    "select" => %w[close], "blocking" => %w[close], "ring" => %w[close fcntl ioctl], "multishot" => %w[close fcntl ioctl]
+  }.freeze
+
+  def self.syscall_metrics(counts, ops, close_path: %w[close])
+    return {} unless counts && ops.positive?
+
+    per = ->(k) { counts.fetch(k, 0).fdiv(ops) }
+    named = counts.reject { |k, _| k == "total" }
+    other = counts.fetch("total", 0) - named.values.sum
+    named["other"] = other if other.positive?
+    {
+      sys: per.call("total"),
+      sys_no_close: per.call("total") - close_path.sum { |k| per.call(k) },
+      enter: per.call("io_uring_enter"),
+      breakdown: named.reject { |_, v| v.zero? }.sort_by { |_, v| -v }.first(8)
+                      .to_h { |k, v| [k, v.fdiv(ops).round(3)] }
+    }
+  end
+
+  def self.sys_summary(m)
+    return "" unless m[:sys]
+
+    format("%.3f syscalls/op (%s)", m[:sys], m[:breakdown].map { |k, v| "#{k} #{v}" }.join(", "))
+  end
+
+  def self.parse_duration_ms(text)
+    m = text.match(/\A([\d.]+)(us|ms|s|m)\z/) or return nil
+    Float(m[1]) * { "us" => 0.001, "ms" => 1.0, "s" => 1000.0, "m" => 60_000.0 }.fetch(m[2])
+  end
+
+  def self.run_wrk(port, conns, seconds)
+    out, err, st = Procs.capture(*pin_prefix(LOAD_CPU), "wrk", "-t1", "-c#{conns}", "-d#{seconds}s", "--latency",
+                                 "--timeout", "5s", "http://#{HOST}:#{port}/", timeout: seconds + 30)
+    raise Error, "wrk failed (#{st}): #{out}#{err}" unless st.success?
+
+    requests = out[/(\d+) requests in/, 1]
+    rps = out[/Requests\/sec:\s+([\d.]+)/, 1]
+    raise Error, "cannot parse wrk output:\n#{out}" unless requests && rps
+
+    errors = out[/Socket errors: (.*)/, 1]
+    non2xx = out[/Non-2xx or 3xx responses: (\d+)/, 1]
+    raise Error, "wrk saw #{non2xx} non-2xx responses:\n#{out}" if non2xx
+
+    { requests: Integer(requests), rps: Float(rps),
+      p50: parse_duration_ms(out[/^\s+50%\s+(\S+)/, 1].to_s), p99: parse_duration_ms(out[/^\s+99%\s+(\S+)/, 1].to_s),
+      socket_errors: errors }
+  end
+
+  def self.run_http(cfg, results, counter)
+    cfg.rounds.times do |round|
+      cfg.wrk_conns.each do |conns|
+        rotate(HTTP_VARIANTS.keys, round).each do |variant|
+          label, script = HTTP_VARIANTS.fetch(variant)
+          server = Server.new(label, File.join(ROOT, script), ["--seconds", "600"], cpu: SERVER_CPU)
+          begin
+            run_wrk(server.port, conns, cfg.wrk_warmup) if cfg.wrk_warmup.positive?
+            cpu0, = server.cpu
+            w = run_wrk(server.port, conns, cfg.wrk_seconds)
+            cpu1, = server.cpu
+            metrics = { rps: w[:rps], p50: w[:p50], p99: w[:p99], cpu_us: (cpu1 - cpu0) / 1000.0 / w[:requests] }
+            log "  (wrk socket errors: #{w[:socket_errors]})" if w[:socket_errors]
+            if counter.available?
+              c = nil
+              counts = counter.count(server.pid) { c = run_wrk(server.port, conns, cfg.count_seconds) }
+              metrics.merge!(syscall_metrics(counts, c[:requests]))
+            end
+            results.add(:http, "c#{conns}", variant, metrics)
+            log format("  http    c=%-3d %-10s round %d: %9.0f req/s  p50 %.3f ms  p99 %.3f ms  %6.2f us CPU/req  %s",
+                       conns, variant, round + 1, metrics[:rps], metrics[:p50] || -1, metrics[:p99] || -1,
+                       metrics[:cpu_us], sys_summary(metrics))
+          ensure
+            server.stop
+          end
+        end
+      end
+    end
+  end
+
+  def self.run_percall(cfg, results)
+    cfg.rounds.times do |round|
+      order = rotate(PERCALL_VARIANTS.keys, round)
+      out, err, st = Procs.capture(*pin_prefix(SERVER_CPU), RbConfig.ruby, File.join(ROOT, "bench", "percall.rb"),
+                                   "--iterations", cfg.percall_iterations.to_s, "--order", order.join(","),
+                                   timeout: 600)
+      raise Error, "percall.rb failed (#{st}):\n#{out}#{err}" unless st.success?
+
+      data = JSON.parse(out.lines.last)
+      data.each do |name, m|
+        results.add(:percall, "ns", name, { ns: m["ns"], waits: m["waits_per_call"] })
+      end
+      log "  percall round #{round + 1}: " + data.map { |k, m| format("%s %.0f ns", k, m["ns"]) }.join(", ")
+    end
+  end
+
+  # ---- the run --------------------------------------------------------------
+
+  def self.loadavg = File.read("/proc/loadavg").split.first(3).join(" ")
+
+  def self.machine_meta(cfg, counter)
+    require "hyperion/io_uring"
+    io = Hyperion::IOUring
+    cpu_model = File.read("/proc/cpuinfo")[/^model name\s*:\s*(.*)$/, 1] rescue nil
+    dirty = `git -C #{ROOT} status --porcelain -- ext lib examples bench 2>/dev/null`.lines.map { |l| l[3..].strip }
+    {
+      "date" => Time.now.utc.strftime("%Y-%m-%d %H:%M UTC"),
+      "commit" => `git -C #{ROOT} rev-parse --short HEAD 2>/dev/null`.strip,
+      "dirty" => dirty,
+      "cpus" => Etc.nprocessors,
+      "cpu_model" => cpu_model,
+      "kernel" => Etc.uname[:release],
+      "ruby" => RUBY_DESCRIPTION,
+      "liburing" => io.const_defined?(:LIBURING_VERSION) ? io::LIBURING_VERSION : nil,
+      "setup_flags" => (io.diagnostics[:setup_flags] rescue nil),
+      "setup_env" => ENV["HYPERION_IO_URING_SETUP"],
+      "pinned" => cfg.pin ? "server (and percall.rb) on CPU #{SERVER_CPU}, wrk/accept_client on CPU #{LOAD_CPU} (taskset)" : "not pinned",
+      "syscalls" => counter.note,
+      "syscall_method" => counter.method&.to_s,
+      "mode" => cfg.mode.to_s,
+      "rounds" => cfg.rounds,
+      "accept_n" => cfg.accept_n,
+      "accept_conc" => cfg.accept_conc,
+      "accept_count_n" => cfg.accept_count_n,
+      "wrk_seconds" => cfg.wrk_seconds,
+      "wrk_warmup" => cfg.wrk_warmup,
+      "wrk_conns" => cfg.wrk_conns,
+      "count_seconds" => cfg.count_seconds,
+      "percall_iterations" => cfg.percall_iterations
+    }
+  end
+
+  WORKLOADS = %w[accept http percall].freeze
+
+  def self.run(mode, only: WORKLOADS)
+    cfg = @config = config(mode)
+    started = monotonic
+    have = ->(tool) { system("command -v #{tool} >/dev/null 2>&1") }
+    raise Error, "gcc not found (apt-get install -y gcc)" if only.include?("accept") && !have.call("gcc")
+    if only.include?("http") && !have.call("wrk")
+      raise Error, "wrk not found (apt-get install -y wrk)" unless cfg.quick?
+
+      log "bench: wrk not found (apt-get install -y wrk): skipping the HTTP workload in quick mode"
+      only -= ["http"]
+    end
+    require "hyperion/io_uring"
+    unless Hyperion::IOUring.hotpath_supported?
+      raise Error, "io_uring hot path unsupported here: #{Hyperion::IOUring.hotpath_unsupported_reason}"
+    end
+
+    counter = SyscallCounter.new(cfg.syscalls)
+    results = Results.new
+    results.meta.merge!(machine_meta(cfg, counter))
+    results.meta["load_before"] = loadavg
+    log "bench (#{mode}): #{cfg.rounds} round(s), interleaved; #{results.meta['pinned']}"
+    log "syscalls: #{counter.note}"
+    log "load average before: #{results.meta['load_before']}"
+    accept_client if only.include?("accept")
+    if only.include?("accept")
+      log "accept: #{cfg.accept_n} connections per run, concurrency #{cfg.accept_conc.join('/')}"
+      run_accept(cfg, results, counter)
+    end
+    if only.include?("http")
+      log "http: wrk -t1 -c#{cfg.wrk_conns.join('/')} -d#{cfg.wrk_seconds}s --latency"
+      run_http(cfg, results, counter)
+    end
+    if only.include?("percall")
+      log "percall: #{cfg.percall_iterations} calls per variant per round"
+      run_percall(cfg, results)
+    end
+    results.meta["load_after"] = loadavg
+    results.meta["seconds"] = (monotonic - started).round(1)
+    report = Report.new(results, cfg, only)
+    FileUtils.mkdir_p(File.dirname(cfg.out_md))
+    File.write(cfg.out_svg, report.svg)
+    File.write(cfg.out_json, JSON.pretty_generate({ "meta" => results.meta, "results" => results.to_h }))
+    md = report.markdown
+    File.write(cfg.out_md, md)
+    log ""
+    log md
+    log "written: #{[cfg.out_md, cfg.out_svg, cfg.out_json].map { |f| f.delete_prefix("#{ROOT}/") }.join(', ')}"
+    report
+  ensure
+    Procs.stop_all
+  end
+end
+
+require_relative "report"

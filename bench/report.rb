@@ -1,0 +1,327 @@
+# frozen_string_literal: true
+
+module Bench
+  # Turns the samples of a run into the Markdown table (with the targets of
+  # issue 5 marked met / not met) and an SVG chart of the ratios.
+  class Report
+    SETUP_FLAGS = {
+      1 => "IOPOLL", 2 => "SQPOLL", 4 => "SQ_AFF", 8 => "CQSIZE", 16 => "CLAMP", 32 => "ATTACH_WQ",
+      64 => "R_DISABLED", 128 => "SUBMIT_ALL", 256 => "COOP_TASKRUN", 512 => "TASKRUN_FLAG", 1024 => "SQE128",
+      2048 => "CQE32", 4096 => "SINGLE_ISSUER", 8192 => "DEFER_TASKRUN"
+    }.freeze
+
+    # How close to 1 "exactly 1 syscall per accept" must be: a run also has
+    # a few syscalls that belong to no accept (an idle wake-up, the signal
+    # the probe uses), spread over thousands of accepts.
+    EXACT_TOLERANCE = 0.02
+
+    Target = Struct.new(:text, :measured, :value, :limit, :cmp, keyword_init: true) do
+      def status
+        return "n/a" if value.nil?
+
+        ok = case cmp
+             when :ge then value >= limit
+             when :le then value <= limit
+             when :lt then value < limit
+             when :eq then (value - limit).abs <= EXACT_TOLERANCE
+             end
+        ok ? "met" : "not met"
+      end
+    end
+
+    def initialize(results, cfg, only)
+      @r = results
+      @cfg = cfg
+      @only = only
+      @meta = results.meta
+    end
+
+    def med(*key) = @r.med(*key)
+
+    def samples(*key) = @r.samples(*key)
+
+    # "median (min–max)" with +digits+ decimals.
+    def spread(values, digits = 0)
+      v = values.compact
+      return "–" if v.empty?
+
+      m = fmt(Bench.median(v), digits)
+      return m if v.size == 1
+
+      "#{m} (#{fmt(v.min, digits)}–#{fmt(v.max, digits)})"
+    end
+
+    def fmt(x, digits)
+      return "–" if x.nil?
+      return x.round.to_s.reverse.scan(/\d{1,3}/).join(",").reverse if digits.zero? && x >= 10_000
+
+      format("%.#{digits}f", x)
+    end
+
+    def ratio_s(x) = x ? format("%.2fx", x) : "–"
+
+    def burst_row = "c#{@cfg.accept_conc.max}"
+
+    def flags_s(flags)
+      return "?" unless flags
+
+      names = SETUP_FLAGS.select { |bit, _| (flags & bit).nonzero? }.values
+      format("0x%x (%s)", flags, names.empty? ? "none" : names.join("|"))
+    end
+
+    # ---- targets ---------------------------------------------------------
+
+    def targets
+      t = []
+      rps = Bench.ratio(med(:http, "c50", "hotpath", :rps), med(:http, "c50", "select", :rps))
+      cpu = Bench.ratio(med(:http, "c50", "hotpath", :cpu_us), med(:http, "c50", "select", :cpu_us))
+      sys = med(:http, "c50", "hotpath", :sys)
+      t << Target.new(text: "HotpathRing hello server req/s >= 1.5x IO.select server (wrk -c50)",
+                      measured: ratio_s(rps), value: rps, limit: 1.5, cmp: :ge)
+      t << Target.new(text: "... with server CPU per request <= 0.7x the IO.select server's",
+                      measured: ratio_s(cpu), value: cpu, limit: 0.7, cmp: :le)
+      t << Target.new(text: "... and <= 0.2 syscalls per request",
+                      measured: sys && format("%.3f", sys), value: sys, limit: 0.2, cmp: :le)
+      b = burst_row
+      ms = Bench.ratio(med(:accept, b, "multishot", :rate), med(:accept, b, "select", :rate))
+      enter = med(:accept, b, "multishot", :enter)
+      t << Target.new(text: "Multishot accept accepts/s >= 1.5x accept_nonblock + IO.select (client concurrency #{b[1..]})",
+                      measured: ratio_s(ms), value: ms, limit: 1.5, cmp: :ge)
+      t << Target.new(text: "... with <= 0.3 io_uring_enter per accepted connection",
+                      measured: enter && format("%.3f", enter), value: enter, limit: 0.3, cmp: :le)
+      ra = Bench.ratio(med(:accept, b, "ring", :rate), med(:accept, b, "select", :rate))
+      one = med(:accept, b, "ring", :sys_no_close)
+      t << Target.new(text: "Ring#accept accepts/s >= 1.2x accept_nonblock + IO.select (client concurrency #{b[1..]})",
+                      measured: ratio_s(ra), value: ra, limit: 1.2, cmp: :ge)
+      t << Target.new(text: "Ring#accept: exactly 1 syscall per accept besides the close " \
+                            "(the close being IO.for_fd(fd).close: fcntl + ioctl(TCGETS) + close)",
+                      measured: one && format("%.3f (%s)", one, top_syscalls(:accept, b, "ring")), value: one,
+                      limit: 1.0, cmp: :eq)
+      rr = Bench.ratio(med(:percall, "ns", "ring_read", :ns), med(:percall, "ns", "sysread", :ns))
+      t << Target.new(text: "Ring#read on ready data <= 2.5x IO#sysread",
+                      measured: ratio_s(rr), value: rr, limit: 2.5, cmp: :le)
+      cr = med(:percall, "ns", "copy_release", :ns)
+      t << Target.new(text: "copy_buffer + release_buffer of 100 bytes < 300 ns",
+                      measured: cr && format("%.0f ns", cr), value: cr, limit: 300, cmp: :lt)
+      t
+    end
+
+    # ---- Markdown --------------------------------------------------------
+
+    def markdown
+      out = []
+      out << "# hyperion-io_uring benchmarks"
+      out << ""
+      out.concat(header)
+      out << ""
+      out << "## Targets (issue 5; ratios of medians from this run)"
+      out << ""
+      out << "| target | measured | status |"
+      out << "| --- | --- | --- |"
+      targets.each { |t| out << "| #{t.text} | #{t.measured || '–'} | **#{t.status}** |" }
+      out << ""
+      out.concat(accept_table) if @only.include?("accept")
+      out.concat(http_table) if @only.include?("http")
+      out.concat(percall_table) if @only.include?("percall")
+      out << "![ratios](#{File.basename(@cfg.out_svg)})"
+      out << ""
+      out.join("\n")
+    end
+
+    def header
+      m = @meta
+      dirty = m["dirty"].empty? ? "" : " with uncommitted changes in #{m['dirty'].join(', ')}"
+      cmd = @cfg.quick? ? "bundle exec rake bench:quick" : "bundle exec rake bench"
+      [
+        "- Machine: #{m['cpus']} CPUs (#{m['cpu_model']}), Linux #{m['kernel']}, #{m['ruby']}, " \
+        "liburing #{m['liburing']}; ring setup flags #{flags_s(m['setup_flags'])}" \
+        "#{m['setup_env'] ? " (HYPERION_IO_URING_SETUP=#{m['setup_env']})" : ''}.",
+        "- Run: #{m['date']}, commit #{m['commit']}#{dirty}; `#{cmd}` (#{m['mode']} mode), #{m['seconds']} s.",
+        "- Each variant #{m['rounds']} time(s), interleaved (the order rotates every round); cells are " \
+        "median (min–max); ratios are of medians.",
+        "- Pinning: #{m['pinned']}.",
+        "- Load average (1/5/15 min) before: #{m['load_before']}, after: #{m['load_after']}. " \
+        "The machine is shared: other work running meanwhile shows up as noise (see the min–max spread).",
+        "- Server CPU: the server's own CLOCK_PROCESS_CPUTIME_ID (all threads), read before and after each load " \
+        "(bench/cpu_probe.rb), divided by the operations the load generator completed.",
+        "- Syscalls: #{m['syscalls']}; per operation the load generator completed."
+      ]
+    end
+
+    def top_syscalls(workload, row, variant)
+      list = samples(workload, row, variant, :breakdown)
+      return "–" if list.empty?
+
+      keys = list.flat_map(&:keys).uniq
+      keys.map { |k| [k, Bench.median(list.map { |b| b[k] || 0 })] }
+          .sort_by { |_, v| -v }.first(5).map { |k, v| "#{k} #{format('%.2f', v)}" }.join(", ")
+    end
+
+    def sys_cell(workload, row, variant, key, digits = 3)
+      v = samples(workload, row, variant, key)
+      v.empty? ? "–" : spread(v, digits)
+    end
+
+    def accept_table
+      m = @meta
+      out = ["## 1. Accept", "",
+             "bench/accept_client.c (gcc -O2, one thread, epoll) opens #{fmt(m['accept_n'], 0)} loopback " \
+             "connections per run with C in flight; each counts once the server has accepted and closed it " \
+             "(the client waits for the FIN, then closes with SO_LINGER 0). bench/accept_server.rb closes each " \
+             "connection at once; the io_uring variants close their Integer fd with `IO.for_fd(fd).close`, which " \
+             "costs fcntl(F_GETFL) + ioctl(TCGETS) + close(2) (TCPSocket#close: close(2)); \"excl. closing\" leaves " \
+             "those out. " \
+             "Syscalls: a separate #{fmt(m['accept_count_n'], 0)}-connection load on the same server.", "",
+             "| C | server | accepts/s | vs select | server CPU µs/accept | vs select | syscalls/accept | " \
+             "excl. closing | io_uring_enter/accept | per accept |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+      @cfg.accept_conc.each do |c|
+        row = "c#{c}"
+        base_rate = med(:accept, row, "select", :rate)
+        base_cpu = med(:accept, row, "select", :cpu_us)
+        ACCEPT_VARIANTS.each do |v, label|
+          out << "| #{c} | #{label} | #{spread(samples(:accept, row, v, :rate))} | " \
+                 "#{ratio_s(Bench.ratio(med(:accept, row, v, :rate), base_rate))} | " \
+                 "#{spread(samples(:accept, row, v, :cpu_us), 2)} | " \
+                 "#{ratio_s(Bench.ratio(med(:accept, row, v, :cpu_us), base_cpu))} | " \
+                 "#{sys_cell(:accept, row, v, :sys)} | #{sys_cell(:accept, row, v, :sys_no_close)} | " \
+                 "#{sys_cell(:accept, row, v, :enter)} | #{top_syscalls(:accept, row, v)} |"
+        end
+      end
+      out << ""
+      out
+    end
+
+    def http_table
+      m = @meta
+      out = ["## 2. HTTP hello world, keep-alive", "",
+             "`wrk -t1 -cC -d#{m['wrk_seconds']}s --latency` (after a #{m['wrk_warmup']} s warm-up) against " \
+             "examples/hello_select_server.rb (IO.select, read_nonblock, syswrite) and examples/hello_server.rb " \
+             "(HotpathRing: multishot accept and recv, submit_send, each_completion(raw: true)). Syscalls: a " \
+             "separate #{m['count_seconds']} s wrk load on the same server.", "",
+             "| C | server | req/s | vs select | p50 ms | p99 ms | server CPU µs/req | vs select | syscalls/req | " \
+             "io_uring_enter/req | per request |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+      @cfg.wrk_conns.each do |c|
+        row = "c#{c}"
+        base_rps = med(:http, row, "select", :rps)
+        base_cpu = med(:http, row, "select", :cpu_us)
+        HTTP_VARIANTS.each do |v, (label, _)|
+          out << "| #{c} | #{label} | #{spread(samples(:http, row, v, :rps))} | " \
+                 "#{ratio_s(Bench.ratio(med(:http, row, v, :rps), base_rps))} | " \
+                 "#{spread(samples(:http, row, v, :p50), 3)} | #{spread(samples(:http, row, v, :p99), 3)} | " \
+                 "#{spread(samples(:http, row, v, :cpu_us), 2)} | " \
+                 "#{ratio_s(Bench.ratio(med(:http, row, v, :cpu_us), base_cpu))} | " \
+                 "#{sys_cell(:http, row, v, :sys)} | #{sys_cell(:http, row, v, :enter)} | " \
+                 "#{top_syscalls(:http, row, v)} |"
+        end
+      end
+      out << ""
+      out
+    end
+
+    def percall_table
+      m = @meta
+      floor = med(:percall, "ns", "sysread", :ns)
+      out = ["## 3. Per-call cost", "",
+             "bench/percall.rb, #{fmt(m['percall_iterations'], 0)} calls per variant per round, one process per " \
+             "round. Reads take 100 bytes from a loopback TCP socket holding data already (refilled, untimed, " \
+             "every 250 reads; median of the 250-read blocks). each_completion: one send is submitted and " \
+             "flushed (untimed) before each timed call, so exactly one completion is ready; median of single " \
+             "calls, clock cost subtracted. Buffers: median of 256-buffer blocks of 100-byte buffers filled by " \
+             "a multishot recv.", "",
+             "| call | ns/call | vs IO#sysread |",
+             "| --- | --- | --- |"]
+      PERCALL_VARIANTS.each do |v, label|
+        out << "| #{label} | #{spread(samples(:percall, 'ns', v, :ns))} | " \
+               "#{ratio_s(Bench.ratio(med(:percall, 'ns', v, :ns), floor))} |"
+      end
+      lo = med(:percall, "ns", "loop_overhead", :ns)
+      out << ""
+      out << "The buffer rows include their Ruby `while` loop (about #{lo ? lo.round : '?'} ns per iteration)." if lo
+      out << ""
+      out
+    end
+
+    # ---- SVG chart ---------------------------------------------------------
+
+    # [label, ratio, target, :higher/:lower better]
+    def bars
+      list = []
+      if @only.include?("accept")
+        @cfg.accept_conc.each do |c|
+          row = "c#{c}"
+          base = med(:accept, row, "select", :rate)
+          { "blocking" => nil, "ring" => 1.2, "multishot" => 1.5 }.each do |v, target|
+            target = nil unless row == burst_row
+            list << ["accept C=#{c}: #{ACCEPT_VARIANTS[v]} accepts/s", Bench.ratio(med(:accept, row, v, :rate), base),
+                     target, :higher]
+          end
+        end
+      end
+      if @only.include?("http")
+        @cfg.wrk_conns.each do |c|
+          row = "c#{c}"
+          list << ["http -c#{c}: HotpathRing req/s", Bench.ratio(med(:http, row, "hotpath", :rps),
+                                                                  med(:http, row, "select", :rps)),
+                   c == 50 ? 1.5 : nil, :higher]
+          list << ["http -c#{c}: HotpathRing CPU/req", Bench.ratio(med(:http, row, "hotpath", :cpu_us),
+                                                                    med(:http, row, "select", :cpu_us)),
+                   c == 50 ? 0.7 : nil, :lower]
+        end
+      end
+      if @only.include?("percall")
+        floor = med(:percall, "ns", "sysread", :ns)
+        %w[ring_read read_nonblock each_completion copy_release take_buffer].each do |v|
+          list << ["per call: #{PERCALL_VARIANTS[v]}", Bench.ratio(med(:percall, "ns", v, :ns), floor),
+                   v == "ring_read" ? 2.5 : nil, :lower]
+        end
+      end
+      list.reject { |b| b[1].nil? }
+    end
+
+    def esc(s) = s.to_s.gsub("&", "&amp;").gsub("<", "&lt;").gsub(">", "&gt;")
+
+    def svg
+      list = bars
+      label_w = 380
+      plot_w = 460
+      bar_h = 18
+      gap = 8
+      top = 56
+      height = top + list.size * (bar_h + gap) + 40
+      width = label_w + plot_w + 80
+      max = [[list.map { |b| [b[1], b[2] || 0] }.flatten.max.to_f * 1.1, 2.0].max, 6.0].min
+      x = ->(v) { label_w + (plot_w * [v, max].min / max) }
+      out = []
+      out << %(<svg xmlns="http://www.w3.org/2000/svg" width="#{width}" height="#{height}" ) +
+             %(viewBox="0 0 #{width} #{height}" font-family="sans-serif" font-size="12">)
+      out << %(<rect width="100%" height="100%" fill="white"/>)
+      out << %(<text x="10" y="20" font-size="15" font-weight="bold">hyperion-io_uring: ratios vs plain Ruby I/O ) +
+             %((median of #{@meta['rounds']}, #{esc(@meta['date'])})</text>)
+      out << %(<text x="10" y="38" fill="#555">green: target met, red: not met, blue: no target. ) +
+             %(Black tick: target. Dashed line: 1.0x (equal to the baseline).</text>)
+      (0..max.floor).each do |t|
+        out << %(<line x1="#{x.call(t)}" y1="#{top - 6}" x2="#{x.call(t)}" y2="#{height - 30}" stroke="#{t == 1 ? '#333' : '#ddd'}" ) +
+               %(#{t == 1 ? 'stroke-dasharray="4,3"' : ''}/>)
+        out << %(<text x="#{x.call(t)}" y="#{height - 16}" text-anchor="middle" fill="#555">#{t}x</text>)
+      end
+      list.each_with_index do |(label, ratio, target, better), i|
+        y = top + i * (bar_h + gap)
+        color = if target.nil? then "#4a7fb5"
+                elsif better == :higher ? ratio >= target : ratio <= target then "#3a9d4a"
+                else "#c8423b"
+                end
+        suffix = better == :higher ? " (higher is better)" : " (lower is better)"
+        out << %(<text x="#{label_w - 8}" y="#{y + 13}" text-anchor="end">#{esc(label)}<tspan fill="#888">#{esc(suffix)}</tspan></text>)
+        out << %(<rect x="#{label_w}" y="#{y}" width="#{(x.call(ratio) - label_w).round(1)}" height="#{bar_h}" fill="#{color}"/>)
+        out << %(<text x="#{x.call(ratio) + 4}" y="#{y + 13}">#{format('%.2fx', ratio)}#{ratio > max ? ' (clipped)' : ''}</text>)
+        if target
+          out << %(<line x1="#{x.call(target)}" y1="#{y - 3}" x2="#{x.call(target)}" y2="#{y + bar_h + 3}" stroke="black" stroke-width="2"/>)
+        end
+      end
+      out << "</svg>"
+      out.join("\n") + "\n"
+    end
+  end
+end
