@@ -168,7 +168,7 @@ module Demo
          "liburing #{d[:liburing_version] || '-'}, #{RUBY_DESCRIPTION}"
     flags = d[:setup_flags].is_a?(Integer) ? format(" (setup flags 0x%x)", d[:setup_flags]) : ""
     puts "  io_uring: #{d[:supported] ? "supported#{flags}" : "NOT supported: #{d[:unsupported_reason]}"}"
-    puts "  hot path: #{d[:hotpath_supported] ? 'supported' : "no (#{d[:hotpath_unsupported_reason]})"}"
+    puts "  hot path: #{d[:hotpath_supported] ? 'supported' : "no (#{d[:hotpath_unsupported_reason]})"}" if d[:supported]
     puts "  (full report: bin/hyperion-io_uring-doctor)"
   end
 
