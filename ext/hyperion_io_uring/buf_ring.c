@@ -82,6 +82,7 @@ hio_bufring_take(struct hio_bufring *b, unsigned bid, unsigned len)
     if (bid >= b->n || b->held[bid] || len > b->size) return -EINVAL;
     b->held[bid] = 1;
     b->len[bid] = len;
+    HIO_MEM_DEFINED(b->mem + (size_t)bid * b->size, len);
     b->in_use++;
     return 0;
 }

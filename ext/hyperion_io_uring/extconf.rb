@@ -40,6 +40,7 @@ if reason
   $objs = ["stub.o"]
 else
   have_header("linux/time_types.h")
+  have_header("valgrind/memcheck.h") # client requests: no-ops unless run under valgrind
   %w[io_uring_get_events io_uring_submit_and_get_events io_uring_ring_dontfork
      io_uring_prep_recv_multishot io_uring_prep_multishot_accept
      io_uring_prep_cancel_fd io_uring_submit_and_wait_timeout io_uring_buf_ring_init

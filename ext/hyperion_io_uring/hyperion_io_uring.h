@@ -19,6 +19,16 @@
 #define HIO_LIBURING_VERSION "unknown"
 #endif
 
+#ifdef HAVE_VALGRIND_MEMCHECK_H
+#include <valgrind/memcheck.h>
+/* Memcheck cannot see what the kernel writes through io_uring. */
+#define HIO_MEM_DEFINED(p, n) VALGRIND_MAKE_MEM_DEFINED((p), (n))
+#define HIO_ON_VALGRIND() RUNNING_ON_VALGRIND
+#else
+#define HIO_MEM_DEFINED(p, n) ((void)(p), (void)(n))
+#define HIO_ON_VALGRIND() 0
+#endif
+
 #define HIO_MAX_QUEUE_DEPTH 32768u
 #define HIO_MAX_READ (16u * 1024u * 1024u)
 

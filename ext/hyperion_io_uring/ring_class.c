@@ -245,6 +245,7 @@ ringc_read(int argc, VALUE *argv, VALUE self)
     hio_sring_run(&op);
     res = ringc_result(&op, "read");
     if (res != Qundef) return res;
+    if (op.res > 0) HIO_MEM_DEFINED(r->buf, (size_t)op.res);
     if (op.res >= 0) return rb_str_new(r->buf, op.res); /* ASCII-8BIT */
     switch (-op.res) {
       case EAGAIN: case EINTR: case ECANCELED:
