@@ -334,7 +334,9 @@ hpc_each_completion(int argc, VALUE *argv, VALUE self)
     rb_need_block();
     e.self = self;
     e.h = hpc_usable(self);
-    if (e.h->in_each) rb_raise(hio_eError, "each_completion is not reentrant (called from its own block)");
+    if (e.h->in_each)
+        rb_raise(hio_eError, "each_completion is not reentrant (called from its own block, or from "
+                             "another fiber while it waits under the Fiber scheduler)");
     e.h->in_each = 1;
     rb_ensure(hpc_each_body, (VALUE)&e, hpc_each_ensure, (VALUE)&e);
     return LONG2NUM(e.yielded);
@@ -475,8 +477,11 @@ hpc_close(VALUE self)
 
     if (!h->inited) return Qnil;
     if (!hio_owner_forked(&h->owner)) hio_owner_check(&h->owner, HP_CLASS);
-    if (h->in_each) rb_raise(hio_eError, "cannot close a ring from inside its each_completion block");
+    if (h->in_each)
+        rb_raise(hio_eError, "cannot close a ring while each_completion runs (from its block, or "
+                             "from another fiber while it waits under the Fiber scheduler)");
     hio_hp_close(h);
+    hio_sched_io_close(&h->sched_io);
     return Qnil;
 }
 

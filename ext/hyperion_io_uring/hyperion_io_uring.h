@@ -80,11 +80,16 @@ int hio_submit_get_events(struct io_uring *ring);
 /* Waits with the GVL held: only for short bounded drains in cleanup. */
 int hio_wait_held(struct io_uring *ring, unsigned wait_nr, double timeout);
 /*
- * When the calling fiber is non-blocking under a Fiber scheduler, waits
- * through the scheduler for the ring fd to become readable.
+ * When the calling fiber is non-blocking under a Fiber scheduler, submits
+ * what is queued, runs deferred work and, unless a CQE is then ready, waits
+ * through the scheduler's io_wait on an eventfd registered with the ring
+ * (created on first use, owned by the IO cached in *io_slot). May raise
+ * (the scheduler cancelling the fiber, Timeout): nothing is reaped here.
  * Returns 1 when it waited that way, 0 when there is no scheduler.
  */
 int hio_wait_scheduler(struct io_uring *ring, double timeout, VALUE *io_slot);
+/* Closes the eventfd IO of *io_slot (if any) and clears the slot. */
+void hio_sched_io_close(VALUE *io_slot);
 
 /* ---- ring.c: the single-shot Ring engine ---- */
 struct hio_sring {
@@ -97,7 +102,8 @@ struct hio_sring {
     char *buf;        /* read scratch, owned here, never moved by the GC */
     size_t buf_cap;
     uint64_t ops, waits, cancels;
-    VALUE sched_io;   /* IO for the ring fd, for Fiber scheduler waits (marked) */
+    int busy;         /* a call is running; under a scheduler its fiber may be parked */
+    VALUE sched_io;   /* IO of the eventfd for Fiber scheduler waits (marked) */
 };
 
 enum hio_sop_kind { HIO_SOP_ACCEPT = 1, HIO_SOP_READ = 2 };
@@ -210,7 +216,7 @@ struct hio_hotpath {
     long inflight;               /* requests whose final CQE is still due */
     struct hio_stats st;
     char err[160];               /* what failed, for probe reasons */
-    VALUE sched_io;              /* IO for the ring fd, for Fiber scheduler waits (marked) */
+    VALUE sched_io;              /* IO of the eventfd for Fiber scheduler waits (marked) */
 };
 
 int hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size);

@@ -41,8 +41,10 @@ hio_sring_close(struct hio_sring *r)
         else io_uring_queue_exit(&r->uring); /* nothing is in flight between calls */
         r->inited = 0;
     }
-    /* A wedged ring had a read the kernel might still finish: leak it. */
-    if (!r->wedged) {
+    /* A wedged ring had a read the kernel might still finish: leak it. So
+     * does a busy one: only the GC closes a ring mid-call, when the fiber
+     * parked in that call (under a scheduler) was dropped without resuming. */
+    if (!r->wedged && !r->busy) {
         free(r->buf);
     }
     r->buf = NULL;
@@ -214,6 +216,10 @@ hio_sring_run(struct hio_sop *op)
 
     op->pending = op->polling = op->done = op->timed_out = op->fatal = 0;
     op->res = 0;
+    /* Under a Fiber scheduler the call can park its fiber; until it ends,
+     * other fibers must not submit, reap (they would eat our CQE) or
+     * reallocate the read buffer on this ring (ring_class.c checks). */
+    op->r->busy = 1;
     rb_protect(sring_body, (VALUE)op, &state);
     if (op->pending) {
         int was_polling = op->polling;
@@ -224,6 +230,7 @@ hio_sring_run(struct hio_sop *op)
             else op->done = 1;
         }
     }
+    op->r->busy = 0;
     if (state) {
         /* An exception ends the call: an fd accepted in the race would leak. */
         if (op->done && op->kind == HIO_SOP_ACCEPT && op->res >= 0) close(op->res);

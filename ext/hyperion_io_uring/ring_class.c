@@ -76,6 +76,9 @@ ringc_usable(VALUE self)
 
     if (!r->inited) hio_raise_closed();
     hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
+    if (r->busy)
+        rb_raise(hio_eError, "Ring busy: another fiber is waiting in accept or read on it; "
+                             "use one ring per fiber (Hyperion::IOUring.fiber_ring)");
     if (r->wedged)
         rb_raise(hio_eRingError, "ring wedged: a request could not be cancelled; close it and open a new one");
     return r;
@@ -270,7 +273,11 @@ ringc_close(VALUE self)
 
     if (r->inited && !hio_owner_forked(&r->owner) && hio_owner_other_thread(&r->owner))
         hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
+    if (r->inited && r->busy && !hio_owner_forked(&r->owner))
+        rb_raise(hio_eError, "cannot close a Ring while another fiber waits in accept or read on it "
+                             "(stop that fiber first)");
     hio_sring_close(r);
+    hio_sched_io_close(&r->sched_io);
     return Qnil;
 }
 

@@ -12,6 +12,9 @@
 #include <time.h>
 #include <math.h>
 #include <ruby/io.h>
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #ifdef HAVE_RB_FIBER_SCHEDULER_CURRENT
 #include <ruby/fiber/scheduler.h>
@@ -126,27 +129,58 @@ hio_submit_get_events(struct io_uring *ring)
 }
 
 /*
- * Under a Fiber scheduler (the calling fiber is non-blocking), wait for the
- * ring fd to become readable through the scheduler's io_wait, so the other
- * fibers on this thread keep running. The kernel marks the ring fd POLLIN
- * when completions are posted; with DEFER_TASKRUN they become visible only
- * after an enter with GETEVENTS, which the caller does before reaping.
- * *io_slot caches an IO for the ring fd (autoclose off); the ring marks it.
+ * Under a Fiber scheduler (the calling fiber is non-blocking), wait through
+ * the scheduler's io_wait so the other fibers on this thread keep running.
+ *
+ * Not on the ring fd: with IORING_SETUP_DEFER_TASKRUN (our default where the
+ * kernel has it) a completion is first queued as local task work, and that
+ * does not wake pollers of the ring fd. Probed on 6.18: poll(2), epoll and
+ * IORING_OP_POLL_ADD (io-event's URing selector) on the ring fd all slept
+ * through an accept completing, until their timeout; without a timeout the
+ * fiber never woke. The kernel does signal an eventfd registered with the
+ * ring when the first item lands on the local work list (and when CQEs are
+ * posted, for rings without DEFER_TASKRUN), so that is what we wait on.
+ * The counter is drained before the last look at the CQ, so a completion
+ * that arrives after that look always leaves the eventfd readable.
+ *
+ * *io_slot caches an IO that owns the eventfd (the ring marks it; the
+ * ring's #close closes it through hio_sched_io_close; otherwise the GC).
  */
+#if defined(HAVE_RB_FIBER_SCHEDULER_CURRENT) && defined(HAVE_RB_FIBER_SCHEDULER_IO_WAIT)
+static int
+wait_sched_fd(struct io_uring *ring, VALUE *io_slot)
+{
+    int efd, ret;
+
+    if (RTEST(*io_slot)) return rb_io_descriptor(*io_slot);
+    efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0) hio_raise_errno(-errno, "eventfd (for a Fiber scheduler wait on the ring)");
+    ret = io_uring_register_eventfd(ring, efd);
+    if (ret < 0) {
+        close(efd);
+        hio_raise_errno(ret, "io_uring_register_eventfd (for a Fiber scheduler wait on the ring)");
+    }
+    *io_slot = rb_io_fdopen(efd, O_RDONLY, NULL);
+    return efd;
+}
+#endif
+
 int
 hio_wait_scheduler(struct io_uring *ring, double timeout, VALUE *io_slot)
 {
 #if defined(HAVE_RB_FIBER_SCHEDULER_CURRENT) && defined(HAVE_RB_FIBER_SCHEDULER_IO_WAIT)
     VALUE sched = rb_fiber_scheduler_current();
+    uint64_t count;
+    int efd;
 
     if (NIL_P(sched)) return 0;
-    if (!RTEST(*io_slot)) {
-        VALUE io = rb_funcall(rb_cIO, rb_intern("for_fd"), 1, INT2FIX(ring->ring_fd));
-        rb_funcall(io, rb_intern("autoclose="), 1, Qfalse);
-        *io_slot = io;
-    }
-    /* Hand queued requests to the kernel before parking the fiber. */
-    if (io_uring_sq_ready(ring)) io_uring_submit(ring);
+    efd = wait_sched_fd(ring, io_slot);
+    /* Drain first, then look: whatever completes after the look signals. */
+    while (read(efd, &count, sizeof(count)) == (ssize_t)sizeof(count)) {}
+    /* Hand queued requests to the kernel and run deferred work before
+     * parking the fiber; if that produced completions, do not park. */
+    hio_submit_get_events(ring);
+    if (io_uring_cq_ready(ring) || io_uring_cq_has_overflow(ring)) return 1;
     rb_fiber_scheduler_io_wait(sched, *io_slot, INT2FIX(RUBY_IO_READABLE),
                                timeout < 0 ? Qnil : DBL2NUM(timeout));
     return 1;
@@ -156,4 +190,13 @@ hio_wait_scheduler(struct io_uring *ring, double timeout, VALUE *io_slot)
     (void)io_slot;
     return 0;
 #endif
+}
+
+void
+hio_sched_io_close(VALUE *io_slot)
+{
+    VALUE io = *io_slot;
+
+    *io_slot = Qnil;
+    if (RTEST(io)) rb_io_close(io); /* a no-op on an IO already closed */
 }
