@@ -31,6 +31,12 @@ require "timeout"
 
 module Bench
   ROOT = File.expand_path("..", __dir__)
+
+  # Where the run's Ruby code and extension come from: a snapshot of lib/,
+  # examples/ and bench/ taken when the run starts (see Bench.snapshot!), so
+  # that a `rake compile` in the same tree meanwhile (another terminal, an
+  # editor's build) cannot change or break the code under test mid-run.
+  def self.src = @src || ROOT
   HOST = "127.0.0.1"
 
   class Error < StandardError; end
@@ -166,10 +172,10 @@ module Bench
       @label = label
       @probe_r, probe_w = IO.pipe
       out_r, out_w = IO.pipe
-      cmd = [*Bench.pin_prefix(cpu), RbConfig.ruby, "-r", File.join(ROOT, "bench", "cpu_probe.rb"), script,
+      cmd = [*Bench.pin_prefix(cpu), RbConfig.ruby, "-r", File.join(Bench.src, "bench", "cpu_probe.rb"), script,
              "--port", "0", *args]
       env = { "BENCH_PROBE_FD" => "3", "BENCH_WATCHDOG" => "900" }
-      @pid = Procs.spawn(env, *cmd, 3 => probe_w, out: out_w, err: out_w, in: File::NULL, chdir: ROOT)
+      @pid = Procs.spawn(env, *cmd, 3 => probe_w, out: out_w, err: out_w, in: File::NULL, chdir: Bench.src)
       probe_w.close
       out_w.close
       @lines = Queue.new
@@ -480,7 +486,7 @@ module Bench
     cfg.rounds.times do |round|
       cfg.accept_conc.each do |conc|
         rotate(ACCEPT_VARIANTS.keys, round).each do |variant|
-          server = Server.new("accept_server --variant #{variant}", File.join(ROOT, "bench", "accept_server.rb"),
+          server = Server.new("accept_server --variant #{variant}", File.join(src, "bench", "accept_server.rb"),
                               ["--variant", variant, "--seconds", "600"], cpu: SERVER_CPU)
           begin
             run_accept_client(server.port, [cfg.accept_n / 10, 500].max, conc) # warm-up
@@ -565,7 +571,7 @@ module Bench
       cfg.wrk_conns.each do |conns|
         rotate(HTTP_VARIANTS.keys, round).each do |variant|
           label, script = HTTP_VARIANTS.fetch(variant)
-          server = Server.new(label, File.join(ROOT, script), ["--seconds", "600"], cpu: SERVER_CPU)
+          server = Server.new(label, File.join(src, script), ["--seconds", "600"], cpu: SERVER_CPU)
           begin
             run_wrk(server.port, conns, cfg.wrk_warmup) if cfg.wrk_warmup.positive?
             cpu0, = server.cpu
@@ -593,7 +599,7 @@ module Bench
   def self.run_percall(cfg, results)
     cfg.rounds.times do |round|
       order = rotate(PERCALL_VARIANTS.keys, round)
-      out, err, st = Procs.capture(*pin_prefix(SERVER_CPU), RbConfig.ruby, File.join(ROOT, "bench", "percall.rb"),
+      out, err, st = Procs.capture(*pin_prefix(SERVER_CPU), RbConfig.ruby, File.join(src, "bench", "percall.rb"),
                                    "--iterations", cfg.percall_iterations.to_s, "--order", order.join(","),
                                    timeout: 600)
       raise Error, "percall.rb failed (#{st}):\n#{out}#{err}" unless st.success?
@@ -617,7 +623,8 @@ module Bench
     dirty = `git -C #{ROOT} status --porcelain -- ext lib examples bench 2>/dev/null`.lines.map { |l| l[3..].strip }
     {
       "date" => Time.now.utc.strftime("%Y-%m-%d %H:%M UTC"),
-      "commit" => `git -C #{ROOT} rev-parse --short HEAD 2>/dev/null`.strip,
+      "commit" => ENV["BENCH_COMMIT"] || `git -C #{ROOT} rev-parse --short HEAD 2>/dev/null`.strip,
+      "extension" => extension_id,
       "dirty" => dirty,
       "cpus" => Etc.nprocessors,
       "cpu_model" => cpu_model,
@@ -644,9 +651,30 @@ module Bench
 
   WORKLOADS = %w[accept http percall].freeze
 
+  # Copies lib/ (with the compiled extension), examples/ and bench/ into
+  # tmp/bench/src-PID and runs everything from there.
+  def self.snapshot!
+    dir = File.join(ROOT, "tmp", "bench", "src-#{Process.pid}")
+    FileUtils.rm_rf(dir)
+    FileUtils.mkdir_p(dir)
+    %w[lib examples bench].each { |d| FileUtils.cp_r(File.join(ROOT, d), dir) }
+    @src = dir
+    $LOAD_PATH.unshift(File.join(dir, "lib"))
+    at_exit { FileUtils.rm_rf(dir) }
+  end
+
+  def self.extension_id
+    so = Dir[File.join(src, "lib", "hyperion", "io_uring", "hyperion_io_uring.*")].first
+    return nil unless so
+
+    require "digest"
+    "#{File.basename(so)} sha256 #{Digest::SHA256.file(so).hexdigest[0, 12]}, built #{File.mtime(so).utc.strftime('%H:%M UTC')}"
+  end
+
   def self.run(mode, only: WORKLOADS)
     cfg = @config = config(mode)
     started = monotonic
+    snapshot!
     have = ->(tool) { system("command -v #{tool} >/dev/null 2>&1") }
     raise Error, "gcc not found (apt-get install -y gcc)" if only.include?("accept") && !have.call("gcc")
     if only.include?("http") && !have.call("wrk")

@@ -136,7 +136,8 @@ module Bench
         "- Machine: #{m['cpus']} CPUs (#{m['cpu_model']}), Linux #{m['kernel']}, #{m['ruby']}, " \
         "liburing #{m['liburing']}; ring setup flags #{flags_s(m['setup_flags'])}" \
         "#{m['setup_env'] ? " (HYPERION_IO_URING_SETUP=#{m['setup_env']})" : ''}.",
-        "- Run: #{m['date']}, commit #{m['commit']}#{dirty}; `#{cmd}` (#{m['mode']} mode), #{m['seconds']} s.",
+        "- Run: #{m['date']}, commit #{m['commit']}#{dirty}; extension #{m['extension']}; " \
+        "`#{cmd}` (#{m['mode']} mode), #{m['seconds']} s.",
         "- Each variant #{m['rounds']} time(s), interleaved (the order rotates every round); cells are " \
         "median (min–max); ratios are of medians.",
         "- Pinning: #{m['pinned']}.",
@@ -254,18 +255,18 @@ module Bench
           base = med(:accept, row, "select", :rate)
           { "blocking" => nil, "ring" => 1.2, "multishot" => 1.5 }.each do |v, target|
             target = nil unless row == burst_row
-            list << ["accept C=#{c}: #{ACCEPT_VARIANTS[v]} accepts/s", Bench.ratio(med(:accept, row, v, :rate), base),
-                     target, :higher]
+            list << ["accept C=#{c}: #{ACCEPT_VARIANTS[v]} vs accept_nonblock, accepts/s",
+                     Bench.ratio(med(:accept, row, v, :rate), base), target, :higher]
           end
         end
       end
       if @only.include?("http")
         @cfg.wrk_conns.each do |c|
           row = "c#{c}"
-          list << ["http -c#{c}: HotpathRing req/s", Bench.ratio(med(:http, row, "hotpath", :rps),
+          list << ["http -c#{c}: HotpathRing vs IO.select, req/s", Bench.ratio(med(:http, row, "hotpath", :rps),
                                                                   med(:http, row, "select", :rps)),
                    c == 50 ? 1.5 : nil, :higher]
-          list << ["http -c#{c}: HotpathRing CPU/req", Bench.ratio(med(:http, row, "hotpath", :cpu_us),
+          list << ["http -c#{c}: HotpathRing vs IO.select, CPU/req", Bench.ratio(med(:http, row, "hotpath", :cpu_us),
                                                                     med(:http, row, "select", :cpu_us)),
                    c == 50 ? 0.7 : nil, :lower]
         end
@@ -273,7 +274,7 @@ module Bench
       if @only.include?("percall")
         floor = med(:percall, "ns", "sysread", :ns)
         %w[ring_read read_nonblock each_completion copy_release take_buffer].each do |v|
-          list << ["per call: #{PERCALL_VARIANTS[v]}", Bench.ratio(med(:percall, "ns", v, :ns), floor),
+          list << ["per call vs IO#sysread: #{PERCALL_VARIANTS[v]}", Bench.ratio(med(:percall, "ns", v, :ns), floor),
                    v == "ring_read" ? 2.5 : nil, :lower]
         end
       end
@@ -284,8 +285,8 @@ module Bench
 
     def svg
       list = bars
-      label_w = 380
-      plot_w = 460
+      label_w = 430
+      plot_w = 440
       bar_h = 18
       gap = 8
       top = 56
@@ -299,8 +300,8 @@ module Bench
       out << %(<rect width="100%" height="100%" fill="white"/>)
       out << %(<text x="10" y="20" font-size="15" font-weight="bold">hyperion-io_uring: ratios vs plain Ruby I/O ) +
              %((median of #{@meta['rounds']}, #{esc(@meta['date'])})</text>)
-      out << %(<text x="10" y="38" fill="#555">green: target met, red: not met, blue: no target. ) +
-             %(Black tick: target. Dashed line: 1.0x (equal to the baseline).</text>)
+      out << %(<text x="10" y="38" fill="#555">\u2191 higher is better, \u2193 lower is better. Green: target met, ) +
+             %(red: not met, blue: no target; black tick: the target; dashed: 1.0x (the baseline).</text>)
       (0..max.floor).each do |t|
         out << %(<line x1="#{x.call(t)}" y1="#{top - 6}" x2="#{x.call(t)}" y2="#{height - 30}" stroke="#{t == 1 ? '#333' : '#ddd'}" ) +
                %(#{t == 1 ? 'stroke-dasharray="4,3"' : ''}/>)
@@ -312,8 +313,9 @@ module Bench
                 elsif better == :higher ? ratio >= target : ratio <= target then "#3a9d4a"
                 else "#c8423b"
                 end
-        suffix = better == :higher ? " (higher is better)" : " (lower is better)"
-        out << %(<text x="#{label_w - 8}" y="#{y + 13}" text-anchor="end">#{esc(label)}<tspan fill="#888">#{esc(suffix)}</tspan></text>)
+        arrow = better == :higher ? "\u2191" : "\u2193"
+        out << %(<text x="#{label_w - 8}" y="#{y + 13}" text-anchor="end">#{esc(label)} ) +
+               %(<tspan fill="#888">#{arrow}</tspan></text>)
         out << %(<rect x="#{label_w}" y="#{y}" width="#{(x.call(ratio) - label_w).round(1)}" height="#{bar_h}" fill="#{color}"/>)
         out << %(<text x="#{x.call(ratio) + 4}" y="#{y + 13}">#{format('%.2fx', ratio)}#{ratio > max ? ' (clipped)' : ''}</text>)
         if target
