@@ -71,17 +71,34 @@ hio_timeout_arg(VALUE t, const char *what)
 
 /* ---- Owner guards ---- */
 
+/* getpid() is a real syscall since glibc 2.25, and the guards run on every
+ * method call: cache it, and refresh the cache in a forked child. */
+static pid_t owner_pid_cache;
+
+static void
+owner_after_fork_child(void)
+{
+    owner_pid_cache = getpid();
+}
+
+static pid_t
+owner_current_pid(void)
+{
+    if (!owner_pid_cache) owner_pid_cache = getpid();
+    return owner_pid_cache;
+}
+
 void
 hio_owner_init(struct hio_owner *o)
 {
-    o->pid = getpid();
+    o->pid = owner_current_pid();
     o->tid = pthread_self();
 }
 
 int
 hio_owner_forked(const struct hio_owner *o)
 {
-    return o->pid != getpid();
+    return o->pid != owner_current_pid();
 }
 
 int
@@ -96,7 +113,7 @@ hio_owner_check(const struct hio_owner *o, const char *cls)
     if (hio_owner_forked(o))
         rb_raise(hio_eForkError,
                  "%s was created in process %d and cannot be used in forked child %d; open a new ring in the child",
-                 cls, (int)o->pid, (int)getpid());
+                 cls, (int)o->pid, (int)owner_current_pid());
     if (hio_owner_other_thread(o))
         rb_raise(hio_eThreadError,
                  "%s belongs to the thread that created it; open one ring per thread (or per fiber)", cls);
@@ -105,6 +122,8 @@ hio_owner_check(const struct hio_owner *o, const char *cls)
 void
 hio_init_errors(void)
 {
+    owner_pid_cache = getpid();
+    pthread_atfork(NULL, NULL, owner_after_fork_child);
     /* Defined in Ruby too (lib/hyperion/io_uring/errors.rb mirrors these);
      * whichever loads first creates them, with the same superclasses. */
     hio_eError = rb_define_class_under(hio_mIOUring, "Error", rb_eStandardError);
