@@ -52,7 +52,7 @@ module Bench
 
   Config = Struct.new(:mode, :rounds, :accept_n, :accept_conc, :accept_count_n, :wrk_seconds, :wrk_warmup,
                       :wrk_conns, :count_seconds, :percall_iterations, :out_md, :out_svg, :out_json, :pin,
-                      :syscalls, keyword_init: true) do
+                      :syscalls, :max_other, :retries, :wait_budget, keyword_init: true) do
     def quick? = mode == :quick
   end
 
@@ -76,7 +76,10 @@ module Bench
       out_svg: File.join(results, quick ? "quick.svg" : "latest.svg"),
       out_json: File.join(results, quick ? "quick.json" : "latest.json"),
       pin: ENV.fetch("BENCH_PIN", "1") != "0" && Etc.nprocessors >= 2 && system("command -v taskset >/dev/null 2>&1"),
-      syscalls: ENV.fetch("BENCH_SYSCALLS", "auto")
+      syscalls: ENV.fetch("BENCH_SYSCALLS", "auto"),
+      max_other: Float(ENV.fetch("BENCH_MAX_OTHER", "0.10")),
+      retries: Integer(ENV.fetch("BENCH_RETRIES", quick ? "0" : "2")),
+      wait_budget: Float(ENV.fetch("BENCH_WAIT_BUDGET", quick ? "0" : "300"))
     )
   end
 
@@ -404,6 +407,85 @@ module Bench
     end
   end
 
+  # ---- other processes ----------------------------------------------------
+
+  # How much of the benchmark's CPUs other processes used during a timed
+  # window: the CPUs' busy time (/proc/stat, steal included) minus the
+  # server's and the load generator's own CPU time, as a fraction of the
+  # window's CPU time. On a shared machine this is what makes a run noisy,
+  # so every timed run records it, the harness waits (within a budget) for
+  # the CPUs to be quiet before a run, and retries a run that was disturbed.
+  class Interference
+    HZ = Etc.sysconf(Etc::SC_CLK_TCK)
+
+    attr_reader :cpus, :waited, :retried
+
+    def initialize(cfg)
+      @cfg = cfg
+      @cpus = cfg.pin ? [SERVER_CPU, LOAD_CPU] : (0...Etc.nprocessors).to_a
+      @waited = 0.0
+      @retried = 0
+    end
+
+    # Busy ticks of our CPUs.
+    def busy_ticks
+      File.foreach("/proc/stat").sum do |line|
+        next 0 unless line =~ /\Acpu(\d+) /
+        next 0 unless @cpus.include?(Integer(Regexp.last_match(1)))
+
+        v = line.split[1..8].map(&:to_i) # user nice system idle iowait irq softirq steal
+        v.sum - v[3] - v[4]
+      end
+    end
+
+    def children_cpu
+      t = Process.times
+      t.cutime + t.cstime
+    end
+
+    def start = { busy: busy_ticks, children: children_cpu, at: Bench.monotonic }
+
+    # Fraction of the CPUs' time used by others since +mark+, given the
+    # CPU seconds our own server used meanwhile (the load generator is a
+    # reaped child: its time is in children_cpu).
+    def other_since(mark, own_cpu_s)
+      wall = Bench.monotonic - mark[:at]
+      busy = (busy_ticks - mark[:busy]).fdiv(HZ)
+      mine = own_cpu_s + (children_cpu - mark[:children])
+      [(busy - mine) / (wall * @cpus.size), 0.0].max
+    end
+
+    # Waits (within the run's budget) until the CPUs are quiet: sampled for
+    # 0.5 s, others use less than max_other of them.
+    def wait_quiet
+      while @waited < @cfg.wait_budget
+        mark = start
+        sleep 0.5
+        return if other_since(mark, 0.0) <= @cfg.max_other
+
+        sleep 1.0
+        @waited += 1.5
+      end
+    end
+
+    # Runs the timed block (which returns [metrics, own_cpu_s, mark]) until
+    # others used at most max_other of the CPUs, at most 1 + retries times.
+    # Returns the metrics with :other.
+    def run(label)
+      tries = 0
+      loop do
+        wait_quiet
+        metrics, own_cpu_s, mark = yield
+        metrics[:other] = other_since(mark, own_cpu_s)
+        return metrics if metrics[:other] <= @cfg.max_other || tries >= @cfg.retries
+
+        tries += 1
+        @retried += 1
+        Bench.log format("  (%s: other processes used %.0f%% of the CPUs; run again)", label, metrics[:other] * 100)
+      end
+    end
+  end
+
   # ---- statistics ------------------------------------------------------------
 
   def self.median(values)
@@ -482,7 +564,7 @@ module Bench
     { rate: Float(m[4]), connections: Integer(m[1]), seconds: Float(m[3]) }
   end
 
-  def self.run_accept(cfg, results, counter)
+  def self.run_accept(cfg, results, counter, interference)
     cfg.rounds.times do |round|
       cfg.accept_conc.each do |conc|
         rotate(ACCEPT_VARIANTS.keys, round).each do |variant|
@@ -490,21 +572,27 @@ module Bench
                               ["--variant", variant, "--seconds", "600"], cpu: SERVER_CPU)
           begin
             run_accept_client(server.port, [cfg.accept_n / 10, 500].max, conc) # warm-up
-            cpu0, ops0 = server.cpu
-            r = run_accept_client(server.port, cfg.accept_n, conc)
-            cpu1, ops1 = server.cpu
-            accepted = ops1 - ops0
-            raise Error, "#{variant}: server accepted #{accepted}, client finished #{r[:connections]}" if accepted != r[:connections]
+            metrics = interference.run("accept c=#{conc} #{variant}") do
+              cpu0, ops0 = server.cpu
+              mark = interference.start
+              r = run_accept_client(server.port, cfg.accept_n, conc)
+              cpu1, ops1 = server.cpu
+              accepted = ops1 - ops0
+              if accepted != r[:connections]
+                raise Error, "#{variant}: server accepted #{accepted}, client finished #{r[:connections]}"
+              end
 
-            metrics = { rate: r[:rate], cpu_us: (cpu1 - cpu0) / 1000.0 / accepted }
+              [{ rate: r[:rate], cpu_us: (cpu1 - cpu0) / 1000.0 / accepted }, (cpu1 - cpu0) / 1e9, mark]
+            end
             if counter.available?
               c = nil
               counts = counter.count(server.pid) { c = run_accept_client(server.port, cfg.accept_count_n, conc) }
               metrics.merge!(syscall_metrics(counts, c[:connections], close_path: CLOSE_PATH.fetch(variant)))
             end
             results.add(:accept, "c#{conc}", variant, metrics)
-            log format("  accept  c=%-3d %-10s round %d: %9.0f accepts/s  %6.2f us CPU/accept  %s", conc, variant,
-                       round + 1, metrics[:rate], metrics[:cpu_us], sys_summary(metrics))
+            log format("  accept  c=%-3d %-10s round %d: %9.0f accepts/s  %6.2f us CPU/accept  others %2.0f%%  %s",
+                       conc, variant, round + 1, metrics[:rate], metrics[:cpu_us], metrics[:other] * 100,
+                       sys_summary(metrics))
           ensure
             server.stop
           end
@@ -566,7 +654,7 @@ module Bench
       socket_errors: errors }
   end
 
-  def self.run_http(cfg, results, counter)
+  def self.run_http(cfg, results, counter, interference)
     cfg.rounds.times do |round|
       cfg.wrk_conns.each do |conns|
         rotate(HTTP_VARIANTS.keys, round).each do |variant|
@@ -574,20 +662,24 @@ module Bench
           server = Server.new(label, File.join(src, script), ["--seconds", "600"], cpu: SERVER_CPU)
           begin
             run_wrk(server.port, conns, cfg.wrk_warmup) if cfg.wrk_warmup.positive?
-            cpu0, = server.cpu
-            w = run_wrk(server.port, conns, cfg.wrk_seconds)
-            cpu1, = server.cpu
-            metrics = { rps: w[:rps], p50: w[:p50], p99: w[:p99], cpu_us: (cpu1 - cpu0) / 1000.0 / w[:requests] }
-            log "  (wrk socket errors: #{w[:socket_errors]})" if w[:socket_errors]
+            metrics = interference.run("http c=#{conns} #{variant}") do
+              cpu0, = server.cpu
+              mark = interference.start
+              w = run_wrk(server.port, conns, cfg.wrk_seconds)
+              cpu1, = server.cpu
+              log "  (wrk socket errors: #{w[:socket_errors]})" if w[:socket_errors]
+              [{ rps: w[:rps], p50: w[:p50], p99: w[:p99], cpu_us: (cpu1 - cpu0) / 1000.0 / w[:requests] },
+               (cpu1 - cpu0) / 1e9, mark]
+            end
             if counter.available?
               c = nil
               counts = counter.count(server.pid) { c = run_wrk(server.port, conns, cfg.count_seconds) }
               metrics.merge!(syscall_metrics(counts, c[:requests]))
             end
             results.add(:http, "c#{conns}", variant, metrics)
-            log format("  http    c=%-3d %-10s round %d: %9.0f req/s  p50 %.3f ms  p99 %.3f ms  %6.2f us CPU/req  %s",
-                       conns, variant, round + 1, metrics[:rps], metrics[:p50] || -1, metrics[:p99] || -1,
-                       metrics[:cpu_us], sys_summary(metrics))
+            log format("  http    c=%-3d %-10s round %d: %9.0f req/s  p50 %.3f ms  p99 %.3f ms  %6.2f us CPU/req  " \
+                       "others %2.0f%%  %s", conns, variant, round + 1, metrics[:rps], metrics[:p50] || -1,
+                       metrics[:p99] || -1, metrics[:cpu_us], metrics[:other] * 100, sys_summary(metrics))
           ensure
             server.stop
           end
@@ -596,19 +688,25 @@ module Bench
     end
   end
 
-  def self.run_percall(cfg, results)
+  def self.run_percall(cfg, results, interference)
     cfg.rounds.times do |round|
       order = rotate(PERCALL_VARIANTS.keys, round)
-      out, err, st = Procs.capture(*pin_prefix(SERVER_CPU), RbConfig.ruby, File.join(src, "bench", "percall.rb"),
-                                   "--iterations", cfg.percall_iterations.to_s, "--order", order.join(","),
-                                   timeout: 600)
-      raise Error, "percall.rb failed (#{st}):\n#{out}#{err}" unless st.success?
+      data = nil
+      m = interference.run("percall round #{round + 1}") do
+        mark = interference.start
+        out, err, st = Procs.capture(*pin_prefix(SERVER_CPU), RbConfig.ruby, File.join(src, "bench", "percall.rb"),
+                                     "--iterations", cfg.percall_iterations.to_s, "--order", order.join(","),
+                                     timeout: 600)
+        raise Error, "percall.rb failed (#{st}):\n#{out}#{err}" unless st.success?
 
-      data = JSON.parse(out.lines.last)
-      data.each do |name, m|
-        results.add(:percall, "ns", name, { ns: m["ns"], waits: m["waits_per_call"] })
+        data = JSON.parse(out.lines.last)
+        [{}, 0.0, mark]
       end
-      log "  percall round #{round + 1}: " + data.map { |k, m| format("%s %.0f ns", k, m["ns"]) }.join(", ")
+      data.each do |name, v|
+        results.add(:percall, "ns", name, { ns: v["ns"], waits: v["waits_per_call"], other: m[:other] })
+      end
+      log "  percall round #{round + 1}: " + data.map { |k, v| format("%s %.0f ns", k, v["ns"]) }.join(", ") +
+          format("  (others %.0f%%)", m[:other] * 100)
     end
   end
 
@@ -689,6 +787,7 @@ module Bench
     end
 
     counter = SyscallCounter.new(cfg.syscalls)
+    interference = Interference.new(cfg)
     results = Results.new
     results.meta.merge!(machine_meta(cfg, counter))
     results.meta["load_before"] = loadavg
@@ -698,17 +797,22 @@ module Bench
     accept_client if only.include?("accept")
     if only.include?("accept")
       log "accept: #{cfg.accept_n} connections per run, concurrency #{cfg.accept_conc.join('/')}"
-      run_accept(cfg, results, counter)
+      run_accept(cfg, results, counter, interference)
     end
     if only.include?("http")
       log "http: wrk -t1 -c#{cfg.wrk_conns.join('/')} -d#{cfg.wrk_seconds}s --latency"
-      run_http(cfg, results, counter)
+      run_http(cfg, results, counter, interference)
     end
     if only.include?("percall")
       log "percall: #{cfg.percall_iterations} calls per variant per round"
-      run_percall(cfg, results)
+      run_percall(cfg, results, interference)
     end
     results.meta["load_after"] = loadavg
+    results.meta["waited"] = interference.waited.round
+    results.meta["retried"] = interference.retried
+    results.meta["max_other"] = cfg.max_other
+    results.meta["retries"] = cfg.retries
+    results.meta["cpus_watched"] = interference.cpus
     results.meta["seconds"] = (monotonic - started).round(1)
     report = Report.new(results, cfg, only)
     FileUtils.mkdir_p(File.dirname(cfg.out_md))

@@ -142,11 +142,27 @@ module Bench
         "median (min–max); ratios are of medians.",
         "- Pinning: #{m['pinned']}.",
         "- Load average (1/5/15 min) before: #{m['load_before']}, after: #{m['load_after']}. " \
-        "The machine is shared: other work running meanwhile shows up as noise (see the min–max spread).",
+        "Other processes used #{others_summary} of CPUs #{Array(m['cpus_watched']).join(',')} during the timed " \
+        "runs (their busy time in /proc/stat, steal included, minus the server's and the load generator's own); " \
+        "before each run the bench waits for them to be quiet and reruns a run they disturbed by more than " \
+        "#{(m['max_other'].to_f * 100).round}% (at most #{m['retries']} reruns; #{m['retried']} rerun(s), " \
+        "#{m['waited']} s waited). Column \"others\": that share per variant (median).",
         "- Server CPU: the server's own CLOCK_PROCESS_CPUTIME_ID (all threads), read before and after each load " \
         "(bench/cpu_probe.rb), divided by the operations the load generator completed.",
         "- Syscalls: #{m['syscalls']}; per operation the load generator completed."
       ]
+    end
+
+    def others_summary
+      all = @r.data.values.flat_map { |rows| rows.values.flat_map { |vs| vs.values.flat_map { |ms| ms[:other] } } }
+      return "an unknown share" if all.empty?
+
+      format("a median %.0f%% (max %.0f%%)", Bench.median(all) * 100, all.max * 100)
+    end
+
+    def others_cell(workload, row, variant)
+      v = Bench.median(samples(workload, row, variant, :other))
+      v ? format("%.0f%%", v * 100) : "–"
     end
 
     def top_syscalls(workload, row, variant)
@@ -174,8 +190,8 @@ module Bench
              "those out. " \
              "Syscalls: a separate #{fmt(m['accept_count_n'], 0)}-connection load on the same server.", "",
              "| C | server | accepts/s | vs select | server CPU µs/accept | vs select | syscalls/accept | " \
-             "excl. closing | io_uring_enter/accept | per accept |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "excl. closing | io_uring_enter/accept | per accept | others |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
       @cfg.accept_conc.each do |c|
         row = "c#{c}"
         base_rate = med(:accept, row, "select", :rate)
@@ -186,7 +202,8 @@ module Bench
                  "#{spread(samples(:accept, row, v, :cpu_us), 2)} | " \
                  "#{ratio_s(Bench.ratio(med(:accept, row, v, :cpu_us), base_cpu))} | " \
                  "#{sys_cell(:accept, row, v, :sys)} | #{sys_cell(:accept, row, v, :sys_no_close)} | " \
-                 "#{sys_cell(:accept, row, v, :enter)} | #{top_syscalls(:accept, row, v)} |"
+                 "#{sys_cell(:accept, row, v, :enter)} | #{top_syscalls(:accept, row, v)} | " \
+                 "#{others_cell(:accept, row, v)} |"
         end
       end
       out << ""
@@ -201,8 +218,8 @@ module Bench
              "(HotpathRing: multishot accept and recv, submit_send, each_completion(raw: true)). Syscalls: a " \
              "separate #{m['count_seconds']} s wrk load on the same server.", "",
              "| C | server | req/s | vs select | p50 ms | p99 ms | server CPU µs/req | vs select | syscalls/req | " \
-             "io_uring_enter/req | per request |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "io_uring_enter/req | per request | others |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
       @cfg.wrk_conns.each do |c|
         row = "c#{c}"
         base_rps = med(:http, row, "select", :rps)
@@ -214,7 +231,7 @@ module Bench
                  "#{spread(samples(:http, row, v, :cpu_us), 2)} | " \
                  "#{ratio_s(Bench.ratio(med(:http, row, v, :cpu_us), base_cpu))} | " \
                  "#{sys_cell(:http, row, v, :sys)} | #{sys_cell(:http, row, v, :enter)} | " \
-                 "#{top_syscalls(:http, row, v)} |"
+                 "#{top_syscalls(:http, row, v)} | #{others_cell(:http, row, v)} |"
         end
       end
       out << ""
@@ -231,11 +248,11 @@ module Bench
              "flushed (untimed) before each timed call, so exactly one completion is ready; median of single " \
              "calls, clock cost subtracted. Buffers: median of 256-buffer blocks of 100-byte buffers filled by " \
              "a multishot recv.", "",
-             "| call | ns/call | vs IO#sysread |",
-             "| --- | --- | --- |"]
+             "| call | ns/call | vs IO#sysread | others |",
+             "| --- | --- | --- | --- |"]
       PERCALL_VARIANTS.each do |v, label|
         out << "| #{label} | #{spread(samples(:percall, 'ns', v, :ns))} | " \
-               "#{ratio_s(Bench.ratio(med(:percall, 'ns', v, :ns), floor))} |"
+               "#{ratio_s(Bench.ratio(med(:percall, 'ns', v, :ns), floor))} | #{others_cell(:percall, 'ns', v)} |"
       end
       lo = med(:percall, "ns", "loop_overhead", :ns)
       out << ""
