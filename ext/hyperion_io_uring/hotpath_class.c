@@ -327,7 +327,12 @@ hpc_each_completion(int argc, VALUE *argv, VALUE self)
         else {
             double ms = NUM2DBL(kw[1]);
             if (ms != ms || ms < 0) rb_raise(rb_eArgError, "timeout_ms must be >= 0");
-            e.timeout = ms / 1000.0;
+            /* Capped at 1e9 s, as Ring's timeout: (no limit, in practice). A
+             * bigger one (1e300, Float::INFINITY) overflowed the timespec
+             * conversion in wait.c, undefined behaviour that on x86 gave a
+             * negative tv_sec: every wait returned at once and the loop
+             * spun at 100% CPU. */
+            e.timeout = ms > 1e12 ? 1e9 : ms / 1000.0;
         }
     }
     e.raw = kw[2] != Qundef && RTEST(kw[2]);
