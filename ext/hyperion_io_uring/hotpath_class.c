@@ -199,6 +199,20 @@ hpc_submit_recv(VALUE self, VALUE fdv)
     return Qnil;
 }
 
+/* A Fiddle::Pointer (without loading Fiddle: no pointer exists unless it is). */
+static int
+hpc_fiddle_pointer_p(VALUE v)
+{
+    ID id_fiddle = rb_intern("Fiddle"), id_pointer = rb_intern("Pointer");
+    VALUE fiddle, pointer;
+
+    if (!rb_const_defined(rb_cObject, id_fiddle)) return 0;
+    fiddle = rb_const_get(rb_cObject, id_fiddle);
+    if (!RB_TYPE_P(fiddle, T_MODULE) || !rb_const_defined(fiddle, id_pointer)) return 0;
+    pointer = rb_const_get(fiddle, id_pointer);
+    return RB_TYPE_P(pointer, T_CLASS) && RTEST(rb_obj_is_kind_of(v, pointer));
+}
+
 /*
  * call-seq:
  *   ring.submit_send(fd, data) -> nil
@@ -210,9 +224,11 @@ hpc_submit_recv(VALUE self, VALUE fdv)
  * arrives per call, with the total length or -errno. Sends on one fd go out
  * in order.
  *
- * The three-argument form is upstream's legacy one: +iov_ptr+ answers
- * +to_i+ with the address of +iov_count+ <tt>struct iovec</tt> (a
- * Fiddle::Pointer); their bytes are copied before this returns.
+ * The three-argument form is upstream's legacy one: +iov_ptr+ is the
+ * address of +iov_count+ (0..IOV_MAX) <tt>struct iovec</tt>, a
+ * Fiddle::Pointer or an Integer (anything else is a TypeError); their bytes
+ * are copied before this returns. The memory is not checked beyond a
+ * Fiddle::Pointer's size: a bad address is the caller's crash.
  */
 static VALUE
 hpc_submit_send(int argc, VALUE *argv, VALUE self)
@@ -229,12 +245,31 @@ hpc_submit_send(int argc, VALUE *argv, VALUE self)
         ret = hio_hp_submit_send(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data));
         RB_GC_GUARD(data);
     } else {
-        /* Upstream's legacy form: an address of iovecs (Fiddle::Pointer). */
-        VALUE addr = rb_funcall(data, rb_intern("to_i"), 0);
+        /* Upstream's legacy form: the address of iov_count struct iovec, a
+         * Fiddle::Pointer or an Integer. Nothing else: anything went
+         * through #to_i before, so submit_send(fd, "4096", 1) read iovecs
+         * at address 4096 and segfaulted. What a raw address points at
+         * cannot be checked; a Fiddle::Pointer of known size at least
+         * covers the iovecs. */
+        VALUE addr;
         long cnt;
         if (!RB_INTEGER_TYPE_P(count)) rb_raise(rb_eTypeError, "iov_count must be an Integer");
         cnt = NUM2LONG(count);
         if (cnt < 0 || cnt > IOV_MAX) rb_raise(rb_eArgError, "iov_count must be in 0..%d (got %ld)", IOV_MAX, cnt);
+        if (RB_INTEGER_TYPE_P(data)) {
+            addr = data;
+        } else if (hpc_fiddle_pointer_p(data)) {
+            VALUE size = rb_funcall(data, rb_intern("size"), 0);
+            addr = rb_funcall(data, rb_intern("to_i"), 0);
+            if (RB_INTEGER_TYPE_P(size) && NUM2LL(size) > 0 && NUM2LL(size) < cnt * (long long)sizeof(struct iovec))
+                rb_raise(rb_eArgError, "submit_send: %ld iovecs need %ld bytes, the pointer has %lld", cnt,
+                         cnt * (long)sizeof(struct iovec), NUM2LL(size));
+        } else {
+            rb_raise(rb_eTypeError, "submit_send: iov_ptr must be a Fiddle::Pointer or an Integer address, got %s",
+                     rb_obj_classname(data));
+        }
+        if (FIXNUM_P(addr) ? FIX2LONG(addr) < 0 : RB_INTEGER_TYPE_P(addr) && RBIGNUM_NEGATIVE_P(addr))
+            rb_raise(rb_eArgError, "submit_send: negative iov pointer");
         if (cnt > 0 && NUM2ULL(addr) == 0) rb_raise(rb_eArgError, "submit_send: NULL iov pointer");
         h = hpc_usable(self);
         ret = hio_hp_submit_sendv(h, fd, (const struct iovec *)(uintptr_t)NUM2ULL(addr), (unsigned)cnt);
