@@ -13,6 +13,7 @@
 #include <math.h>
 #include <ruby/io.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -51,14 +52,48 @@ wait_normalize(int ret)
     }
 }
 
+/*
+ * valgrind < 3.21 does not treat io_uring_enter as blocking
+ * (https://bugs.kde.org/show_bug.cgi?id=463859): a thread waiting in it keeps
+ * valgrind's big lock, so no other thread runs meanwhile. Waiting in 10 ms
+ * io_uring_enter slices was not enough: the lock is only handed over at the
+ * end of a scheduling quantum, by when this thread has taken the GVL back,
+ * so a Ruby thread waiting for the GVL (a writer, Timeout's thread) starved
+ * for as long as the ring waited. Under valgrind, submit without waiting and
+ * sleep in poll(2) on the ring fd instead (POLLIN when a completion is
+ * ready, also with DEFER_TASKRUN; probed on 6.18): valgrind knows poll
+ * blocks and releases its lock. At most 10 ms per call; callers loop until
+ * their own deadline, and flush deferred completions before reaping.
+ */
+static void
+wait_valgrind(struct wait_args *a)
+{
+    struct pollfd pfd;
+    int ms = 10, ret;
+
+    if (a->timeout >= 0 && a->timeout < 0.01) ms = (int)ceil(a->timeout * 1000.0);
+    ret = hio_submit_get_events(a->ring);
+    if (ret < 0 || io_uring_cq_ready(a->ring) >= a->wait_nr) {
+        a->ret = ret;
+        return;
+    }
+    pfd.fd = a->ring->ring_fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    if (poll(&pfd, 1, ms) < 0) {
+        a->ret = -errno; /* EINTR: Ruby's UBF or a signal */
+        return;
+    }
+    a->ret = hio_submit_get_events(a->ring);
+}
+
 static void
 wait_run(struct wait_args *a)
 {
-    /* valgrind < 3.21 does not treat io_uring_enter as blocking: the waiting
-     * thread keeps valgrind's lock and no other thread (nor Thread#raise,
-     * nor a signal) runs. Under valgrind, wait in 10 ms slices; the callers
-     * loop until their own deadline. */
-    if (HIO_ON_VALGRIND() && (a->timeout < 0 || a->timeout > 0.01)) a->timeout = 0.01;
+    if (HIO_ON_VALGRIND()) {
+        wait_valgrind(a);
+        return;
+    }
     if (a->timeout < 0) {
         a->ret = io_uring_submit_and_wait(a->ring, a->wait_nr);
     } else {
