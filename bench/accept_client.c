@@ -16,8 +16,11 @@
  *
  *   accept_client -p PORT [-h 127.0.0.1] [-n 20000] [-c 64] [-t 60]
  *
- * Prints one line, "connections=N errors=E seconds=S rate=R", and exits 0
- * when all N completed within the time limit (-t seconds), 1 otherwise.
+ * Prints one line, "connections=N errors=E seconds=S rate=R end=T", and
+ * exits 0 when all N completed within the time limit (-t seconds), 1
+ * otherwise. T is CLOCK_MONOTONIC (system-wide) when the last connection
+ * completed: the harness's burst load compares it with the moment it let a
+ * stopped server go on.
  * Built by the bench (gcc -O2); see bench/bench.rake.
  */
 #define _GNU_SOURCE
@@ -95,7 +98,7 @@ main(int argc, char **argv)
 {
     const char *host = "127.0.0.1";
     long n = 20000, conc = 64, port = -1, started = 0, done = 0, errors = 0, inflight = 0;
-    double limit = 60.0, t0, elapsed;
+    double limit = 60.0, t0, elapsed, last = 0.0;
     struct sockaddr_in sa;
     struct epoll_event evs[256];
     int opt, ep;
@@ -145,12 +148,13 @@ main(int argc, char **argv)
             inflight--;
             if (r) done++;
             else errors++;
+            last = now();
         }
     }
 out:
     elapsed = now() - t0;
-    printf("connections=%ld errors=%ld seconds=%.6f rate=%.1f\n", done, errors, elapsed,
-           elapsed > 0 ? (double)done / elapsed : 0.0);
+    printf("connections=%ld errors=%ld seconds=%.6f rate=%.1f end=%.6f\n", done, errors, elapsed,
+           elapsed > 0 ? (double)done / elapsed : 0.0, last);
     fflush(stdout);
     close(ep);
     return done == n ? 0 : 1;

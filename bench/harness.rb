@@ -50,10 +50,24 @@ module Bench
 
   # ---- configuration --------------------------------------------------------
 
-  Config = Struct.new(:mode, :rounds, :accept_n, :accept_conc, :accept_count_n, :wrk_seconds, :wrk_warmup,
+  Config = Struct.new(:mode, :rounds, :accept_n, :accept_conc, :accept_burst, :accept_count_n, :wrk_seconds, :wrk_warmup,
                       :wrk_conns, :count_seconds, :percall_iterations, :out_md, :out_svg, :out_json, :pin,
                       :syscalls, :max_other, :retries, :wait_budget, keyword_init: true) do
     def quick? = mode == :quick
+
+    # The accept loads: [row key, connections, burst?]. "c64": 64 in flight,
+    # topped up as each finishes; "b500": bursts of 500 connections queued in
+    # the backlog of a stopped server, which is then let go (Bench.run_burst).
+    def accept_loads
+      accept_conc.map { |c| ["c#{c}", c, false] } + accept_burst.map { |c| ["b#{c}", c, true] }
+    end
+
+    # The load under which multishot accept's io_uring_enter per connection
+    # is judged ("under burst"): the largest burst, else the largest C.
+    def burst_row = accept_burst.empty? ? "c#{accept_conc.max}" : "b#{accept_burst.max}"
+
+    # The load under which accepts/s are compared: the largest continuous C.
+    def rate_row = accept_conc.empty? ? burst_row : "c#{accept_conc.max}"
   end
 
   def self.env_list(name, default) = (ENV[name] || default).split(",").map { |v| Integer(v) }
@@ -66,6 +80,7 @@ module Bench
       rounds: Integer(ENV.fetch("BENCH_ROUNDS", quick ? "1" : "3")),
       accept_n: Integer(ENV.fetch("BENCH_ACCEPT_N", quick ? "3000" : "20000")),
       accept_conc: env_list("BENCH_ACCEPT_CONC", quick ? "64" : "1,64"),
+      accept_burst: env_list("BENCH_ACCEPT_BURST", quick ? "200" : "500"),
       accept_count_n: Integer(ENV.fetch("BENCH_ACCEPT_COUNT_N", quick ? "1000" : "5000")),
       wrk_seconds: Integer(ENV.fetch("BENCH_WRK_SECONDS", quick ? "1" : "5")),
       wrk_warmup: Integer(ENV.fetch("BENCH_WRK_WARMUP", quick ? "0" : "1")),
@@ -119,10 +134,15 @@ module Bench
         @lock.synchronize { @pids.delete(pid) }
       end
 
+      # The child's Process::Status once it has exited (nil while it runs;
+      # :reaped if it was reaped before).
       def reap(pid)
         _, status = Process.wait2(pid, Process::WNOHANG)
         @lock.synchronize { @pids.delete(pid) } if status
         status
+      rescue Errno::ECHILD
+        @lock.synchronize { @pids.delete(pid) }
+        :reaped
       end
 
       def signal_group(pid, signal)
@@ -235,6 +255,7 @@ module Bench
     def alive? = Procs.reap(@pid).nil?
 
     def stop
+      Procs.signal_group(@pid, "CONT") # a stopped process would not see TERM
       status = Procs.stop(@pid)
       @reader.join(3)
       @probe_r.close unless @probe_r.closed?
@@ -555,27 +576,96 @@ module Bench
   end
 
   # One client run: [rate, connections, seconds].
-  def self.run_accept_client(port, n, conc)
-    out, err, st = Procs.capture(*pin_prefix(LOAD_CPU), accept_client, "-h", HOST, "-p", port.to_s, "-n", n.to_s,
-                                 "-c", conc.to_s, "-t", "120", timeout: 180)
-    m = out.match(/connections=(\d+) errors=(\d+) seconds=([\d.]+) rate=([\d.]+)/)
+  def self.accept_client_cmd(port, n, conc)
+    [*pin_prefix(LOAD_CPU), accept_client, "-h", HOST, "-p", port.to_s, "-n", n.to_s, "-c", conc.to_s, "-t", "120"]
+  end
+
+  def self.parse_accept_client(out, err, st)
+    m = out.match(/connections=(\d+) errors=(\d+) seconds=([\d.]+) rate=([\d.]+) end=([\d.]+)/)
     raise Error, "accept_client failed (#{st}): #{out}#{err}" unless st.success? && m
 
-    { rate: Float(m[4]), connections: Integer(m[1]), seconds: Float(m[3]) }
+    { rate: Float(m[4]), connections: Integer(m[1]), seconds: Float(m[3]), end: Float(m[5]) }
+  end
+
+  # One client run: { rate:, connections:, seconds: }.
+  def self.run_accept_client(port, n, conc)
+    parse_accept_client(*Procs.capture(*accept_client_cmd(port, n, conc), timeout: 180))
+  end
+
+  # Connections waiting in the accept queue of our listener on +port+: a
+  # LISTEN socket's rx_queue in /proc/net/tcp is its accept backlog.
+  def self.listen_backlog(port)
+    hex = format(":%04X", port)
+    File.foreach("/proc/net/tcp") do |line|
+      f = line.split
+      return Integer(f[4].split(":")[1], 16) if f[1]&.end_with?(hex) && f[3] == "0A"
+    end
+    0
+  end
+
+  # The burst load: the server is stopped (SIGSTOP), the client connects
+  # +burst+ times at once, and once all of them wait in the backlog the
+  # server is let go (SIGCONT); repeated until +n+. Rate: connections over
+  # the time from each SIGCONT to the client's last completion.
+  def self.run_burst(server, n, burst)
+    done = 0
+    active = 0.0
+    while done < n
+      k = [burst, n - done].min
+      out_r, out_w = IO.pipe
+      pid = nil
+      Process.kill("STOP", server.pid)
+      begin
+        pid = Procs.spawn(*accept_client_cmd(server.port, k, k), out: out_w, err: out_w, in: File::NULL)
+        out_w.close
+        deadline = monotonic + 20
+        until listen_backlog(server.port) >= k
+          raise Error, "burst: client exited early: #{out_r.read}" if Procs.reap(pid)
+          raise Error, "burst: only #{listen_backlog(server.port)} of #{k} connections queued after 20 s" if monotonic > deadline
+
+          sleep 0.002
+        end
+      ensure
+        let_go = monotonic
+        Process.kill("CONT", server.pid)
+      end
+      reader = Thread.new { out_r.read }
+      st = nil
+      deadline = monotonic + 120
+      until (st = Procs.reap(pid))
+        raise Error, "burst: client still running after 120 s" if monotonic > deadline
+
+        sleep 0.005
+      end
+      pid = nil
+      r = parse_accept_client(reader.value, "", st)
+      out_r.close
+      active += r[:end] - let_go
+      done += r[:connections]
+    end
+    { rate: done / active, connections: done, seconds: active }
+  ensure
+    out_w&.close unless out_w&.closed?
+    out_r&.close unless out_r&.closed?
+    Procs.stop(pid, signal: "KILL") if pid && Procs.reap(pid).nil?
+  end
+
+  def self.accept_load(server, n, conc, burst)
+    burst ? run_burst(server, n, conc) : run_accept_client(server.port, n, conc)
   end
 
   def self.run_accept(cfg, results, counter, interference)
     cfg.rounds.times do |round|
-      cfg.accept_conc.each do |conc|
+      cfg.accept_loads.each do |row, conc, burst|
         rotate(ACCEPT_VARIANTS.keys, round).each do |variant|
           server = Server.new("accept_server --variant #{variant}", File.join(src, "bench", "accept_server.rb"),
                               ["--variant", variant, "--seconds", "600"], cpu: SERVER_CPU)
           begin
-            run_accept_client(server.port, [cfg.accept_n / 10, 500].max, conc) # warm-up
-            metrics = interference.run("accept c=#{conc} #{variant}") do
+            accept_load(server, [cfg.accept_n / 10, 500].max, conc, burst) # warm-up
+            metrics = interference.run("accept #{row} #{variant}") do
               cpu0, ops0 = server.cpu
               mark = interference.start
-              r = run_accept_client(server.port, cfg.accept_n, conc)
+              r = accept_load(server, cfg.accept_n, conc, burst)
               cpu1, ops1 = server.cpu
               accepted = ops1 - ops0
               if accepted != r[:connections]
@@ -586,12 +676,12 @@ module Bench
             end
             if counter.available?
               c = nil
-              counts = counter.count(server.pid) { c = run_accept_client(server.port, cfg.accept_count_n, conc) }
+              counts = counter.count(server.pid) { c = accept_load(server, cfg.accept_count_n, conc, burst) }
               metrics.merge!(syscall_metrics(counts, c[:connections], close_path: CLOSE_PATH.fetch(variant)))
             end
-            results.add(:accept, "c#{conc}", variant, metrics)
-            log format("  accept  c=%-3d %-10s round %d: %9.0f accepts/s  %6.2f us CPU/accept  others %2.0f%%  %s",
-                       conc, variant, round + 1, metrics[:rate], metrics[:cpu_us], metrics[:other] * 100,
+            results.add(:accept, row, variant, metrics)
+            log format("  accept  %-5s %-10s round %d: %9.0f accepts/s  %6.2f us CPU/accept  others %2.0f%%  %s",
+                       row, variant, round + 1, metrics[:rate], metrics[:cpu_us], metrics[:other] * 100,
                        sys_summary(metrics))
           ensure
             server.stop
@@ -609,6 +699,8 @@ module Bench
     "select" => %w[close], "blocking" => %w[close], "ring" => %w[close fcntl ioctl], "multishot" => %w[close fcntl ioctl]
   }.freeze
 
+  MEMORY_SYSCALLS = %w[mmap munmap brk madvise].freeze
+
   def self.syscall_metrics(counts, ops, close_path: %w[close])
     return {} unless counts && ops.positive?
 
@@ -619,6 +711,8 @@ module Bench
     {
       sys: per.call("total"),
       sys_no_close: per.call("total") - close_path.sum { |k| per.call(k) },
+      # ... and without Ruby's own heap growth (the GC mapping pages).
+      sys_no_close_mem: per.call("total") - (close_path + MEMORY_SYSCALLS).sum { |k| per.call(k) },
       enter: per.call("io_uring_enter"),
       breakdown: named.reject { |_, v| v.zero? }.sort_by { |_, v| -v }.first(8)
                       .to_h { |k, v| [k, v.fdiv(ops).round(3)] }
@@ -738,6 +832,7 @@ module Bench
       "rounds" => cfg.rounds,
       "accept_n" => cfg.accept_n,
       "accept_conc" => cfg.accept_conc,
+      "accept_burst" => cfg.accept_burst,
       "accept_count_n" => cfg.accept_count_n,
       "wrk_seconds" => cfg.wrk_seconds,
       "wrk_warmup" => cfg.wrk_warmup,
@@ -796,7 +891,8 @@ module Bench
     log "load average before: #{results.meta['load_before']}"
     accept_client if only.include?("accept")
     if only.include?("accept")
-      log "accept: #{cfg.accept_n} connections per run, concurrency #{cfg.accept_conc.join('/')}"
+      log "accept: #{cfg.accept_n} connections per run, loads #{cfg.accept_loads.map(&:first).join('/')} " \
+          "(cN: N in flight; bN: bursts of N queued while the server is stopped)"
       run_accept(cfg, results, counter, interference)
     end
     if only.include?("http")
