@@ -464,22 +464,50 @@ module Bench
       t.cutime + t.cstime
     end
 
-    def start = { busy: busy_ticks, children: children_cpu, at: Bench.monotonic }
+    # The harness's own CPU time (it polls, signals and spawns).
+    def self_cpu = Process.clock_gettime(Process::CLOCK_PROCESS_CPUTIME_ID)
+
+    # Network softirq work the kernel defers to ksoftirqd/N is our load's
+    # too: CPU ticks of the ksoftirqd threads of our CPUs.
+    def ksoftirqd_ticks
+      @ksoftirqd ||= Dir["/proc/[0-9]*/comm"].filter_map do |f|
+        name = File.read(f).strip rescue next
+        m = name.match(%r{\Aksoftirqd/(\d+)\z}) or next
+        File.dirname(f) if @cpus.include?(Integer(m[1]))
+      end
+      @ksoftirqd.sum do |dir|
+        f = File.read(File.join(dir, "stat")).split(") ", 2).last.split
+        Integer(f[11]) + Integer(f[12]) # utime, stime (fields 14 and 15)
+      rescue SystemCallError
+        0
+      end
+    end
+
+    def start
+      { busy: busy_ticks, children: children_cpu, self: self_cpu, softirqd: ksoftirqd_ticks, at: Bench.monotonic }
+    end
 
     # Fraction of the CPUs' time used by others since +mark+, given the
     # CPU seconds our own server used meanwhile (the load generator is a
-    # reaped child: its time is in children_cpu).
+    # reaped child: its time is in children_cpu; the harness and ksoftirqd
+    # count as ours too).
     def other_since(mark, own_cpu_s)
       wall = Bench.monotonic - mark[:at]
       busy = (busy_ticks - mark[:busy]).fdiv(HZ)
-      mine = own_cpu_s + (children_cpu - mark[:children])
+      mine = own_cpu_s + (children_cpu - mark[:children]) + (self_cpu - mark[:self]) +
+             (ksoftirqd_ticks - mark[:softirqd]).fdiv(HZ)
       [(busy - mine) / (wall * @cpus.size), 0.0].max
     end
 
-    # Waits (within the run's budget) until the CPUs are quiet: sampled for
-    # 0.5 s, others use less than max_other of them.
+    # A fresh wait budget (for a workload's extra pass).
+    def new_budget
+      @budget_base = @waited
+    end
+
+    # Waits (within the budget) until the CPUs are quiet: sampled for 0.5 s,
+    # others use less than max_other of them.
     def wait_quiet
-      while @waited < @cfg.wait_budget
+      while @waited - (@budget_base || 0.0) < @cfg.wait_budget
         mark = start
         sleep 0.5
         return if other_since(mark, 0.0) <= @cfg.max_other
@@ -521,19 +549,37 @@ module Bench
   # ---- workloads --------------------------------------------------------------
 
   # Collects samples: results[workload][row][variant][metric] = [values].
+  # Every run's metrics: data[workload][row][variant] = [metrics, ...]. A
+  # run is quiet when other processes used at most +max_other+ of the CPUs
+  # during it; statistics use the quiet runs of a variant, or all of its
+  # runs when none was quiet (the report says which).
   class Results
     attr_reader :data, :meta
 
-    def initialize
-      @data = Hash.new { |h, k| h[k] = Hash.new { |h2, k2| h2[k2] = Hash.new { |h3, k3| h3[k3] = Hash.new { |h4, k4| h4[k4] = [] } } } }
+    def initialize(max_other = 1.0)
+      @data = Hash.new { |h, k| h[k] = Hash.new { |h2, k2| h2[k2] = Hash.new { |h3, k3| h3[k3] = [] } } }
       @meta = {}
+      @max_other = max_other
     end
 
     def add(workload, row, variant, metrics)
-      metrics.each { |k, v| @data[workload][row][variant][k] << v unless v.nil? }
+      @data[workload][row][variant] << metrics
     end
 
-    def samples(workload, row, variant, metric) = @data.dig(workload, row, variant, metric) || []
+    def runs(workload, row, variant) = @data.dig(workload, row, variant) || []
+
+    def quiet?(run) = run[:other].nil? || run[:other] <= @max_other
+
+    def quiet_count(workload, row, variant) = runs(workload, row, variant).count { |r| quiet?(r) }
+
+    # The runs statistics use.
+    def used(workload, row, variant)
+      all = runs(workload, row, variant)
+      quiet = all.select { |r| quiet?(r) }
+      quiet.empty? ? all : quiet
+    end
+
+    def samples(workload, row, variant, metric) = used(workload, row, variant).map { |r| r[metric] }.compact
 
     def med(workload, row, variant, metric) = Bench.median(samples(workload, row, variant, metric))
 
@@ -658,36 +704,62 @@ module Bench
     cfg.rounds.times do |round|
       cfg.accept_loads.each do |row, conc, burst|
         rotate(ACCEPT_VARIANTS.keys, round).each do |variant|
-          server = Server.new("accept_server --variant #{variant}", File.join(src, "bench", "accept_server.rb"),
-                              ["--variant", variant, "--seconds", "600"], cpu: SERVER_CPU)
-          begin
-            accept_load(server, [cfg.accept_n / 10, 500].max, conc, burst) # warm-up
-            metrics = interference.run("accept #{row} #{variant}") do
-              cpu0, ops0 = server.cpu
-              mark = interference.start
-              r = accept_load(server, cfg.accept_n, conc, burst)
-              cpu1, ops1 = server.cpu
-              accepted = ops1 - ops0
-              if accepted != r[:connections]
-                raise Error, "#{variant}: server accepted #{accepted}, client finished #{r[:connections]}"
-              end
-
-              [{ rate: r[:rate], cpu_us: (cpu1 - cpu0) / 1000.0 / accepted }, (cpu1 - cpu0) / 1e9, mark]
-            end
-            if counter.available?
-              c = nil
-              counts = counter.count(server.pid) { c = accept_load(server, cfg.accept_count_n, conc, burst) }
-              metrics.merge!(syscall_metrics(counts, c[:connections], close_path: CLOSE_PATH.fetch(variant)))
-            end
-            results.add(:accept, row, variant, metrics)
-            log format("  accept  %-5s %-10s round %d: %9.0f accepts/s  %6.2f us CPU/accept  others %2.0f%%  %s",
-                       row, variant, round + 1, metrics[:rate], metrics[:cpu_us], metrics[:other] * 100,
-                       sys_summary(metrics))
-          ensure
-            server.stop
-          end
+          accept_once(cfg, results, counter, interference, row, conc, burst, variant, round + 1)
         end
       end
+    end
+    loads = cfg.accept_loads.to_h { |row, conc, burst| [row, [conc, burst]] }
+    top_up(cfg, results, :accept, loads.keys, ACCEPT_VARIANTS.keys, interference) do |row, variant, label|
+      accept_once(cfg, results, counter, interference, row, *loads.fetch(row), variant, label)
+    end
+  end
+
+  # A run disturbed by other processes (after its reruns) stays in the
+  # results but out of the statistics while the variant has quiet runs. Once
+  # the rounds are done, variants with fewer than +rounds+ quiet runs get
+  # more runs, interleaved, at most +rounds+ more passes, waiting for quiet
+  # CPUs within a second wait budget.
+  def self.top_up(cfg, results, workload, rows, variants, interference)
+    return if cfg.retries.zero?
+
+    interference.new_budget
+    cfg.rounds.times do |pass|
+      short = rows.product(variants).select { |row, v| results.quiet_count(workload, row, v) < cfg.rounds }
+      break if short.empty?
+
+      log "  #{workload}: #{short.size} variant(s) short of #{cfg.rounds} quiet runs: extra pass #{pass + 1}"
+      short.each { |row, v| yield row, v, "extra #{pass + 1}" }
+    end
+  end
+
+  def self.accept_once(cfg, results, counter, interference, row, conc, burst, variant, round)
+    server = Server.new("accept_server --variant #{variant}", File.join(src, "bench", "accept_server.rb"),
+                        ["--variant", variant, "--seconds", "600"], cpu: SERVER_CPU)
+    begin
+      accept_load(server, [cfg.accept_n / 10, 500].max, conc, burst) # warm-up
+      metrics = interference.run("accept #{row} #{variant}") do
+        cpu0, ops0 = server.cpu
+        mark = interference.start
+        r = accept_load(server, cfg.accept_n, conc, burst)
+        cpu1, ops1 = server.cpu
+        accepted = ops1 - ops0
+        if accepted != r[:connections]
+          raise Error, "#{variant}: server accepted #{accepted}, client finished #{r[:connections]}"
+        end
+
+        [{ rate: r[:rate], cpu_us: (cpu1 - cpu0) / 1000.0 / accepted }, (cpu1 - cpu0) / 1e9, mark]
+      end
+      if counter.available?
+        c = nil
+        counts = counter.count(server.pid) { c = accept_load(server, cfg.accept_count_n, conc, burst) }
+        metrics.merge!(syscall_metrics(counts, c[:connections], close_path: CLOSE_PATH.fetch(variant)))
+      end
+      results.add(:accept, row, variant, metrics)
+      log format("  accept  %-5s %-10s round %-7s %9.0f accepts/s  %6.2f us CPU/accept  others %2.0f%%  %s",
+                 row, variant, "#{round}:", metrics[:rate], metrics[:cpu_us], metrics[:other] * 100,
+                 sys_summary(metrics))
+    ensure
+      server&.stop
     end
   end
 
@@ -752,56 +824,74 @@ module Bench
     cfg.rounds.times do |round|
       cfg.wrk_conns.each do |conns|
         rotate(HTTP_VARIANTS.keys, round).each do |variant|
-          label, script = HTTP_VARIANTS.fetch(variant)
-          server = Server.new(label, File.join(src, script), ["--seconds", "600"], cpu: SERVER_CPU)
-          begin
-            run_wrk(server.port, conns, cfg.wrk_warmup) if cfg.wrk_warmup.positive?
-            metrics = interference.run("http c=#{conns} #{variant}") do
-              cpu0, = server.cpu
-              mark = interference.start
-              w = run_wrk(server.port, conns, cfg.wrk_seconds)
-              cpu1, = server.cpu
-              log "  (wrk socket errors: #{w[:socket_errors]})" if w[:socket_errors]
-              [{ rps: w[:rps], p50: w[:p50], p99: w[:p99], cpu_us: (cpu1 - cpu0) / 1000.0 / w[:requests] },
-               (cpu1 - cpu0) / 1e9, mark]
-            end
-            if counter.available?
-              c = nil
-              counts = counter.count(server.pid) { c = run_wrk(server.port, conns, cfg.count_seconds) }
-              metrics.merge!(syscall_metrics(counts, c[:requests]))
-            end
-            results.add(:http, "c#{conns}", variant, metrics)
-            log format("  http    c=%-3d %-10s round %d: %9.0f req/s  p50 %.3f ms  p99 %.3f ms  %6.2f us CPU/req  " \
-                       "others %2.0f%%  %s", conns, variant, round + 1, metrics[:rps], metrics[:p50] || -1,
-                       metrics[:p99] || -1, metrics[:cpu_us], metrics[:other] * 100, sys_summary(metrics))
-          ensure
-            server.stop
-          end
+          http_once(cfg, results, counter, interference, conns, variant, round + 1)
         end
       end
+    end
+    rows = cfg.wrk_conns.map { |c| "c#{c}" }
+    top_up(cfg, results, :http, rows, HTTP_VARIANTS.keys, interference) do |row, variant, label|
+      http_once(cfg, results, counter, interference, Integer(row[1..]), variant, label)
+    end
+  end
+
+  def self.http_once(cfg, results, counter, interference, conns, variant, round)
+    label, script = HTTP_VARIANTS.fetch(variant)
+    server = Server.new(label, File.join(src, script), ["--seconds", "600"], cpu: SERVER_CPU)
+    begin
+      run_wrk(server.port, conns, cfg.wrk_warmup) if cfg.wrk_warmup.positive?
+      metrics = interference.run("http c=#{conns} #{variant}") do
+        cpu0, = server.cpu
+        mark = interference.start
+        w = run_wrk(server.port, conns, cfg.wrk_seconds)
+        cpu1, = server.cpu
+        log "  (wrk socket errors: #{w[:socket_errors]})" if w[:socket_errors]
+        [{ rps: w[:rps], p50: w[:p50], p99: w[:p99], cpu_us: (cpu1 - cpu0) / 1000.0 / w[:requests] },
+         (cpu1 - cpu0) / 1e9, mark]
+      end
+      if counter.available?
+        c = nil
+        counts = counter.count(server.pid) { c = run_wrk(server.port, conns, cfg.count_seconds) }
+        metrics.merge!(syscall_metrics(counts, c[:requests]))
+      end
+      results.add(:http, "c#{conns}", variant, metrics)
+      log format("  http    c=%-3d %-10s round %-7s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  %6.2f us CPU/req  " \
+                 "others %2.0f%%  %s", conns, variant, "#{round}:", metrics[:rps], metrics[:p50] || -1,
+                 metrics[:p99] || -1, metrics[:cpu_us], metrics[:other] * 100, sys_summary(metrics))
+    ensure
+      server&.stop
     end
   end
 
   def self.run_percall(cfg, results, interference)
-    cfg.rounds.times do |round|
-      order = rotate(PERCALL_VARIANTS.keys, round)
-      data = nil
-      m = interference.run("percall round #{round + 1}") do
-        mark = interference.start
-        out, err, st = Procs.capture(*pin_prefix(SERVER_CPU), RbConfig.ruby, File.join(src, "bench", "percall.rb"),
-                                     "--iterations", cfg.percall_iterations.to_s, "--order", order.join(","),
-                                     timeout: 600)
-        raise Error, "percall.rb failed (#{st}):\n#{out}#{err}" unless st.success?
+    cfg.rounds.times { |round| percall_once(cfg, results, interference, round, (round + 1).to_s) }
+    return if cfg.retries.zero?
 
-        data = JSON.parse(out.lines.last)
-        [{}, 0.0, mark]
-      end
-      data.each do |name, v|
-        results.add(:percall, "ns", name, { ns: v["ns"], waits: v["waits_per_call"], other: m[:other] })
-      end
-      log "  percall round #{round + 1}: " + data.map { |k, v| format("%s %.0f ns", k, v["ns"]) }.join(", ") +
-          format("  (others %.0f%%)", m[:other] * 100)
+    interference.new_budget
+    extra = 0
+    while results.quiet_count(:percall, "ns", "sysread") < cfg.rounds && extra < cfg.rounds
+      extra += 1
+      percall_once(cfg, results, interference, cfg.rounds + extra, "extra #{extra}")
     end
+  end
+
+  def self.percall_once(cfg, results, interference, round, label)
+    order = rotate(PERCALL_VARIANTS.keys, round)
+    data = nil
+    m = interference.run("percall round #{label}") do
+      mark = interference.start
+      out, err, st = Procs.capture(*pin_prefix(SERVER_CPU), RbConfig.ruby, File.join(src, "bench", "percall.rb"),
+                                   "--iterations", cfg.percall_iterations.to_s, "--order", order.join(","),
+                                   timeout: 600)
+      raise Error, "percall.rb failed (#{st}):\n#{out}#{err}" unless st.success?
+
+      data = JSON.parse(out.lines.last)
+      [{}, 0.0, mark]
+    end
+    data.each do |name, v|
+      results.add(:percall, "ns", name, { ns: v["ns"], waits: v["waits_per_call"], other: m[:other] })
+    end
+    log "  percall round #{label}: " + data.map { |k, v| format("%s %.0f ns", k, v["ns"]) }.join(", ") +
+        format("  (others %.0f%%)", m[:other] * 100)
   end
 
   # ---- the run --------------------------------------------------------------
@@ -883,7 +973,7 @@ module Bench
 
     counter = SyscallCounter.new(cfg.syscalls)
     interference = Interference.new(cfg)
-    results = Results.new
+    results = Results.new(cfg.max_other)
     results.meta.merge!(machine_meta(cfg, counter))
     results.meta["load_before"] = loadavg
     log "bench (#{mode}): #{cfg.rounds} round(s), interleaved; #{results.meta['pinned']}"

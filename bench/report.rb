@@ -162,23 +162,36 @@ module Bench
         "runs (their busy time in /proc/stat, steal included, minus the server's and the load generator's own); " \
         "before each run the bench waits for them to be quiet and reruns a run they disturbed by more than " \
         "#{(m['max_other'].to_f * 100).round}% (at most #{m['retries']} reruns; #{m['retried']} rerun(s), " \
-        "#{m['waited']} s waited). Column \"others\": that share per variant (median).",
+        "#{m['waited']} s waited). A run still disturbed after that is kept out of the statistics while its " \
+        "variant has quiet runs, and variants short of #{m['rounds']} quiet runs get extra interleaved passes. " \
+        "Column \"others\": that share in the runs used (median), and how many were quiet.",
         "- Server CPU: the server's own CLOCK_PROCESS_CPUTIME_ID (all threads), read before and after each load " \
         "(bench/cpu_probe.rb), divided by the operations the load generator completed.",
         "- Syscalls: #{m['syscalls']}; per operation the load generator completed."
       ]
     end
 
+    def all_runs = @r.data.values.flat_map { |rows| rows.values.flat_map { |vs| vs.values.flatten(1) } }
+
     def others_summary
-      all = @r.data.values.flat_map { |rows| rows.values.flat_map { |vs| vs.values.flat_map { |ms| ms[:other] } } }
+      all = all_runs.map { |r| r[:other] }.compact
       return "an unknown share" if all.empty?
 
       format("a median %.0f%% (max %.0f%%)", Bench.median(all) * 100, all.max * 100)
     end
 
+    # The others' share in the runs used, and how many runs were quiet.
     def others_cell(workload, row, variant)
       v = Bench.median(samples(workload, row, variant, :other))
-      v ? format("%.0f%%", v * 100) : "–"
+      return "–" unless v
+
+      runs = @r.runs(workload, row, variant).size
+      quiet = @r.quiet_count(workload, row, variant)
+      note = if quiet == runs then ""
+             elsif quiet.zero? then " (none of #{runs} quiet: all used)"
+             else " (#{quiet} of #{runs} runs quiet, used)"
+             end
+      format("%.0f%%%s", v * 100, note)
     end
 
     def top_syscalls(workload, row, variant)
