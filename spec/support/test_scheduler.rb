@@ -14,6 +14,8 @@ class TestScheduler
     @waiting = {}    # fiber => wake-up time
     @ready = []
     @blocked = 0
+    @timeouts = []   # [deadline, fiber, exception class, message] (Timeout.timeout)
+    @raises = []     # [fiber, exception] queued by #cancel
     @lock = Thread::Mutex.new
     @wake_r, @wake_w = IO.pipe
     @closed = false
@@ -22,8 +24,8 @@ class TestScheduler
   def now = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 
   def run
-    while @readable.any? || @writable.any? || @waiting.any? || @blocked.positive? || @ready.any?
-      timeout = @ready.any? ? 0 : next_timeout
+    while @readable.any? || @writable.any? || @waiting.any? || @blocked.positive? || @ready.any? || @raises.any?
+      timeout = @ready.any? || @raises.any? ? 0 : next_timeout
       r, w, = IO.select([@wake_r, *@readable.keys], @writable.keys, [], timeout)
       @wake_r.read_nonblock(64, exception: false) if r&.delete(@wake_r)
       r&.each { |io| resume(@readable.delete(io)) }
@@ -32,6 +34,35 @@ class TestScheduler
       due.each { |f| @waiting.delete(f); resume(f) }
       ready = @lock.synchronize { @ready.slice!(0..) }
       ready.each { |f| resume(f) }
+      fire_timeouts
+      @raises.slice!(0..).each { |f, e| f.raise(e) if f.alive? }
+    end
+  end
+
+  # Raises +exception+ in +fiber+ (suspended in a wait) from the run loop,
+  # as a scheduler cancelling a task does (Async's Task#stop).
+  def cancel(fiber, exception = Cancelled)
+    @raises << [fiber, exception]
+  end
+
+  class Cancelled < StandardError; end
+
+  # Timeout.timeout under this scheduler (Ruby calls it when defined): the
+  # exception is raised in the fiber from the run loop, wherever it waits.
+  def timeout_after(duration, klass, message)
+    entry = [now + duration, Fiber.current, klass, message]
+    @timeouts << entry
+    yield duration
+  ensure
+    @timeouts.delete(entry)
+  end
+
+  def fire_timeouts
+    due = @timeouts.select { |t, *| t <= now }
+    due.each do |entry|
+      @timeouts.delete(entry)
+      _, fiber, klass, message = entry
+      fiber.raise(klass, message) if fiber.alive?
     end
   end
 
@@ -40,7 +71,7 @@ class TestScheduler
   end
 
   def next_timeout
-    t = @waiting.values.min
+    t = (@waiting.values + @timeouts.map(&:first)).min
     return nil unless t
 
     [t - now, 0].max
