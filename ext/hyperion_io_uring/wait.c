@@ -59,32 +59,39 @@ wait_normalize(int ret)
  * io_uring_enter slices was not enough: the lock is only handed over at the
  * end of a scheduling quantum, by when this thread has taken the GVL back,
  * so a Ruby thread waiting for the GVL (a writer, Timeout's thread) starved
- * for as long as the ring waited. Under valgrind, submit without waiting and
- * sleep in poll(2) on the ring fd instead (POLLIN when a completion is
- * ready, also with DEFER_TASKRUN; probed on 6.18): valgrind knows poll
- * blocks and releases its lock. At most 10 ms per call; callers loop until
- * their own deadline, and flush deferred completions before reaping.
+ * for as long as the ring waited. Sleeping in poll(2) on the ring fd instead
+ * freed the others, but poll is not woken by a completion queued as
+ * DEFER_TASKRUN local work (see hio_wait_scheduler), so every wait took its
+ * whole slice. So, under valgrind only: wait in io_uring_enter for at most
+ * 1 ms (it runs the deferred work and wakes on a completion), then sleep
+ * 1 ms in poll(2), which valgrind knows blocks, so it lets the other
+ * threads run; repeat for at most 10 ms. Callers loop until their own
+ * deadline. An interrupt (Ruby's UBF, a signal) ends the wait with EINTR.
  */
 static void
 wait_valgrind(struct wait_args *a)
 {
-    struct pollfd pfd;
-    int ms = 10, ret;
+    double end = hio_now() + (a->timeout >= 0 && a->timeout < 0.01 ? a->timeout : 0.01);
 
-    if (a->timeout >= 0 && a->timeout < 0.01) ms = (int)ceil(a->timeout * 1000.0);
-    ret = hio_submit_get_events(a->ring);
-    if (ret < 0 || io_uring_cq_ready(a->ring) >= a->wait_nr) {
-        a->ret = ret;
-        return;
+    for (;;) {
+        struct io_uring_cqe *cqe = NULL;
+        struct __kernel_timespec ts;
+        double left = end - hio_now();
+        int ret;
+
+        if (left < 0) left = 0;
+        ts.tv_sec = 0;
+        ts.tv_nsec = (long long)((left < 0.001 ? left : 0.001) * 1e9);
+        ret = io_uring_submit_and_wait_timeout(a->ring, &cqe, a->wait_nr, &ts, NULL);
+        if ((ret < 0 && ret != -ETIME) || io_uring_cq_ready(a->ring) >= a->wait_nr || hio_now() >= end) {
+            a->ret = ret;
+            return;
+        }
+        if (poll(NULL, 0, 1) < 0) {
+            a->ret = -errno;
+            return;
+        }
     }
-    pfd.fd = a->ring->ring_fd;
-    pfd.events = POLLIN;
-    pfd.revents = 0;
-    if (poll(&pfd, 1, ms) < 0) {
-        a->ret = -errno; /* EINTR: Ruby's UBF or a signal */
-        return;
-    }
-    a->ret = hio_submit_get_events(a->ring);
 }
 
 static void
