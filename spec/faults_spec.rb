@@ -17,7 +17,6 @@ RSpec.describe "Fault injection" do
   let(:k) { Hyperion::IOUring::HotpathRing }
   let(:ecanceled) { -Errno::ECANCELED::Errno }
   let(:f_more) { HotpathHelpers::IORING_CQE_F_MORE }
-  let(:under) { ENV["HYPERION_IO_URING_SPEC_UNDER"] }
 
   # Closes sock with an RST instead of a FIN (SO_LINGER on, 0 seconds).
   def reset_close(sock)
