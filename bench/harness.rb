@@ -638,20 +638,20 @@ module Bench
     parse_accept_client(*Procs.capture(*accept_client_cmd(port, n, conc), timeout: 180))
   end
 
-  # Connections waiting in the accept queue of our listener on +port+: a
-  # LISTEN socket's rx_queue in /proc/net/tcp is its accept backlog.
-  def self.listen_backlog(port)
+  # Client connections to +port+ whose handshake is done (each waits in
+  # the listener's backlog or was accepted): client-side sockets, remote
+  # port +port+, state ESTABLISHED, in /proc/net/tcp.
+  def self.established_to(port)
     hex = format(":%04X", port)
-    File.foreach("/proc/net/tcp") do |line|
+    File.foreach("/proc/net/tcp").count do |line|
       f = line.split
-      return Integer(f[4].split(":")[1], 16) if f[1]&.end_with?(hex) && f[3] == "0A"
+      f[2]&.end_with?(hex) && f[3] == "01"
     end
-    0
   end
 
   # The burst load: the server is stopped (SIGSTOP), the client connects
-  # +burst+ times at once, and once all of them wait in the backlog the
-  # server is let go (SIGCONT); repeated until +n+. Rate: connections over
+  # +burst+ times at once, and once all of them are established (in the
+  # backlog) the server is let go (SIGCONT); repeated until +n+. Rate: connections over
   # the time from each SIGCONT to the client's last completion.
   def self.run_burst(server, n, burst)
     done = 0
@@ -665,22 +665,16 @@ module Bench
         pid = Procs.spawn(*accept_client_cmd(server.port, k, k), out: out_w, err: out_w, in: File::NULL)
         out_w.close
         deadline = monotonic + 20
-        # A multishot accept armed in the kernel can take some connections
-        # even while the server is stopped, so the backlog may never reach k:
-        # a backlog that has stopped growing for 1 s counts as the burst.
-        last = -1
-        stable_since = monotonic
-        loop do
-          queued = listen_backlog(server.port)
-          break if queued >= k
-
-          if queued != last
-            last = queued
-            stable_since = monotonic
-          end
-          break if queued.positive? && monotonic - stable_since > 1.0
+        # Wait until all k handshakes are done. Not until the backlog holds
+        # k: an accept the ring armed before SIGSTOP (multishot, or
+        # Ring#accept's) can still take some connections while the server is
+        # stopped. Counting the client's established sockets is exact and
+        # needs no settling time.
+        until established_to(server.port) >= k
           raise Error, "burst: client exited early: #{out_r.read}" if Procs.reap(pid)
-          raise Error, "burst: only #{queued} of #{k} connections queued after 20 s" if monotonic > deadline
+          if monotonic > deadline
+            raise Error, "burst: only #{established_to(server.port)} of #{k} connections established after 20 s"
+          end
 
           sleep 0.002
         end
