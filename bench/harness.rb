@@ -950,6 +950,14 @@ module Bench
     %w[lib examples bench].each { |d| FileUtils.cp_r(File.join(ROOT, d), dir) }
     @src = dir
     $LOAD_PATH.unshift(File.join(dir, "lib"))
+    # Bundler may have loaded lib/.../version.rb already (through the
+    # gemspec): its snapshot copy counts as loaded, or Ruby warns about
+    # VERSION being defined twice.
+    lib = File.join(ROOT, "lib")
+    $LOADED_FEATURES.select { |f| f.start_with?("#{lib}/") }.each do |f|
+      copy = File.join(dir, "lib", f.delete_prefix("#{lib}/"))
+      $LOADED_FEATURES << copy if File.exist?(copy)
+    end
     at_exit { FileUtils.rm_rf(dir) }
   end
 
