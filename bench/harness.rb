@@ -941,6 +941,34 @@ module Bench
 
   WORKLOADS = %w[accept http percall].freeze
 
+  # Writes the Markdown and SVG again from a run's JSON (after a change to
+  # the report), next to it.
+  def self.render(json_path)
+    j = JSON.parse(File.read(json_path))
+    meta = j.fetch("meta")
+    cfg = config(meta["mode"] == "quick" ? :quick : :full)
+    cfg.accept_conc = meta["accept_conc"] || []
+    cfg.accept_burst = meta["accept_burst"] || []
+    cfg.wrk_conns = meta["wrk_conns"] || []
+    base = json_path.delete_suffix(".json")
+    cfg.out_md = "#{base}.md"
+    cfg.out_svg = "#{base}.svg"
+    results = Results.new(meta["max_other"] || 1.0)
+    results.meta.merge!(meta)
+    j.fetch("results").each do |workload, rows|
+      rows.each do |row, variants|
+        variants.each do |variant, runs|
+          runs.each { |run| results.add(workload.to_sym, row, variant, run.transform_keys(&:to_sym)) }
+        end
+      end
+    end
+    only = WORKLOADS.select { |w| j["results"].key?(w) }
+    report = Report.new(results, cfg, only)
+    File.write(cfg.out_svg, report.svg)
+    File.write(cfg.out_md, report.markdown)
+    log "written: #{cfg.out_md}, #{cfg.out_svg}"
+  end
+
   # Copies lib/ (with the compiled extension), examples/ and bench/ into
   # tmp/bench/src-PID and runs everything from there.
   def self.snapshot!

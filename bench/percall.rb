@@ -2,8 +2,9 @@
 # frozen_string_literal: true
 
 # Per-call cost of the rings' Ruby methods, in ns per call, beside IO#sysread
-# as the floor. One process measures every variant once, in the order given
-# by --order (the harness rotates it between rounds), and prints JSON:
+# as the floor. One process measures every variant in interleaved segments,
+# in the order given by --order (the harness rotates it between rounds), and
+# prints JSON:
 #
 #   ruby bench/percall.rb [--iterations 200000] [--order a,b,c]
 #
@@ -229,10 +230,32 @@ module PerCall
     (now - t0).fdiv(256 * 200)
   end
 
-  def run(name, iterations)
-    send(name, iterations / 4) # warm up: method caches, socket buffers, GC
+  def measure(name, iterations)
     r = send(name, iterations)
     r.is_a?(Hash) ? r : { ns: r }
+  end
+
+  # Every variant once to warm up, then SEGMENTS passes over all of them
+  # (iterations / SEGMENTS calls each), in +order+. A shared VM's speed
+  # drifts over seconds (per-call times here move between two levels about
+  # 2x apart): interleaving puts every variant in every phase, and each
+  # figure is the median over its segments.
+  SEGMENTS = 5
+
+  def run_all(order, iterations)
+    per = [iterations / SEGMENTS, 1000].max
+    order.each { |name| measure(name, per / 4) }
+    segs = Array.new(SEGMENTS) { order.to_h { |name| [name, measure(name, per)] } }
+    order.to_h do |name|
+      runs = segs.map { |seg| seg[name] }
+      keys = runs.first.keys
+      [name, keys.to_h { |k| [k, median(runs.map { |r| r[k] })] }.merge(segments: runs.map { |r| r[:ns].round })]
+    end
+  end
+
+  def median(values)
+    v = values.sort
+    v.size.odd? ? v[v.size / 2] : (v[v.size / 2 - 1] + v[v.size / 2]) / 2.0
   end
 end
 
@@ -244,6 +267,6 @@ end.parse!(ARGV)
 unknown = opts[:order] - PerCall::VARIANTS
 abort "unknown variants: #{unknown.join(', ')}" unless unknown.empty?
 
-results = opts[:order].to_h { |name| [name, PerCall.run(name, opts[:iterations])] }
+results = PerCall.run_all(opts[:order], opts[:iterations])
 results["loop_overhead"] = { ns: PerCall.loop_overhead }
 puts JSON.generate(results)

@@ -213,7 +213,7 @@ module Bench
       out = ["## 1. Accept", "",
              "bench/accept_client.c (gcc -O2, one thread, epoll) opens #{fmt(m['accept_n'], 0)} loopback " \
              "connections per run, either N in flight (topped up as each finishes), or in bursts of N: the server " \
-             "is stopped (SIGSTOP), the client connects N times, and when all N wait in the backlog the server is " \
+             "is stopped (SIGSTOP), the client connects N times, and when all N are established the server is " \
              "let go (SIGCONT; the rate counts from there to the client's last completion); each counts once the server has accepted and closed it " \
              "(the client waits for the FIN, then closes with SO_LINGER 0). bench/accept_server.rb closes each " \
              "connection at once; the io_uring variants close their Integer fd with `IO.for_fd(fd).close`, which " \
@@ -293,6 +293,8 @@ module Bench
 
     # ---- SVG chart ---------------------------------------------------------
 
+    CHART_ACCEPT = { "blocking" => "blocking accept", "ring" => "Ring#accept", "multishot" => "multishot" }.freeze
+
     # [label, ratio, target, :higher/:lower better]
     def bars
       list = []
@@ -301,7 +303,7 @@ module Bench
           base = med(:accept, row, "select", :rate)
           { "blocking" => nil, "ring" => 1.2, "multishot" => 1.5 }.each do |v, target|
             target = nil unless row == rate_row
-            list << ["accept #{load_label(row)}: #{ACCEPT_VARIANTS[v]} vs accept_nonblock, accepts/s",
+            list << ["accept, #{load_label(row)}: #{CHART_ACCEPT.fetch(v)} vs accept_nonblock, accepts/s",
                      Bench.ratio(med(:accept, row, v, :rate), base), target, :higher]
           end
         end
@@ -331,7 +333,8 @@ module Bench
 
     def svg
       list = bars
-      label_w = 430
+      # About 6.8 px per character of 12 px sans-serif, plus the arrow.
+      label_w = [(list.map { |b| b[0].size }.max.to_i * 6.8 + 30).round, 300].max
       plot_w = 440
       bar_h = 18
       gap = 8

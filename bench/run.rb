@@ -4,6 +4,7 @@
 # Runs the benchmarks (see bench/harness.rb and bench/README.md).
 #
 #   ruby bench/run.rb [--quick] [--only accept,http,percall]
+#   ruby bench/run.rb --render bench/results/latest.json   (report again)
 #
 # `rake bench` and `rake bench:quick` call this after compiling.
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
@@ -12,7 +13,9 @@ require_relative "harness"
 
 mode = :full
 only = Bench::WORKLOADS
+render = nil
 OptionParser.new do |o|
+  o.on("--render JSON", "write the .md and .svg again from a run's .json") { |v| render = v }
   o.on("--quick", "a few seconds per variant, one round (CI)") { mode = :quick }
   o.on("--only LIST", Array, "a subset of #{Bench::WORKLOADS.join(',')}") { |v| only = v }
 end.parse!(ARGV)
@@ -27,6 +30,10 @@ abort "bench: unknown workload(s) #{unknown.join(', ')}" unless unknown.empty?
 end
 
 begin
+  if render
+    Bench.render(render)
+    exit
+  end
   Bench.run(mode, only: only)
 rescue Bench::Error => e
   abort "bench: #{e.message}"
