@@ -235,6 +235,36 @@ RSpec.describe Hyperion::IOUring::Ring do
       end
     end
 
+    # After an accept that had to wait, the next ones submit and wait in one
+    # io_uring_enter (ring.c: direct). That path must still take ready
+    # clients, keep timeout: 0 a peek (no wait counted), and give way to the
+    # peek again after its streak.
+    it "after accepts that had to wait: takes ready and late clients, and timeout: 0 still only peeks" do
+      with_listener do |server, port|
+        expect(ring.accept(server, timeout: 0.05)).to eq(:wouldblock) # had to wait
+        waits = ring.stats[:waits]
+        expect(ring.accept(server, timeout: 0)).to eq(:wouldblock)
+        expect(ring.stats[:waits]).to eq(waits)
+        40.times do |i|
+          if i.even?
+            expect_next_client_accepted(ring, server, port, "ready-#{i}")
+          else
+            client = nil
+            t = Thread.new { sleep 0.01; client = connect(port); client.write("late-#{i}") }
+            fd = ring.accept(server, timeout: 5)
+            t.join
+            sock = socket_for(fd)
+            expect(sock.remote_address.ip_port).to eq(client.local_address.ip_port)
+            expect(sock.read(5 + i.to_s.size)).to eq("late-#{i}")
+          end
+        ensure
+          sock&.close
+          client&.close
+        end
+        expect_ring_idle(ring)
+      end
+    end
+
     it "works on a ring of queue_depth 1, including cancelling a timed-out accept" do
       r = described_class.new(queue_depth: 1)
       with_listener do |server, port|

@@ -103,6 +103,7 @@ struct hio_sring {
     size_t buf_cap;
     uint64_t ops, waits, cancels;
     int busy;         /* a call is running; under a scheduler its fiber may be parked */
+    unsigned char direct[3]; /* per hio_sop_kind: calls left that submit and wait in one enter */
     VALUE sched_io;   /* IO of the eventfd for Fiber scheduler waits (marked) */
 };
 

@@ -18,6 +18,7 @@
 
 #define SRING_CANCEL_TOKEN 0u
 #define SRING_DRAIN_SECONDS 2.0
+#define SRING_DIRECT_STREAK 16
 
 int
 hio_sring_open(struct hio_sring *r, unsigned depth)
@@ -146,20 +147,33 @@ sring_body(VALUE arg)
     struct hio_sop *op = (struct hio_sop *)arg;
     struct hio_sring *r = op->r;
 
+    /* A kind whose last calls had to wait (an idle listener, a socket
+     * without data) will likely wait again: then submit and wait in one
+     * io_uring_enter, without the GVL, rather than peek first and wait in a
+     * second enter. Every SRING_DIRECT_STREAK direct calls the peek is
+     * tried again, so a ring whose requests turn ready goes back to it.
+     * A call with no time left (timeout: 0) always peeks. */
+    int direct = r->direct[op->kind] > 0 && (op->deadline < 0 || op->deadline > hio_now());
+
+    if (direct) r->direct[op->kind]--;
     sring_prep(op);
     for (;;) {
         double timeout = -1.0;
         int ret;
 
-        /* Fast path: submit and collect what completed inline. */
-        ret = hio_submit_get_events(&r->uring);
-        if (ret < 0) { op->fatal = ret; return Qnil; }
-        sring_reap(op);
-        if (!op->pending) {
-            sring_step(op);
-            if (op->done) return Qnil;
-            continue;
+        if (!direct) {
+            /* Fast path: submit and collect what completed inline. */
+            ret = hio_submit_get_events(&r->uring);
+            if (ret < 0) { op->fatal = ret; return Qnil; }
+            sring_reap(op);
+            if (!op->pending) {
+                sring_step(op);
+                if (op->done) return Qnil;
+                continue;
+            }
+            r->direct[op->kind] = SRING_DIRECT_STREAK;
         }
+        direct = 0;
         if (op->deadline >= 0) {
             timeout = op->deadline - hio_now();
             if (timeout <= 0) { op->timed_out = 1; return Qnil; }

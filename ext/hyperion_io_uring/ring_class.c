@@ -310,8 +310,10 @@ ringc_fileno(VALUE self)
  *   ring.stats -> Hash
  *
  * Counters: +:ops+ (requests submitted, EAGAIN poll steps included),
- * +:waits+ (blocking waits), +:cancels+ (requests cancelled by a timeout or
- * an interrupt), +:setup_flags+ (IORING_SETUP_* in force).
+ * +:waits+ (io_uring_enter calls that may block: after a call of the same
+ * kind had to wait, the next ones submit and wait in one enter),
+ * +:cancels+ (requests cancelled by a timeout or an interrupt),
+ * +:setup_flags+ (IORING_SETUP_* in force).
  */
 static VALUE
 ringc_stats(VALUE self)
