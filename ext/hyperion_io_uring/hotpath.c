@@ -764,7 +764,7 @@ hio_hp_release(struct hio_hotpath *h, unsigned bid)
 }
 
 int
-hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible)
+hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible, unsigned min_wait_us)
 {
     double deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
 
@@ -798,8 +798,24 @@ hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interrupti
         h->st.waits++;
         if (io_uring_sq_ready(&h->uring)) h->st.submits++;
         if (interruptible) {
-            if (hio_wait_scheduler(&h->uring, left, &h->sched_io)) ret = hio_submit_get_events(&h->uring);
-            else ret = hio_wait_nogvl(&h->uring, nr, left);
+            if (hio_wait_scheduler(&h->uring, left, &h->sched_io)) {
+                ret = hio_submit_get_events(&h->uring);
+            } else if (min_wait_us && want > h->q_count + 1 && hio_batch_wait_supported(&h->uring)) {
+                /* A batch wait ends at min_wait_us with whatever is there
+                 * (at least one), so the ring's own late requests cannot
+                 * stall it; the caller gets what it brought, even if less
+                 * than want. */
+                h->st.batch_waits++;
+                ret = hio_wait_batch_nogvl(&h->uring, want - h->q_count, left, min_wait_us);
+                if (ret < 0) { h->healthy = 0; return ret; }
+                hp_reap(h);
+                hp_unpark(h);
+                if (h->q_count > 0) return 0;
+                rb_thread_check_ints();
+                continue;
+            } else {
+                ret = hio_wait_nogvl(&h->uring, nr, left);
+            }
         } else {
             ret = hio_wait_held(&h->uring, nr, left < 0 || left > 0.05 ? 0.05 : left);
         }
@@ -939,7 +955,7 @@ hp_probe_next(struct hio_hotpath *h, int op, struct hio_completion *out)
 
     while (hio_now() < deadline) {
         while (hio_hp_pop(h, out)) if (out->op_kind == op) return 0;
-        if (hio_hp_wait(h, 1, 0.05, 0) < 0) return -EIO;
+        if (hio_hp_wait(h, 1, 0.05, 0, 0) < 0) return -EIO;
     }
     return -ETIMEDOUT;
 }

@@ -11,7 +11,7 @@
 #include <sys/uio.h>
 
 VALUE hio_cHotpathRing;
-static ID id_queue_depth, id_n_bufs, id_buf_size, id_min_complete, id_timeout_ms, id_raw;
+static ID id_queue_depth, id_n_bufs, id_buf_size, id_min_complete, id_timeout_ms, id_raw, id_min_wait_us;
 static ID id_default_n_bufs, id_default_buf_size;
 static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags;
 
@@ -282,6 +282,7 @@ struct hpc_each {
     VALUE self;
     struct hio_hotpath *h;
     unsigned want;
+    unsigned min_wait_us;
     double timeout;
     int raw;
     long yielded;
@@ -296,7 +297,7 @@ hpc_each_body(VALUE arg)
     unsigned limit;
     int ret;
 
-    ret = hio_hp_wait(h, e->want, e->timeout, 1);
+    ret = hio_hp_wait(h, e->want, e->timeout, 1, e->min_wait_us);
     if (ret < 0) hio_raise_errno(ret, "io_uring_enter(each_completion)");
     /* Yield what is queued now (not what the block queues meanwhile). Each
      * completion leaves the queue before its block runs: an exception in the
@@ -331,6 +332,7 @@ hpc_each_ensure(VALUE arg)
  * call-seq:
  *   ring.each_completion(min_complete: 1, timeout_ms: 100, raw: false) { |c| ... } -> Integer
  *   ring.each_completion(raw: true) { |op_kind, fd, result, buf_id, flags| ... } -> Integer
+ *   ring.each_completion(min_complete: 32, min_wait_us: 50, raw: true) { |op_kind, fd, result, buf_id, flags| ... } -> Integer
  *
  * Submits what is queued and waits, with the GVL released, until
  * +min_complete+ completions are ready or +timeout_ms+ passes (0: do not
@@ -341,17 +343,33 @@ hpc_each_ensure(VALUE arg)
  * completion. Completions are copied out of the kernel's queue before the
  * block runs: if the block raises, the rest stay queued for the next call.
  * Thread#raise, Timeout and signals interrupt the wait.
+ *
+ * +min_wait_us+ (0..1_000_000 microseconds) makes the wait a batch wait:
+ * it waits for +min_complete+ completions for at most +min_wait_us+, then
+ * returns as soon as at least one is ready (so it may yield fewer than
+ * +min_complete+). A busy server then reaps more completions per
+ * io_uring_enter; an idle one still answers its first request at once.
+ * It needs the kernel's IORING_FEAT_MIN_TIMEOUT (Linux 6.12); elsewhere,
+ * under a Fiber scheduler and under valgrind the call waits for the first
+ * completion instead (stats[:batch_waits] counts the batch waits made).
+ *
+ *   ring.each_completion(raw: true, min_complete: 32, min_wait_us: 50) { |op, fd, res, bid, flags| ... }
  */
 static VALUE
 hpc_each_completion(int argc, VALUE *argv, VALUE self)
 {
-    static ID kw_ids[3];
+    static ID kw_ids[4];
     struct hpc_each e;
-    VALUE opts, kw[3] = { Qundef, Qundef, Qundef };
+    VALUE opts, kw[4] = { Qundef, Qundef, Qundef, Qundef };
 
-    if (!kw_ids[0]) { kw_ids[0] = id_min_complete; kw_ids[1] = id_timeout_ms; kw_ids[2] = id_raw; }
+    if (!kw_ids[0]) {
+        kw_ids[0] = id_min_complete;
+        kw_ids[1] = id_timeout_ms;
+        kw_ids[2] = id_raw;
+        kw_ids[3] = id_min_wait_us;
+    }
     rb_scan_args(argc, argv, "0:", &opts);
-    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 3, kw);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 4, kw);
     memset(&e, 0, sizeof(e));
     e.want = kw[0] == Qundef ? 1 : hpc_uint_arg(kw[0], "min_complete", 0, 65536, 0);
     e.timeout = 0.1;
@@ -371,6 +389,8 @@ hpc_each_completion(int argc, VALUE *argv, VALUE self)
         }
     }
     e.raw = kw[2] != Qundef && RTEST(kw[2]);
+    /* Up to 1 s: a batch wait is meant to be short (the kernel takes a u32). */
+    if (kw[3] != Qundef && !NIL_P(kw[3])) e.min_wait_us = hpc_uint_arg(kw[3], "min_wait_us", 0, 1000000, 0);
     rb_need_block();
     e.self = self;
     e.h = hpc_usable(self);
@@ -593,6 +613,22 @@ hpc_ptr(VALUE self)
 
 /*
  * call-seq:
+ *   ring.batch_wait_supported? -> true or false
+ *
+ * Whether #each_completion's +min_wait_us:+ makes kernel batch waits on
+ * this ring (IORING_FEAT_MIN_TIMEOUT, Linux 6.12+; never under valgrind).
+ * When false, +min_wait_us:+ is accepted and the wait ends at the first
+ * completion. IOError on a closed ring.
+ */
+static VALUE
+hpc_batch_wait_supported_p(VALUE self)
+{
+    struct hio_hotpath *h = hpc_usable(self);
+    return hio_batch_wait_supported(&h->uring) ? Qtrue : Qfalse;
+}
+
+/*
+ * call-seq:
  *   ring.stats -> Hash
  *
  * Counters since the ring opened: :accepts, :recvs, :recv_bytes, :sends,
@@ -600,7 +636,8 @@ hpc_ptr(VALUE self)
  * for lack of buffers), :rearms (multishot requests re-armed), :cq_overflows,
  * :stale_completions (late completions of cancelled or replaced connections,
  * dropped), :buffers_in_use (held by Ruby now), :submits and :waits
- * (io_uring_enter calls that submitted / waited), plus :inflight (requests
+ * (io_uring_enter calls that submitted / waited), :batch_waits (waits made
+ * as kernel batch waits, see #each_completion's min_wait_us:), plus :inflight (requests
  * the kernel holds), :queued (completions not yet yielded) and :setup_flags.
  */
 static VALUE
@@ -622,6 +659,7 @@ hpc_stats(VALUE self)
     HPC_STAT("buffers_in_use", h->bufs.in_use);
     HPC_STAT("submits", h->st.submits);
     HPC_STAT("waits", h->st.waits);
+    HPC_STAT("batch_waits", h->st.batch_waits);
     HPC_STAT("inflight", h->inflight < 0 ? 0 : h->inflight);
     HPC_STAT("queued", h->q_count);
     HPC_STAT("setup_flags", h->flags);
@@ -651,6 +689,7 @@ hio_init_hotpath_class(void)
     id_n_bufs = rb_intern("n_bufs");
     id_buf_size = rb_intern("buf_size");
     id_min_complete = rb_intern("min_complete");
+    id_min_wait_us = rb_intern("min_wait_us");
     id_timeout_ms = rb_intern("timeout_ms");
     id_raw = rb_intern("raw");
     id_default_n_bufs = rb_intern("default_n_bufs");
@@ -689,5 +728,6 @@ hio_init_hotpath_class(void)
     rb_define_method(hio_cHotpathRing, "force_unhealthy!", hpc_force_unhealthy, 0);
     rb_define_method(hio_cHotpathRing, "fileno", hpc_fileno, 0);
     rb_define_method(hio_cHotpathRing, "stats", hpc_stats, 0);
+    rb_define_method(hio_cHotpathRing, "batch_wait_supported?", hpc_batch_wait_supported_p, 0);
     rb_define_method(hio_cHotpathRing, "ptr", hpc_ptr, 0);
 }

@@ -75,6 +75,14 @@ double hio_now(void);
  * rb_thread_check_ints() (or lets the scheduler path do so).
  */
 int hio_wait_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout);
+/*
+ * The same, as a batch wait when min_wait_us > 0 and the kernel has
+ * IORING_FEAT_MIN_TIMEOUT (6.12): returns once wait_nr are ready, or once
+ * min_wait_us has passed and at least one is. Elsewhere (and under
+ * valgrind) min_wait_us is ignored: it waits for wait_nr.
+ */
+int hio_wait_batch_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, unsigned min_wait_us);
+int hio_batch_wait_supported(const struct io_uring *ring);
 /* Submits and flushes completions without blocking (GVL held). */
 int hio_submit_get_events(struct io_uring *ring);
 /* Waits with the GVL held: only for short bounded drains in cleanup. */
@@ -193,7 +201,7 @@ struct hio_send {
 
 struct hio_stats {
     uint64_t accepts, recvs, recv_bytes, sends, send_bytes, short_sends, enobufs, rearms,
-        cq_overflows, stale_completions, submits, waits;
+        cq_overflows, stale_completions, submits, waits, batch_waits;
 };
 
 #define HIO_HOTPATH_MAGIC 0x48494f55u /* "HIOU" */
@@ -231,7 +239,7 @@ int hio_hp_flush(struct hio_hotpath *h);
 int hio_hp_release(struct hio_hotpath *h, unsigned bid);
 /* Reaps into h->q until want are queued or timeout passes; blocks without
  * the GVL; may raise (interrupts) with nothing lost. Returns 0 or -errno. */
-int hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible);
+int hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible, unsigned min_wait_us);
 int hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out);
 void hio_hp_close(struct hio_hotpath *h);
 const char *hio_hp_probe(char *reason, size_t cap);

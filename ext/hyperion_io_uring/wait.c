@@ -14,8 +14,16 @@
 #include <ruby/io.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <string.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+/* Kernel 6.12: io_uring_getevents_arg's pad is min_wait_usec. liburing 2.3
+ * (Debian 12) knows neither. */
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15)
+#endif
 
 #ifdef HAVE_RB_FIBER_SCHEDULER_CURRENT
 #include <ruby/fiber/scheduler.h>
@@ -32,9 +40,19 @@ hio_now(void)
 struct wait_args {
     struct io_uring *ring;
     unsigned wait_nr;
+    unsigned min_wait_us; /* > 0: batch wait (wait_batch) */
     double timeout;
     int ret;
 };
+
+static void
+wait_timespec(double timeout, struct __kernel_timespec *ts)
+{
+    double whole = floor(timeout);
+
+    ts->tv_sec = (long long)whole;
+    ts->tv_nsec = (long long)((timeout - whole) * 1e9);
+}
 
 /* EINTR (a signal, Ruby's UBF), ETIME (the timeout), EAGAIN and EBUSY (CQ
  * overflow backpressure, flushed by the next enter) are "no events yet".
@@ -94,6 +112,45 @@ wait_valgrind(struct wait_args *a)
     }
 }
 
+/*
+ * Batch wait (kernel 6.12, IORING_FEAT_MIN_TIMEOUT): wait for wait_nr CQEs
+ * for at most min_wait_us; after that, return as soon as there is one (or
+ * at the timeout). liburing 2.3 has no call that sets min_wait_usec, so
+ * this publishes the SQ tail itself (what io_uring_submit does first) and
+ * enters with IORING_ENTER_EXT_ARG. Rings here never use SQPOLL or a
+ * registered ring fd, which would need more.
+ */
+static int
+wait_batch(struct wait_args *a)
+{
+    struct io_uring_sq *sq = &a->ring->sq;
+    struct io_uring_getevents_arg arg;
+    struct __kernel_timespec ts;
+    unsigned tail = sq->sqe_tail;
+    long ret;
+
+    if (sq->sqe_head != tail) {
+        sq->sqe_head = tail;
+        io_uring_smp_store_release(sq->ktail, tail);
+    }
+    memset(&arg, 0, sizeof(arg));
+    arg.pad = a->min_wait_us; /* min_wait_usec */
+    if (a->timeout >= 0) {
+        wait_timespec(a->timeout, &ts);
+        arg.ts = (uint64_t)(uintptr_t)&ts;
+    }
+    ret = syscall(__NR_io_uring_enter, a->ring->ring_fd, tail - io_uring_smp_load_acquire(sq->khead), a->wait_nr,
+                  IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof(arg));
+    return ret < 0 ? -errno : (int)ret;
+}
+
+int
+hio_batch_wait_supported(const struct io_uring *ring)
+{
+    return (ring->features & IORING_FEAT_MIN_TIMEOUT) && (ring->features & IORING_FEAT_EXT_ARG) &&
+           !(ring->flags & IORING_SETUP_SQPOLL) && !HIO_ON_VALGRIND();
+}
+
 static void
 wait_run(struct wait_args *a)
 {
@@ -101,14 +158,14 @@ wait_run(struct wait_args *a)
         wait_valgrind(a);
         return;
     }
-    if (a->timeout < 0) {
+    if (a->min_wait_us) {
+        a->ret = wait_batch(a);
+    } else if (a->timeout < 0) {
         a->ret = io_uring_submit_and_wait(a->ring, a->wait_nr);
     } else {
         struct io_uring_cqe *cqe = NULL; /* never NULL to liburing: 2.5 crashed on it */
         struct __kernel_timespec ts;
-        double whole = floor(a->timeout);
-        ts.tv_sec = (long long)whole;
-        ts.tv_nsec = (long long)((a->timeout - whole) * 1e9);
+        wait_timespec(a->timeout, &ts);
         a->ret = io_uring_submit_and_wait_timeout(a->ring, &cqe, a->wait_nr, &ts, NULL);
     }
 }
@@ -123,10 +180,17 @@ wait_fn_nogvl(void *p)
 int
 hio_wait_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout)
 {
+    return hio_wait_batch_nogvl(ring, wait_nr, timeout, 0);
+}
+
+int
+hio_wait_batch_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, unsigned min_wait_us)
+{
     struct wait_args a;
 
     a.ring = ring;
     a.wait_nr = wait_nr;
+    a.min_wait_us = min_wait_us && hio_batch_wait_supported(ring) ? min_wait_us : 0;
     a.timeout = timeout;
     a.ret = -EINTR; /* what it means when an interrupt kept the wait from running */
 #ifdef HAVE_RB_NOGVL
@@ -146,6 +210,7 @@ hio_wait_held(struct io_uring *ring, unsigned wait_nr, double timeout)
 
     a.ring = ring;
     a.wait_nr = wait_nr;
+    a.min_wait_us = 0;
     a.timeout = timeout;
     a.ret = 0;
     wait_run(&a);
