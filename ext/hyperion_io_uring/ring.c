@@ -141,6 +141,20 @@ sring_step(struct hio_sop *op)
     op->done = 1;
 }
 
+/* Reap; if our request finished, take the step it calls for. Returns
+ * SRING_PENDING (still in the kernel), SRING_STEPPED (a new request of the
+ * EAGAIN fallback is queued) or SRING_DONE. */
+enum { SRING_PENDING, SRING_STEPPED, SRING_DONE };
+
+static int
+sring_advance(struct hio_sop *op)
+{
+    sring_reap(op);
+    if (op->pending) return SRING_PENDING;
+    sring_step(op);
+    return op->done ? SRING_DONE : SRING_STEPPED;
+}
+
 static VALUE
 sring_body(VALUE arg)
 {
@@ -159,18 +173,15 @@ sring_body(VALUE arg)
     sring_prep(op);
     for (;;) {
         double timeout = -1.0;
-        int ret;
+        int ret, step;
 
         if (!direct) {
             /* Fast path: submit and collect what completed inline. */
             ret = hio_submit_get_events(&r->uring);
             if (ret < 0) { op->fatal = ret; return Qnil; }
-            sring_reap(op);
-            if (!op->pending) {
-                sring_step(op);
-                if (op->done) return Qnil;
-                continue;
-            }
+            step = sring_advance(op);
+            if (step == SRING_DONE) return Qnil;
+            if (step == SRING_STEPPED) continue;
             r->direct[op->kind] = SRING_DIRECT_STREAK;
         }
         direct = 0;
@@ -183,12 +194,9 @@ sring_body(VALUE arg)
             ret = hio_wait_nogvl(&r->uring, 1, timeout);
             if (ret < 0) { op->fatal = ret; return Qnil; }
         }
-        sring_reap(op);
-        if (!op->pending) {
-            sring_step(op);
-            if (op->done) return Qnil;
-            continue;
-        }
+        step = sring_advance(op);
+        if (step == SRING_DONE) return Qnil;
+        if (step == SRING_STEPPED) continue;
         /* Raises Thread#raise / Timeout / Interrupt; runs trap handlers. */
         rb_thread_check_ints();
     }
