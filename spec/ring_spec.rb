@@ -452,19 +452,25 @@ RSpec.describe Hyperion::IOUring::Ring do
   end
 
   describe "interrupts" do
+    # Thread#raise into this thread 0.1 s from now must end the block (which
+    # waits in the ring) with that exception, within +limit+ of the raise.
+    def expect_thread_raise_within(limit)
+      raiser, raised_at = raise_into_current_thread_after(0.1)
+      latency = nil
+      expect do
+        yield
+      rescue RingSpecInterrupt
+        latency = monotonic - raised_at.call
+        raise
+      end.to raise_error(RingSpecInterrupt)
+      raiser.join
+      expect(latency).to be < limit
+    end
+
     it "Thread#raise reaches a blocked accept within 100 ms; the next accept gets the next client" do
       with_listener do |server, port|
         cancels = ring.stats[:cancels]
-        raiser, raised_at = raise_into_current_thread_after(0.1)
-        latency = nil
-        expect do
-          ring.accept(server)
-        rescue RingSpecInterrupt
-          latency = monotonic - raised_at.call
-          raise
-        end.to raise_error(RingSpecInterrupt)
-        raiser.join
-        expect(latency).to be < 0.1
+        expect_thread_raise_within(0.1) { ring.accept(server) }
         expect(ring.stats[:cancels]).to eq(cancels + 1)
         expect(ring.closed?).to be(false)
         expect_next_client_accepted(ring, server, port, "next-after-raise")
@@ -485,16 +491,7 @@ RSpec.describe Hyperion::IOUring::Ring do
       with_listener do |server, port|
         client = connect(port)
         peer = server.accept
-        raiser, raised_at = raise_into_current_thread_after(0.1)
-        latency = nil
-        expect do
-          ring.read(client)
-        rescue RingSpecInterrupt
-          latency = monotonic - raised_at.call
-          raise
-        end.to raise_error(RingSpecInterrupt)
-        raiser.join
-        expect(latency).to be < 0.1
+        expect_thread_raise_within(0.1) { ring.read(client) }
         peer.write("after the raise")
         expect_ring_idle(ring)
         expect(read_exactly(ring, client, 15)).to eq("after the raise")
