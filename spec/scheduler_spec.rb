@@ -370,29 +370,25 @@ RSpec.describe "Rings under a Fiber scheduler" do
             r = run_scheduled(kind) do
               ring = Hyperion::IOUring::Ring.new(queue_depth: 8)
               out = {}
-              parked = spawn_fiber do
-                ring.accept(listener)
-                out[:accept] = :returned
-              rescue cancel_exception_class => e
-                out[:accept] = e.class
+              # Parks a fiber in the block's ring call, has the scheduler
+              # cancel it, and records how it ended and the ring's state.
+              park_and_cancel = lambda do |key, &call|
+                parked = spawn_fiber do
+                  call.call
+                  out[key] = :returned
+                rescue cancel_exception_class => e
+                  out[key] = e.class
+                end
+                sleep 0.05
+                cancel_fiber(parked)
+                wait_until { out[key] }
+                out[:"after_#{key}"] = ring_fdinfo(ring)
               end
-              sleep 0.05
-              cancel_fiber(parked)
-              wait_until { out[:accept] }
-              out[:after_accept] = ring_fdinfo(ring)
+              park_and_cancel.call(:accept) { ring.accept(listener) }
               client = TCPSocket.new("127.0.0.1", port)
               fd = ring.accept(listener, timeout: 2)
               out[:peer_ok] = fd.is_a?(Integer) && peer_port(fd) == client.local_address.ip_port
-              parked = spawn_fiber do
-                ring.read(fd)
-                out[:read] = :returned
-              rescue cancel_exception_class => e
-                out[:read] = e.class
-              end
-              sleep 0.05
-              cancel_fiber(parked)
-              wait_until { out[:read] }
-              out[:after_read] = ring_fdinfo(ring)
+              park_and_cancel.call(:read) { ring.read(fd) }
               client.write("still here")
               out[:data] = ring.read(fd, timeout: 2)
               IO.for_fd(fd).close
