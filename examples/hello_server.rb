@@ -5,7 +5,14 @@
 # multishot accept, multishot recv into the kernel's buffer ring, and
 # submit_send, all reaped in batches by each_completion(raw: true).
 #
-#   ruby examples/hello_server.rb [--port 9292] [--seconds 30]
+#   ruby examples/hello_server.rb [--port 9292] [--seconds 30] [--batch N|auto] [--batch-wait-us U]
+#
+# --batch/--batch-wait-us: each_completion(min_complete: N, min_wait_us: U),
+# a kernel batch wait (Linux 6.12+): wait up to U microseconds for N
+# completions, then take what is there. --batch 1 takes the first
+# completion at once (no batching); --batch auto asks for as many as the
+# last call brought (at most 64), so an idle connection is answered at once
+# and a busy ring reaps in bigger batches.
 #
 # It prints "listening on 127.0.0.1:PORT" when ready and the ring's stats when
 # it stops (after --seconds, or on INT/TERM). Loopback only.
@@ -14,10 +21,12 @@ require "hyperion/io_uring"
 require "socket"
 require "optparse"
 
-opts = { port: 9292, seconds: 30.0, host: "127.0.0.1" }
+opts = { port: 9292, seconds: 30.0, host: "127.0.0.1", batch: 1, batch_wait_us: 50 }
 OptionParser.new do |o|
   o.on("--port N", Integer) { |v| opts[:port] = v }
   o.on("--seconds S", Float) { |v| opts[:seconds] = v }
+  o.on("--batch N") { |v| opts[:batch] = v == "auto" ? v : Integer(v) }
+  o.on("--batch-wait-us U", Integer) { |v| opts[:batch_wait_us] = v }
 end.parse!(ARGV)
 
 unless Hyperion::IOUring.hotpath_supported?
@@ -37,6 +46,9 @@ ring.submit_accept_multishot(listener)
 partial = {} # fd => bytes of a request not complete yet
 stop = false
 %w[INT TERM].each { |sig| trap(sig) { stop = true } }
+auto_batch = opts[:batch] == "auto"
+batch = auto_batch ? 1 : opts[:batch]
+batch_wait_us = opts[:batch_wait_us]
 deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + opts[:seconds]
 puts "listening on #{opts[:host]}:#{listener.addr[1]}"
 $stdout.flush
@@ -66,7 +78,7 @@ rescue SystemCallError, IOError
 end
 
 until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
-  ring.each_completion(raw: true, timeout_ms: 100) do |op, fd, res, buf_id, _flags|
+  n = ring.each_completion(raw: true, timeout_ms: 100, min_complete: batch, min_wait_us: batch_wait_us) do |op, fd, res, buf_id, _flags|
     case op
     when HR::OP_ACCEPT
       ring.submit_recv_multishot(res) if res >= 0
@@ -81,6 +93,7 @@ until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
       close_conn.call(fd) if res.negative? && res != -Errno::ECANCELED::Errno
     end
   end
+  batch = n.clamp(1, 64) if auto_batch
 end
 
 stats = ring.stats
