@@ -362,6 +362,15 @@ RSpec.describe "Bad input sweep" do
     [-1, -0.5, -2**64, Float::NAN].each do |v|
       check("each_completion(timeout_ms: #{v})", ArgumentError) { @hot.each_completion(timeout_ms: v) {} }
     end
+    ["1", 1.5, :one].each do |v|
+      check("each_completion(min_wait_us: #{v.inspect})", TypeError) { @hot.each_completion(min_wait_us: v) {} }
+    end
+    [-1, 1_000_001, 2**32, 2**64].each do |v|
+      check("each_completion(min_wait_us: #{v})", ArgumentError) { @hot.each_completion(min_wait_us: v) {} }
+    end
+    check("each_completion(min_complete: 65536, min_wait_us: 1_000_000, timeout_ms: 1)", returns(0)) do
+      @hot.each_completion(min_complete: 65_536, min_wait_us: 1_000_000, timeout_ms: 1) {}
+    end
     check("each_completion without a block", LocalJumpError) { @hot.each_completion(timeout_ms: 0) }
     check("each_completion(bogus: 1)", ArgumentError) { @hot.each_completion(bogus: 1) {} }
     check("each_completion(1)", ArgumentError) { @hot.each_completion(1) {} }
@@ -441,7 +450,8 @@ RSpec.describe "Bad input sweep" do
     expect_no_fd_leak do
       args = {
         accept: [0], read: [0], submit_accept_multishot: [0], submit_recv_multishot: [0], submit_send: [0, "x"],
-        copy_buffer: [0, 1], take_buffer: [0, 1], release_buffer: [0], cancel: [0], flush: []
+        copy_buffer: [0, 1], take_buffer: [0, 1], release_buffer: [0], cancel: [0], flush: [],
+        batch_wait_supported?: []
       }
       answers = {
         close: nil, closed?: true, fileno: nil, ptr: nil, healthy?: false, force_unhealthy!: nil
