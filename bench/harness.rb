@@ -7,9 +7,12 @@
 #
 # 1. accept: bench/accept_client.c (built here with gcc -O2) opens and closes
 #    N connections, CONC in flight, against bench/accept_server.rb in four
-#    variants (select, blocking, ring, multishot).
+#    variants (select, blocking, ring, multishot), and against
+#    bench/hello_epoll.c --accept (c_accept, the ceiling: a reference).
 # 2. http: wrk -t1 --latency, -c1/-c50/-c200, against the two example
-#    servers (examples/hello_select_server.rb, examples/hello_server.rb).
+#    servers (examples/hello_select_server.rb, examples/hello_server.rb) and
+#    bench/hello_epoll.c (c_epoll, the ceiling: a reference); wrk's own CPU
+#    use is recorded too.
 # 3. percall: bench/percall.rb, ns per call.
 #
 # Server CPU comes from the server's own CLOCK_PROCESS_CPUTIME_ID, read
@@ -187,7 +190,9 @@ module Bench
   at_exit { Procs.stop_all }
 
   # A benchmarked server: started pinned, ready once it prints "listening
-  # on HOST:PORT", asked for its CPU time through bench/cpu_probe.rb.
+  # on HOST:PORT", asked for its CPU time through bench/cpu_probe.rb. A
+  # +script+ not ending in .rb is an executable that answers the probe
+  # itself (bench/hello_epoll.c, the ceiling servers).
   class Server
     attr_reader :pid, :port, :label
 
@@ -195,8 +200,8 @@ module Bench
       @label = label
       @probe_r, probe_w = IO.pipe
       out_r, out_w = IO.pipe
-      cmd = [*Bench.pin_prefix(cpu), RbConfig.ruby, "-r", File.join(Bench.src, "bench", "cpu_probe.rb"), script,
-             "--port", "0", *args]
+      runner = script.end_with?(".rb") ? [RbConfig.ruby, "-r", File.join(Bench.src, "bench", "cpu_probe.rb")] : []
+      cmd = [*Bench.pin_prefix(cpu), *runner, script, "--port", "0", *args]
       env = { "BENCH_PROBE_FD" => "3", "BENCH_WATCHDOG" => "900" }
       @pid = Procs.spawn(env, *cmd, 3 => probe_w, out: out_w, err: out_w, in: File::NULL, chdir: Bench.src)
       probe_w.close
@@ -590,13 +595,22 @@ module Bench
     "select" => "accept_nonblock + IO.select",
     "blocking" => "TCPServer#accept (blocking)",
     "ring" => "Ring#accept",
-    "multishot" => "HotpathRing multishot accept"
+    "multishot" => "HotpathRing multishot accept",
+    "c_accept" => "C accept4 loop (ceiling)"
   }.freeze
 
+  # [label, script]; a script without .rb is a C program built by the bench
+  # (Bench.c_binary).
   HTTP_VARIANTS = {
     "select" => ["IO.select server", "examples/hello_select_server.rb"],
-    "hotpath" => ["HotpathRing server", "examples/hello_server.rb"]
+    "hotpath" => ["HotpathRing server", "examples/hello_server.rb"],
+    "c_epoll" => ["C epoll server (ceiling)", "hello_epoll"]
   }.freeze
+
+  # The ceiling variants: bench/hello_epoll.c, a minimal C server measured
+  # like the others, so the report shows the best any server reaches against
+  # this load generator on this machine. A reference, never a target.
+  CEILING_VARIANTS = %w[c_accept c_epoll].freeze
 
   PERCALL_VARIANTS = {
     "sysread" => "IO#sysread(100) (floor)",
@@ -610,16 +624,27 @@ module Bench
 
   def self.rotate(list, round) = list.rotate(round % list.size)
 
-  def self.accept_client
-    bin = File.join(ROOT, "tmp", "bench", "accept_client")
-    src = File.join(ROOT, "bench", "accept_client.c")
-    if !File.exist?(bin) || File.mtime(bin) < File.mtime(src)
-      FileUtils.mkdir_p(File.dirname(bin))
-      out, err, st = Procs.capture("gcc", "-O2", "-Wall", "-Wextra", "-o", bin, src, timeout: 120)
-      raise Error, "gcc failed building #{src}:\n#{out}#{err}" unless st.success?
+  # bench/NAME.c built (gcc -O2) into tmp/bench/NAME when missing or older
+  # than its source; checked once per run, so the run keeps the binary it
+  # started with.
+  def self.c_binary(name)
+    @c_binaries ||= {}
+    @c_binaries[name] ||= begin
+      bin = File.join(ROOT, "tmp", "bench", name)
+      src = File.join(ROOT, "bench", "#{name}.c")
+      if !File.exist?(bin) || File.mtime(bin) < File.mtime(src)
+        FileUtils.mkdir_p(File.dirname(bin))
+        out, err, st = Procs.capture("gcc", "-O2", "-Wall", "-Wextra", "-o", bin, src, timeout: 120)
+        raise Error, "gcc failed building #{src}:\n#{out}#{err}" unless st.success?
+      end
+      bin
     end
-    bin
   end
+
+  def self.accept_client = c_binary("accept_client")
+
+  # The ceiling servers (HTTP, and --accept).
+  def self.hello_epoll = c_binary("hello_epoll")
 
   # One client run: [rate, connections, seconds].
   def self.accept_client_cmd(port, n, conc)
@@ -740,8 +765,12 @@ module Bench
   end
 
   def self.accept_once(cfg, results, counter, interference, row, conc, burst, variant, round)
-    server = Server.new("accept_server --variant #{variant}", File.join(src, "bench", "accept_server.rb"),
-                        ["--variant", variant, "--seconds", "600"], cpu: SERVER_CPU)
+    server = if variant == "c_accept"
+               Server.new("hello_epoll --accept", hello_epoll, ["--accept", "--seconds", "600"], cpu: SERVER_CPU)
+             else
+               Server.new("accept_server --variant #{variant}", File.join(src, "bench", "accept_server.rb"),
+                          ["--variant", variant, "--seconds", "600"], cpu: SERVER_CPU)
+             end
     begin
       accept_load(server, [cfg.accept_n / 10, 500].max, conc, burst) # warm-up
       metrics = interference.run("accept #{row} #{variant}") do
@@ -775,7 +804,8 @@ module Bench
   # close it with IO.for_fd(fd).close, whose IO#initialize adds
   # fcntl(F_GETFL) and ioctl(TCGETS) (an isatty check), seen with strace.
   CLOSE_PATH = {
-    "select" => %w[close], "blocking" => %w[close], "ring" => %w[close fcntl ioctl], "multishot" => %w[close fcntl ioctl]
+    "select" => %w[close], "blocking" => %w[close], "ring" => %w[close fcntl ioctl], "multishot" => %w[close fcntl ioctl],
+    "c_accept" => %w[close]
   }.freeze
 
   MEMORY_SYSCALLS = %w[mmap munmap brk madvise].freeze
@@ -809,9 +839,25 @@ module Bench
     Float(m[1]) * { "us" => 0.001, "ms" => 1.0, "s" => 1000.0, "m" => 60_000.0 }.fetch(m[2])
   end
 
+  # CPU time (user + system, s) of the children reaped so far: a reaped
+  # child's utime + stime (what /proc/PID/stat shows while it runs) are
+  # added here when it is waited for, so this covers its whole life.
+  def self.reaped_children_cpu
+    t = Process.times
+    t.cutime + t.cstime
+  end
+
+  # One wrk run. Also returns :wrk_cpu, wrk's CPU time over its wall time
+  # (spawn to reap) as a fraction of one CPU: near 1.0, the load generator
+  # was saturated and capped req/s whatever the server. (No other child is
+  # reaped meanwhile: the server runs on; perf is not running.)
   def self.run_wrk(port, conns, seconds)
+    cpu0 = reaped_children_cpu
+    t0 = monotonic
     out, err, st = Procs.capture(*pin_prefix(LOAD_CPU), "wrk", "-t1", "-c#{conns}", "-d#{seconds}s", "--latency",
                                  "--timeout", "5s", "http://#{HOST}:#{port}/", timeout: seconds + 30)
+    wall = monotonic - t0
+    wrk_cpu = (reaped_children_cpu - cpu0) / wall
     raise Error, "wrk failed (#{st}): #{out}#{err}" unless st.success?
 
     requests = out[/(\d+) requests in/, 1]
@@ -824,7 +870,7 @@ module Bench
 
     { requests: Integer(requests), rps: Float(rps),
       p50: parse_duration_ms(out[/^\s+50%\s+(\S+)/, 1].to_s), p99: parse_duration_ms(out[/^\s+99%\s+(\S+)/, 1].to_s),
-      socket_errors: errors }
+      socket_errors: errors, wrk_cpu: wrk_cpu }
   end
 
   def self.run_http(cfg, results, counter, interference)
@@ -843,7 +889,8 @@ module Bench
 
   def self.http_once(cfg, results, counter, interference, conns, variant, round)
     label, script = HTTP_VARIANTS.fetch(variant)
-    server = Server.new(label, File.join(src, script), ["--seconds", "600"], cpu: SERVER_CPU)
+    path = script.end_with?(".rb") ? File.join(src, script) : c_binary(script)
+    server = Server.new(label, path, ["--seconds", "600"], cpu: SERVER_CPU)
     begin
       run_wrk(server.port, conns, cfg.wrk_warmup) if cfg.wrk_warmup.positive?
       metrics = interference.run("http c=#{conns} #{variant}") do
@@ -852,8 +899,8 @@ module Bench
         w = run_wrk(server.port, conns, cfg.wrk_seconds)
         cpu1, = server.cpu
         log "  (wrk socket errors: #{w[:socket_errors]})" if w[:socket_errors]
-        [{ rps: w[:rps], p50: w[:p50], p99: w[:p99], cpu_us: (cpu1 - cpu0) / 1000.0 / w[:requests] },
-         (cpu1 - cpu0) / 1e9, mark]
+        [{ rps: w[:rps], p50: w[:p50], p99: w[:p99], cpu_us: (cpu1 - cpu0) / 1000.0 / w[:requests],
+           wrk_cpu: w[:wrk_cpu] }, (cpu1 - cpu0) / 1e9, mark]
       end
       if counter.available?
         c = nil
@@ -862,8 +909,9 @@ module Bench
       end
       results.add(:http, "c#{conns}", variant, metrics)
       log format("  http    c=%-3d %-10s round %-7s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  %6.2f us CPU/req  " \
-                 "others %2.0f%%  %s", conns, variant, "#{round}:", metrics[:rps], metrics[:p50] || -1,
-                 metrics[:p99] || -1, metrics[:cpu_us], metrics[:other] * 100, sys_summary(metrics))
+                 "wrk CPU %3.0f%%  others %2.0f%%  %s", conns, variant, "#{round}:", metrics[:rps],
+                 metrics[:p50] || -1, metrics[:p99] || -1, metrics[:cpu_us], metrics[:wrk_cpu] * 100,
+                 metrics[:other] * 100, sys_summary(metrics))
     ensure
       server&.stop
     end
@@ -1002,12 +1050,14 @@ module Bench
     started = monotonic
     snapshot!
     have = ->(tool) { system("command -v #{tool} >/dev/null 2>&1") }
-    raise Error, "gcc not found (apt-get install -y gcc)" if only.include?("accept") && !have.call("gcc")
     if only.include?("http") && !have.call("wrk")
       raise Error, "wrk not found (apt-get install -y wrk)" unless cfg.quick?
 
       log "bench: wrk not found (apt-get install -y wrk): skipping the HTTP workload in quick mode"
       only -= ["http"]
+    end
+    if (only.include?("accept") || only.include?("http")) && !have.call("gcc")
+      raise Error, "gcc not found (apt-get install -y gcc)"
     end
     require "hyperion/io_uring"
     unless Hyperion::IOUring.hotpath_supported?
@@ -1023,6 +1073,7 @@ module Bench
     log "syscalls: #{counter.note}"
     log "load average before: #{results.meta['load_before']}"
     accept_client if only.include?("accept")
+    hello_epoll if only.include?("accept") || only.include?("http")
     if only.include?("accept")
       log "accept: #{cfg.accept_n} connections per run, loads #{cfg.accept_loads.map(&:first).join('/')} " \
           "(cN: N in flight; bN: bursts of N queued while the server is stopped)"

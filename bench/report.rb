@@ -60,6 +60,15 @@ module Bench
 
     def ratio_s(x) = x ? format("%.2fx", x) : "–"
 
+    # "median% (min–max%)" of fractions.
+    def pct_spread(values)
+      v = values.compact.map { |x| x * 100 }
+      return "–" if v.empty?
+
+      m = format("%.0f%%", Bench.median(v))
+      v.size == 1 ? m : format("%s (%.0f–%.0f%%)", m, v.min, v.max)
+    end
+
     def burst_row = @cfg.burst_row
 
     def rate_row = @cfg.rate_row
@@ -122,6 +131,60 @@ module Bench
       t
     end
 
+    # ---- ceiling -----------------------------------------------------------
+
+    def ceiling?(variant) = CEILING_VARIANTS.include?(variant)
+
+    # A run from before the ceiling rows existed has none: no empty rows.
+    def shown?(workload, row, variant) = !ceiling?(variant) || !@r.runs(workload, row, variant).empty?
+
+    # A ceiling row's label, marked so no one reads it as a contender.
+    def row_label(variant, label) = ceiling?(variant) ? "*#{label}: reference, not a target*" : label
+
+    def pct(x) = x ? format("%.0f%%", x * 100) : "–"
+
+    # The best any server reached here (bench/hello_epoll.c), against the
+    # baselines of the targets: what this machine and load generator allow.
+    def ceiling_lines
+      out = []
+      if @only.include?("http") && (c = med(:http, "c50", "c_epoll", :rps))
+        sel = med(:http, "c50", "select", :rps)
+        hot = med(:http, "c50", "hotpath", :rps)
+        ceil = Bench.ratio(c, sel)
+        wrk = med(:http, "c50", "c_epoll", :wrk_cpu)
+        out << "- Ceiling of this machine/load generator (HTTP, wrk -c50; a reference, not a target): C server " \
+               "#{fmt(c, 0)} req/s = #{ratio_s(ceil)} the IO.select server " \
+               "(#{fmt(sel, 0)} req/s; the HotpathRing server: #{ratio_s(Bench.ratio(hot, sel))}, " \
+               "#{ratio_s(Bench.ratio(hot, c))} of the C server's req/s). wrk used #{pct(wrk)} of a CPU against " \
+               "the C server.#{beyond(ceil, 1.5)}"
+        others = @cfg.wrk_conns.reject { |k| k == 50 }.filter_map do |k|
+          r = Bench.ratio(med(:http, "c#{k}", "c_epoll", :rps), med(:http, "c#{k}", "select", :rps))
+          "-c#{k}: #{ratio_s(r)}" if r
+        end
+        out << "  Other loads, C server vs the IO.select server: #{others.join(', ')}." unless others.empty?
+      end
+      if @only.include?("accept") && (c = med(:accept, rate_row, "c_accept", :rate))
+        sel = med(:accept, rate_row, "select", :rate)
+        ceil = Bench.ratio(c, sel)
+        ms = Bench.ratio(med(:accept, rate_row, "multishot", :rate), sel)
+        others = @cfg.accept_loads.map(&:first).reject { |r| r == rate_row }.filter_map do |r|
+          x = Bench.ratio(med(:accept, r, "c_accept", :rate), med(:accept, r, "select", :rate))
+          "#{load_label(r)}: #{ratio_s(x)}" if x
+        end
+        out << "- Ceiling of this machine/load generator (accept, #{load_label(rate_row)}; a reference, not a " \
+               "target): C accept4 loop #{fmt(c, 0)} accepts/s = #{ratio_s(ceil)} accept_nonblock + IO.select " \
+               "(#{fmt(sel, 0)} accepts/s; multishot accept: #{ratio_s(ms)})" \
+               "#{others.empty? ? '' : "; #{others.join(', ')}"}.#{beyond(ceil, 1.5)}"
+      end
+      out
+    end
+
+    def beyond(ceil, target)
+      return "" unless ceil
+
+      ceil < target ? " The #{ratio_s(target)} target is above this ceiling." : ""
+    end
+
     # ---- Markdown --------------------------------------------------------
 
     def markdown
@@ -136,6 +199,11 @@ module Bench
       out << "| --- | --- | --- |"
       targets.each { |t| out << "| #{t.text} | #{t.measured || '–'} | **#{t.status}** |" }
       out << ""
+      lines = ceiling_lines
+      unless lines.empty?
+        out.concat(lines)
+        out << ""
+      end
       out.concat(accept_table) if @only.include?("accept")
       out.concat(http_table) if @only.include?("http")
       out.concat(percall_table) if @only.include?("percall")
@@ -166,7 +234,8 @@ module Bench
         "variant has quiet runs, and variants short of #{m['rounds']} quiet runs get extra interleaved passes. " \
         "Column \"others\": that share in the runs used (median), and how many were quiet.",
         "- Server CPU: the server's own CLOCK_PROCESS_CPUTIME_ID (all threads), read before and after each load " \
-        "(bench/cpu_probe.rb), divided by the operations the load generator completed.",
+        "(bench/cpu_probe.rb; the C ceiling servers, bench/hello_epoll.c, answer the same SIGUSR1 probe " \
+        "themselves), divided by the operations the load generator completed.",
         "- Syscalls: #{m['syscalls']}; per operation the load generator completed."
       ]
     end
@@ -219,7 +288,9 @@ module Bench
              "connection at once; the io_uring variants close their Integer fd with `IO.for_fd(fd).close`, which " \
              "costs fcntl(F_GETFL) + ioctl(TCGETS) + close(2) (TCPSocket#close: close(2)); \"excl. closing\" leaves " \
              "those out. " \
-             "Syscalls: a separate #{fmt(m['accept_count_n'], 0)}-connection load on the same server.", "",
+             "Syscalls: a separate #{fmt(m['accept_count_n'], 0)}-connection load on the same server. " \
+             "C accept4 loop (ceiling): bench/hello_epoll.c --accept, blocking accept4 + close(2) in C, measured " \
+             "the same way: about the most this machine and accept_client allow, a reference, not a target.", "",
              "| load | server | accepts/s | vs select | server CPU µs/accept | vs select | syscalls/accept | " \
              "excl. closing | io_uring_enter/accept | per accept | others |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -227,7 +298,9 @@ module Bench
         base_rate = med(:accept, row, "select", :rate)
         base_cpu = med(:accept, row, "select", :cpu_us)
         ACCEPT_VARIANTS.each do |v, label|
-          out << "| #{load_label(row)} | #{label} | #{spread(samples(:accept, row, v, :rate))} | " \
+          next unless shown?(:accept, row, v)
+
+          out << "| #{load_label(row)} | #{row_label(v, label)} | #{spread(samples(:accept, row, v, :rate))} | " \
                  "#{ratio_s(Bench.ratio(med(:accept, row, v, :rate), base_rate))} | " \
                  "#{spread(samples(:accept, row, v, :cpu_us), 2)} | " \
                  "#{ratio_s(Bench.ratio(med(:accept, row, v, :cpu_us), base_cpu))} | " \
@@ -246,18 +319,25 @@ module Bench
              "`wrk -t1 -cC -d#{m['wrk_seconds']}s --latency` (after a #{m['wrk_warmup']} s warm-up) against " \
              "examples/hello_select_server.rb (IO.select, read_nonblock, syswrite) and examples/hello_server.rb " \
              "(HotpathRing: multishot accept and recv, submit_send, each_completion(raw: true)). Syscalls: a " \
-             "separate #{m['count_seconds']} s wrk load on the same server.", "",
-             "| C | server | req/s | vs select | p50 ms | p99 ms | server CPU µs/req | vs select | syscalls/req | " \
-             "io_uring_enter/req | per request | others |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "separate #{m['count_seconds']} s wrk load on the same server. C epoll server (ceiling): " \
+             "bench/hello_epoll.c, the select server's loop in C (epoll, accept4, read, write): about the most " \
+             "this machine and wrk allow, a reference, not a target. wrk CPU: wrk's user + system time over its wall " \
+             "time during the timed load, in % of one CPU (wrk is pinned to one CPU; near 100%, wrk was " \
+             "saturated and capped req/s).", "",
+             "| C | server | req/s | vs select | p50 ms | p99 ms | wrk CPU | server CPU µs/req | vs select | " \
+             "syscalls/req | io_uring_enter/req | per request | others |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
       @cfg.wrk_conns.each do |c|
         row = "c#{c}"
         base_rps = med(:http, row, "select", :rps)
         base_cpu = med(:http, row, "select", :cpu_us)
         HTTP_VARIANTS.each do |v, (label, _)|
-          out << "| #{c} | #{label} | #{spread(samples(:http, row, v, :rps))} | " \
+          next unless shown?(:http, row, v)
+
+          out << "| #{c} | #{row_label(v, label)} | #{spread(samples(:http, row, v, :rps))} | " \
                  "#{ratio_s(Bench.ratio(med(:http, row, v, :rps), base_rps))} | " \
                  "#{spread(samples(:http, row, v, :p50), 3)} | #{spread(samples(:http, row, v, :p99), 3)} | " \
+                 "#{pct_spread(samples(:http, row, v, :wrk_cpu))} | " \
                  "#{spread(samples(:http, row, v, :cpu_us), 2)} | " \
                  "#{ratio_s(Bench.ratio(med(:http, row, v, :cpu_us), base_cpu))} | " \
                  "#{sys_cell(:http, row, v, :sys)} | #{sys_cell(:http, row, v, :enter)} | " \
@@ -295,7 +375,7 @@ module Bench
 
     CHART_ACCEPT = { "blocking" => "blocking accept", "ring" => "Ring#accept", "multishot" => "multishot" }.freeze
 
-    # [label, ratio, target, :higher/:lower better]
+    # [label, ratio, target, :higher/:lower better, ceiling?]
     def bars
       list = []
       if @only.include?("accept")
@@ -306,6 +386,8 @@ module Bench
             list << ["accept, #{load_label(row)}: #{CHART_ACCEPT.fetch(v)} vs accept_nonblock, accepts/s",
                      Bench.ratio(med(:accept, row, v, :rate), base), target, :higher]
           end
+          list << ["accept, #{load_label(row)}: C accept4 loop (ceiling) vs accept_nonblock, accepts/s",
+                   Bench.ratio(med(:accept, row, "c_accept", :rate), base), nil, :higher, true]
         end
       end
       if @only.include?("http")
@@ -314,6 +396,8 @@ module Bench
           list << ["http -c#{c}: HotpathRing vs IO.select, req/s", Bench.ratio(med(:http, row, "hotpath", :rps),
                                                                   med(:http, row, "select", :rps)),
                    c == 50 ? 1.5 : nil, :higher]
+          list << ["http -c#{c}: C epoll server (ceiling) vs IO.select, req/s",
+                   Bench.ratio(med(:http, row, "c_epoll", :rps), med(:http, row, "select", :rps)), nil, :higher, true]
           list << ["http -c#{c}: HotpathRing vs IO.select, CPU/req", Bench.ratio(med(:http, row, "hotpath", :cpu_us),
                                                                     med(:http, row, "select", :cpu_us)),
                    c == 50 ? 0.7 : nil, :lower]
@@ -338,7 +422,7 @@ module Bench
       plot_w = 440
       bar_h = 18
       gap = 8
-      top = 56
+      top = 72
       height = top + list.size * (bar_h + gap) + 40
       width = label_w + plot_w + 80
       max = [[list.map { |b| [b[1], b[2] || 0] }.flatten.max.to_f * 1.1, 2.0].max, 6.0].min
@@ -351,14 +435,19 @@ module Bench
              %((median of #{@meta['rounds']}, #{esc(@meta['date'])})</text>)
       out << %(<text x="10" y="38" fill="#555">\u2191 higher is better, \u2193 lower is better. Green: target met, ) +
              %(red: not met, blue: no target; black tick: the target; dashed: 1.0x (the baseline).</text>)
+      if list.any? { |b| b[4] }
+        out << %(<text x="10" y="54" fill="#555">Grey: a C server (bench/hello_epoll.c), the ceiling of this ) +
+               %(machine and load generator: a reference, not a target.</text>)
+      end
       (0..max.floor).each do |t|
         out << %(<line x1="#{x.call(t)}" y1="#{top - 6}" x2="#{x.call(t)}" y2="#{height - 30}" stroke="#{t == 1 ? '#333' : '#ddd'}" ) +
                %(#{t == 1 ? 'stroke-dasharray="4,3"' : ''}/>)
         out << %(<text x="#{x.call(t)}" y="#{height - 16}" text-anchor="middle" fill="#555">#{t}x</text>)
       end
-      list.each_with_index do |(label, ratio, target, better), i|
+      list.each_with_index do |(label, ratio, target, better, ceiling), i|
         y = top + i * (bar_h + gap)
-        color = if target.nil? then "#4a7fb5"
+        color = if ceiling then "#9a9a9a"
+                elsif target.nil? then "#4a7fb5"
                 elsif better == :higher ? ratio >= target : ratio <= target then "#3a9d4a"
                 else "#c8423b"
                 end
