@@ -599,11 +599,12 @@ module Bench
     "c_accept" => "C accept4 loop (ceiling)"
   }.freeze
 
-  # [label, script]; a script without .rb is a C program built by the bench
-  # (Bench.c_binary).
+  # [label, script, extra arguments]; a script without .rb is a C program
+  # built by the bench (Bench.c_binary).
   HTTP_VARIANTS = {
     "select" => ["IO.select server", "examples/hello_select_server.rb"],
     "hotpath" => ["HotpathRing server", "examples/hello_server.rb"],
+    "hotpath_batch" => ["HotpathRing server, batch waits", "examples/hello_server.rb", %w[--batch auto]],
     "c_epoll" => ["C epoll server (ceiling)", "hello_epoll"]
   }.freeze
 
@@ -888,9 +889,9 @@ module Bench
   end
 
   def self.http_once(cfg, results, counter, interference, conns, variant, round)
-    label, script = HTTP_VARIANTS.fetch(variant)
+    label, script, extra = HTTP_VARIANTS.fetch(variant)
     path = script.end_with?(".rb") ? File.join(src, script) : c_binary(script)
-    server = Server.new(label, path, ["--seconds", "600"], cpu: SERVER_CPU)
+    server = Server.new(label, path, ["--seconds", "600", *extra], cpu: SERVER_CPU)
     begin
       run_wrk(server.port, conns, cfg.wrk_warmup) if cfg.wrk_warmup.positive?
       metrics = interference.run("http c=#{conns} #{variant}") do

@@ -318,7 +318,9 @@ module Bench
       out = ["## 2. HTTP hello world, keep-alive", "",
              "`wrk -t1 -cC -d#{m['wrk_seconds']}s --latency` (after a #{m['wrk_warmup']} s warm-up) against " \
              "examples/hello_select_server.rb (IO.select, read_nonblock, syswrite) and examples/hello_server.rb " \
-             "(HotpathRing: multishot accept and recv, submit_send, each_completion(raw: true)). Syscalls: a " \
+             "(HotpathRing: multishot accept and recv, submit_send, each_completion(raw: true)); \"batch waits\" " \
+             "is the same server with --batch auto: each_completion(min_complete: what the last call brought, " \
+             "min_wait_us: 50), a kernel batch wait. Syscalls: a " \
              "separate #{m['count_seconds']} s wrk load on the same server. C epoll server (ceiling): " \
              "bench/hello_epoll.c, the select server's loop in C (epoll, accept4, read, write): about the most " \
              "this machine and wrk allow, a reference, not a target. wrk CPU: wrk's user + system time over its wall " \
