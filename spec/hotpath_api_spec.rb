@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "etc"
 require "securerandom"
 
 # HotpathRing's API surface: constants, arguments, buffers, the completion
@@ -298,63 +299,85 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
         expect(r.batch_wait_supported?).to be(true).or be(false)
       end
 
-      it "returns with what is ready once min_wait_us has passed, short of min_complete, long before timeout_ms" do
-        r = new_ring(queue_depth: 16, n_bufs: 8, buf_size: 64)
-        _, client, fd = connection(r)
-        r.submit_recv_multishot(fd)
-        client.write("one")
-        got = []
-        waits = r.stats[:batch_waits]
-        t0 = hp_now
-        n = r.each_completion(min_complete: 8, min_wait_us: 20_000, timeout_ms: 10_000, raw: true) { |*c| got << c }
-        took = hp_now - t0
-        expect(n).to eq(1)
-        expect(got[0][0, 3]).to eq([k::OP_RECV, fd, 3])
-        r.release_buffer(got[0][3])
-        expect(took).to be < 5 # not the 10 s timeout
-        if r.batch_wait_supported?
-          expect(r.stats[:batch_waits]).to eq(waits + 1)
-        else
-          expect(r.stats[:batch_waits]).to eq(waits)
-        end
-      end
+      # Both paths: the kernel's batch wait where it has one, and the
+      # fallback (HYPERION_IO_URING_MIN_WAIT=0, as before Linux 6.12 and
+      # under valgrind), which ends at the first completion.
+      [nil, "0"].each do |min_wait_env|
+        context(min_wait_env ? "without kernel batch waits (HYPERION_IO_URING_MIN_WAIT=0)" : "as the kernel allows") do
+          around do |ex|
+            saved = ENV.fetch("HYPERION_IO_URING_MIN_WAIT", nil)
+            ENV["HYPERION_IO_URING_MIN_WAIT"] = min_wait_env
+            ex.run
+          ensure
+            ENV["HYPERION_IO_URING_MIN_WAIT"] = saved
+          end
 
-      it "returns as soon as min_complete are ready, with all of them" do
-        r = new_ring(queue_depth: 64, n_bufs: 4, buf_size: 64)
-        conns = Array.new(8) { connection(r) }
-        conns.each_with_index { |(_, _, fd), i| r.submit_send(fd, "m#{i}") }
-        got = []
-        t0 = hp_now
-        deadline = t0 + 5
-        while got.size < 8 && hp_now < deadline
-          r.each_completion(min_complete: 8, min_wait_us: 1_000_000, timeout_ms: 5000, raw: true) { |*c| got << c }
-        end
-        took = hp_now - t0
-        expect(got.map { |c| c[0, 3] }).to match_array(conns.each_with_index.map { |(_, _, fd), i| [k::OP_SEND, fd, "m#{i}".bytesize] })
-        expect(took).to be < 0.9 if r.batch_wait_supported? # did not sit out the 1 s batch window
-        conns.each_with_index { |(_, client, _), i| expect(read_fully(client, 2, hp_now + 2)).to eq("m#{i}") }
-      end
+          it "is made by the kernel only where it can be (Linux 6.12+, not valgrind), and not when turned off" do
+            r = new_ring(queue_depth: 8, n_bufs: 4, buf_size: 64)
+            major, minor = Etc.uname[:release].scan(/\d+/).first(2).map(&:to_i)
+            kernel_can = ([major, minor] <=> [6, 12]) >= 0 && ENV["HYPERION_IO_URING_SPEC_UNDER"] != "valgrind"
+            expect(r.batch_wait_supported?).to be(min_wait_env.nil? && kernel_can)
+          end
 
-      it "does not stall on the ring's own follow-up requests (ordered sends on one fd)" do
-        r = new_ring(queue_depth: 64, n_bufs: 4, buf_size: 64)
-        _, client, fd = connection(r)
-        4.times { |i| r.submit_send(fd, "s#{i}") }
-        got = []
-        deadline = hp_now + 5
-        # Each send starts when the one before it completes (at a reap), so
-        # no wait can see 4 at once: each call ends after min_wait_us.
-        while got.size < 4 && hp_now < deadline
-          r.each_completion(min_complete: 4, min_wait_us: 2_000, timeout_ms: 5000, raw: true) { |*c| got << c }
-        end
-        expect(got.map { |c| c[0, 3] }).to eq(Array.new(4) { |i| [k::OP_SEND, fd, 2] })
-        expect(read_fully(client, 8, hp_now + 2)).to eq("s0s1s2s3")
-      end
+          it "returns with what is ready once min_wait_us has passed, short of min_complete, long before timeout_ms" do
+            r = new_ring(queue_depth: 16, n_bufs: 8, buf_size: 64)
+            _, client, fd = connection(r)
+            r.submit_recv_multishot(fd)
+            client.write("one")
+            got = []
+            waits = r.stats[:batch_waits]
+            t0 = hp_now
+            n = r.each_completion(min_complete: 8, min_wait_us: 20_000, timeout_ms: 10_000, raw: true) { |*c| got << c }
+            took = hp_now - t0
+            expect(n).to eq(1)
+            expect(got[0][0, 3]).to eq([k::OP_RECV, fd, 3])
+            r.release_buffer(got[0][3])
+            expect(took).to be < 5 # not the 10 s timeout
+            if r.batch_wait_supported?
+              expect(r.stats[:batch_waits]).to eq(waits + 1)
+            else
+              expect(r.stats[:batch_waits]).to eq(waits)
+            end
+          end
 
-      it "still ends at timeout_ms when nothing completes" do
-        r = new_ring(queue_depth: 8, n_bufs: 4, buf_size: 64)
-        t0 = hp_now
-        expect(r.each_completion(min_complete: 4, min_wait_us: 1000, timeout_ms: 50) { nil }).to eq(0)
-        expect(hp_now - t0).to be_between(0.04, 3)
+          it "returns as soon as min_complete are ready, with all of them" do
+            r = new_ring(queue_depth: 64, n_bufs: 4, buf_size: 64)
+            conns = Array.new(8) { connection(r) }
+            conns.each_with_index { |(_, _, fd), i| r.submit_send(fd, "m#{i}") }
+            got = []
+            t0 = hp_now
+            deadline = t0 + 5
+            while got.size < 8 && hp_now < deadline
+              r.each_completion(min_complete: 8, min_wait_us: 1_000_000, timeout_ms: 5000, raw: true) { |*c| got << c }
+            end
+            took = hp_now - t0
+            expect(got.map { |c| c[0, 3] }).to match_array(conns.each_with_index.map { |(_, _, fd), i| [k::OP_SEND, fd, "m#{i}".bytesize] })
+            expect(took).to be < 0.9 if r.batch_wait_supported? # did not sit out the 1 s batch window
+            conns.each_with_index { |(_, client, _), i| expect(read_fully(client, 2, hp_now + 2)).to eq("m#{i}") }
+          end
+
+          it "does not stall on the ring's own follow-up requests (ordered sends on one fd)" do
+            r = new_ring(queue_depth: 64, n_bufs: 4, buf_size: 64)
+            _, client, fd = connection(r)
+            4.times { |i| r.submit_send(fd, "s#{i}") }
+            got = []
+            deadline = hp_now + 5
+            # Each send starts when the one before it completes (at a reap), so
+            # no wait can see 4 at once: each call ends after min_wait_us.
+            while got.size < 4 && hp_now < deadline
+              r.each_completion(min_complete: 4, min_wait_us: 2_000, timeout_ms: 5000, raw: true) { |*c| got << c }
+            end
+            expect(got.map { |c| c[0, 3] }).to eq(Array.new(4) { |i| [k::OP_SEND, fd, 2] })
+            expect(read_fully(client, 8, hp_now + 2)).to eq("s0s1s2s3")
+          end
+
+          it "still ends at timeout_ms when nothing completes" do
+            r = new_ring(queue_depth: 8, n_bufs: 4, buf_size: 64)
+            t0 = hp_now
+            expect(r.each_completion(min_complete: 4, min_wait_us: 1000, timeout_ms: 50) { nil }).to eq(0)
+            expect(hp_now - t0).to be_between(0.04, 3)
+          end
+        end
       end
     end
   end

@@ -616,7 +616,9 @@ hpc_ptr(VALUE self)
  *   ring.batch_wait_supported? -> true or false
  *
  * Whether #each_completion's +min_wait_us:+ makes kernel batch waits on
- * this ring (IORING_FEAT_MIN_TIMEOUT, Linux 6.12+; never under valgrind).
+ * this ring (IORING_FEAT_MIN_TIMEOUT, Linux 6.12+; never under valgrind,
+ * nor with HYPERION_IO_URING_MIN_WAIT=0 in the environment when the ring
+ * was made).
  * When false, +min_wait_us:+ is accepted and the wait ends at the first
  * completion. IOError on a closed ring.
  */
@@ -624,7 +626,7 @@ static VALUE
 hpc_batch_wait_supported_p(VALUE self)
 {
     struct hio_hotpath *h = hpc_usable(self);
-    return hio_batch_wait_supported(&h->uring) ? Qtrue : Qfalse;
+    return h->batch_wait ? Qtrue : Qfalse;
 }
 
 /*

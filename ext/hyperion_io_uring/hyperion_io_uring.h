@@ -210,6 +210,7 @@ struct hio_hotpath {
     uint32_t magic;              /* HIO_HOTPATH_MAGIC while open (C entry point) */
     struct io_uring uring;
     int inited, closed, healthy, leaked, in_each, closing, cancel_any_failed;
+    int batch_wait;              /* each_completion(min_wait_us:) makes kernel batch waits */
     unsigned flags, depth;
     struct hio_owner owner;
     struct hio_bufring bufs;
