@@ -13,9 +13,11 @@
 #   multishot  HotpathRing#submit_accept_multishot, drained with
 #              each_completion(raw: true)
 #
-# The io_uring variants get an Integer fd; they close it the way the README
-# does, IO.for_fd(fd).close (which costs one fcntl(F_GETFL) on top of the
-# close). Prints "listening on 127.0.0.1:PORT" when ready; counts accepted
+# The io_uring variants get an Integer fd. ring closes it with
+# IO.for_fd(fd).close (fcntl(F_GETFL) + ioctl(TCGETS) on top of the
+# close(2)); multishot with HotpathRing#submit_close, which goes to the
+# kernel with the next each_completion's io_uring_enter (no syscall of its
+# own). Prints "listening on 127.0.0.1:PORT" when ready; counts accepted
 # connections in $bench_ops for bench/cpu_probe.rb. Stops after --seconds or
 # on INT/TERM.
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
@@ -90,14 +92,19 @@ begin
     ring = hr.new
     ring.submit_accept_multishot(listener)
     accept_op = hr::OP_ACCEPT
+    close_op = hr::OP_CLOSE
     puts "listening on #{opts[:host]}:#{listener.addr[1]}"
     $stdout.flush
     loop do
-      ring.each_completion(raw: true, timeout_ms: 500) do |op, _fd, res, _buf_id, _flags|
+      ring.each_completion(raw: true, timeout_ms: 500) do |op, fd, res, _buf_id, _flags|
+        if op == close_op
+          warn "accept_server: close(#{fd}) failed: #{SystemCallError.new(nil, -res).message}"
+          exit 1
+        end
         next unless op == accept_op
 
         if res >= 0
-          IO.for_fd(res).close
+          ring.submit_close(res)
           $bench_ops += 1
         elsif res != -Errno::ECANCELED::Errno && res != -Errno::ECONNABORTED::Errno
           warn "accept_server: multishot accept failed: #{SystemCallError.new(nil, -res).message}"

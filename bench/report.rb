@@ -290,9 +290,10 @@ module Bench
              "is stopped (SIGSTOP), the client connects N times, and when all N are established the server is " \
              "let go (SIGCONT; the rate counts from there to the client's last completion); each counts once the server has accepted and closed it " \
              "(the client waits for the FIN, then closes with SO_LINGER 0). bench/accept_server.rb closes each " \
-             "connection at once; the io_uring variants close their Integer fd with `IO.for_fd(fd).close`, which " \
-             "costs fcntl(F_GETFL) + ioctl(TCGETS) + close(2) (TCPSocket#close: close(2)); \"excl. closing\" leaves " \
-             "those out. " \
+             "connection at once: select and blocking with TCPSocket#close (close(2)); Ring#accept's Integer fd " \
+             "with `IO.for_fd(fd).close`, which costs fcntl(F_GETFL) + ioctl(TCGETS) + close(2); multishot's with " \
+             "`HotpathRing#submit_close`, an IORING_OP_CLOSE that goes with the next io_uring_enter (no syscall " \
+             "of its own). \"excl. closing\" leaves those syscalls out. " \
              "Syscalls: a separate #{fmt(m['accept_count_n'], 0)}-connection load on the same server. " \
              "C accept4 loop (ceiling): bench/hello_epoll.c --accept, blocking accept4 + close(2) in C, measured " \
              "the same way: about the most this machine and accept_client allow, a reference, not a target.", "",

@@ -69,11 +69,14 @@ count_requests = lambda do |fd, data|
   n
 end
 
+# submit_close cancels the fd's recv, lets the responses already queued on it
+# go out, then closes it through the ring with the next each_completion (no
+# syscall of its own). IOError: a close of it is already pending (EOF and a
+# failed send can both end a connection in one batch).
 close_conn = lambda do |fd|
   partial.delete(fd)
-  ring.cancel(fd)
-  IO.for_fd(fd).close
-rescue SystemCallError, IOError
+  ring.submit_close(fd)
+rescue IOError
   nil
 end
 
@@ -91,6 +94,8 @@ until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
       end
     when HR::OP_SEND
       close_conn.call(fd) if res.negative? && res != -Errno::ECANCELED::Errno
+    when HR::OP_CLOSE
+      warn "close(#{fd}) failed: #{SystemCallError.new(nil, -res).message}"
     end
   end
   batch = n.clamp(1, 64) if auto_batch

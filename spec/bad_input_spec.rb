@@ -273,6 +273,18 @@ RSpec.describe "Bad input sweep" do
     check("cancel(a fd that is not open)", returns(nil)) { @hot.cancel(closed_fd_number) }
     check("cancel(a fd never armed)", returns(nil)) { @hot.cancel(@pipe_r) }
     check("cancel(2**30)", returns(nil)) { @hot.cancel(2**30) }
+    # submit_close takes Integers only: an IO (open or closed) is a TypeError.
+    WRONG_TYPES.each { |name, v| check("submit_close with #{name}", TypeError) { @hot.submit_close(v) } }
+    BAD_INTEGERS.each { |name, v| check("submit_close with #{name}", ArgumentError) { @hot.submit_close(v) } }
+    check("submit_close with a closed IO", [TypeError, /Integer fd/]) { @hot.submit_close(@closed_io) }
+    check("submit_close with an IO", [TypeError, /Integer fd/]) { @hot.submit_close(@pipe_r) }
+    check("submit_close with a Ring", TypeError) { @hot.submit_close(@ring) }
+    check("submit_close(a fd that is not open)", completion_is(k::OP_CLOSE, neg(Errno::EBADF))) do
+      @hot.submit_close(closed_fd_number)
+    end
+    check("submit_close(2**30)", completion_is(k::OP_CLOSE, neg(Errno::EBADF))) { @hot.submit_close(2**30) }
+    check("submit_close()", ArgumentError) { @hot.submit_close }
+    check("submit_close(fd, 1)", ArgumentError) { @hot.submit_close(@conn, 1) }
     enotsock = neg(Errno::ENOTSOCK)
     { "a pipe" => -> { @pipe_r }, "a regular file" => -> { @file }, "a directory" => -> { @dir },
       "its own ring fd" => -> { @hot.fileno } }.each do |name, target|
@@ -295,7 +307,7 @@ RSpec.describe "Bad input sweep" do
     check("submit_recv_multishot(fd, 1)", ArgumentError) { @hot.submit_recv_multishot(@conn, 1) }
     check("cancel()", ArgumentError) { @hot.cancel }
     expect(@hot.stats).to include(rearms: 0)
-    expect_all_checked(80)
+    expect_all_checked(100)
     expect_rings_work
   end
 
@@ -450,7 +462,7 @@ RSpec.describe "Bad input sweep" do
     expect_no_fd_leak do
       args = {
         accept: [0], read: [0], submit_accept_multishot: [0], submit_recv_multishot: [0], submit_send: [0, "x"],
-        copy_buffer: [0, 1], take_buffer: [0, 1], release_buffer: [0], cancel: [0], flush: [],
+        copy_buffer: [0, 1], take_buffer: [0, 1], release_buffer: [0], cancel: [0], submit_close: [0], flush: [],
         batch_wait_supported?: []
       }
       answers = {

@@ -124,7 +124,8 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
         submit_accept_multishot: ->(x) { r.submit_accept_multishot(x) },
         submit_recv_multishot: ->(x) { r.submit_recv_multishot(x) },
         submit_send: ->(x) { r.submit_send(x, "data") },
-        cancel: ->(x) { r.cancel(x) }
+        cancel: ->(x) { r.cancel(x) },
+        submit_close: ->(x) { r.submit_close(x) }
       }
       calls.each do |name, call|
         expect { call.call(nil) }.to raise_error(TypeError), "#{name}(nil)"
@@ -402,6 +403,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
         take_buffer: -> { r.take_buffer(0, 1) },
         release_buffer: -> { r.release_buffer(0) },
         cancel: -> { r.cancel(fd) },
+        submit_close: -> { r.submit_close(fd) },
         flush: -> { r.flush }
       }.each { |name, call| expect { call.call }.to raise_error(IOError), name.to_s }
       expect(r.stats).to be_a(Hash)
@@ -423,9 +425,9 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       r = new_ring(queue_depth: 32, n_bufs: 8, buf_size: 1024)
       expect(r.stats.keys).to include(:accepts, :recvs, :recv_bytes, :sends, :send_bytes, :short_sends, :enobufs,
                                       :rearms, :cq_overflows, :stale_completions, :buffers_in_use, :submits,
-                                      :waits)
+                                      :waits, :closes)
       expect(r.stats.values).to all(be_an(Integer))
-      expect(r.stats).to include(accepts: 0, recvs: 0, sends: 0, buffers_in_use: 0)
+      expect(r.stats).to include(accepts: 0, recvs: 0, sends: 0, buffers_in_use: 0, closes: 0)
       listener, c1, fd1 = connection(r)
       c2 = TCPSocket.new("127.0.0.1", listener.local_address.ip_port)
       @sockets << c2

@@ -62,7 +62,8 @@ capi_live_p(const void *p)
  * does (one OP_SEND completion with the total, sends in order per fd). The
  * bytes are copied before it returns. Returns 0, or a negative errno with
  * errno set: -EINVAL for a handle that is not a live ring of this process
- * and thread, or iovcnt above IOV_MAX; -EBADF for a closed fd.
+ * and thread, or iovcnt above IOV_MAX; -EBADF for a closed fd;
+ * -ESHUTDOWN for a fd HotpathRing#submit_close is closing.
  */
 RUBY_FUNC_EXPORTED int
 hyperion_io_uring_hotpath_submit_send(void *ring, int fd, const void *iov, unsigned iovcnt)

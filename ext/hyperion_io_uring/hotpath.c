@@ -13,6 +13,14 @@
  * ring-owned copies; recv buffers are the buffer ring's. close() cancels and
  * drains until inflight is 0, and leaks (never frees) memory the kernel may
  * still write if that fails.
+ *
+ * submit_close: the fd's multishot requests are cancelled at once; the
+ * IORING_OP_CLOSE waits (conn->closing QUEUED) until the fd's queued sends
+ * have their final CQEs, then goes into the SQ (ISSUED) with
+ * IOSQE_CQE_SKIP_SUCCESS. Until the kernel takes that SQE the number is
+ * still the connection's, so Ruby's submits on it are refused; once taken,
+ * the number is free, and its next owner (an accept, a submit on another
+ * socket) retires the entry as for any reused number.
  */
 #include "hyperion_io_uring.h"
 #include <arpa/inet.h>
@@ -119,6 +127,50 @@ hp_park(struct hio_hotpath *h, int fd)
     h->parked_count++;
 }
 
+/* ---- closes the kernel may not have taken yet ---- */
+
+static int
+hp_closes_reserve(struct hio_hotpath *h)
+{
+    if (h->closes_count == h->closes_cap) {
+        unsigned cap = h->closes_cap ? h->closes_cap * 2 : 16, i;
+        struct hio_close_pending *nc = malloc((size_t)cap * sizeof(*nc));
+        if (!nc) return -ENOMEM;
+        for (i = 0; i < h->closes_count; i++) nc[i] = h->closes[(h->closes_head + i) % h->closes_cap];
+        free(h->closes);
+        h->closes = nc;
+        h->closes_cap = cap;
+        h->closes_head = 0;
+    }
+    return 0;
+}
+
+/* Whether the kernel has taken the SQE at free-running SQ position pos
+ * (io_uring_get_sqe handed it out at sq.sqe_tail - 1; the kernel advances
+ * the SQ head past what it consumed, in order). */
+static int
+hp_sq_taken(const struct hio_hotpath *h, uint32_t pos)
+{
+    return (int32_t)(io_uring_smp_load_acquire(h->uring.sq.khead) - pos) > 0;
+}
+
+/* Forgets the closes the kernel has taken: their numbers are free now. Run
+ * after every submission that may have taken them (reap, flush), so a
+ * position is never compared after the u32 counter wrapped. */
+static void
+hp_sweep_closes(struct hio_hotpath *h)
+{
+    while (h->closes_count > 0) {
+        struct hio_close_pending *p = &h->closes[h->closes_head];
+        struct hio_conn *c;
+        if (!hp_sq_taken(h, p->pos)) break;
+        c = &h->conns[p->fd];
+        if (c->closing == HIO_CLOSE_ISSUED && c->close_pos == p->pos) c->closing = HIO_CLOSE_NONE;
+        h->closes_head = (h->closes_head + 1) % h->closes_cap;
+        h->closes_count--;
+    }
+}
+
 /* ---- SQEs ---- */
 
 static struct io_uring_sqe *
@@ -147,6 +199,39 @@ hp_prep_cancel(struct hio_hotpath *h, uint64_t target)
     io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
     h->inflight++;
     return 0;
+}
+
+/* Closes fd through the ring: no syscall of its own, the SQE goes with the
+ * next enter. c is NULL for a number the ring keeps no entry for (not
+ * open). Where no SQE can be had (the SQ full and the kernel refusing
+ * submissions while the CQ overflows) or no memory to track it, closes it
+ * now with close(2): the fd is never leaked. */
+static void
+hp_issue_close(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    struct io_uring_sqe *sqe = NULL;
+    uint32_t pos;
+
+    h->st.closes++;
+    if (!c || hp_closes_reserve(h) == 0) sqe = hp_sqe(h);
+    if (!sqe) {
+        int err = close(fd) < 0 ? -errno : 0;
+        if (c) c->closing = HIO_CLOSE_NONE;
+        if (err) hp_push(h, HIO_OP_CLOSE, fd, err, -1, 0);
+        return;
+    }
+    pos = h->uring.sq.sqe_tail - 1;
+    io_uring_prep_close(sqe, fd);
+    /* Without CQE_SKIP (before 5.17) the success CQE is due too: counted,
+     * and dropped in hp_handle. */
+    if (h->close_skip) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    else h->inflight++;
+    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CLOSE, 0, (uint32_t)fd));
+    if (!c) return;
+    c->closing = HIO_CLOSE_ISSUED;
+    c->close_pos = pos;
+    h->closes[(h->closes_head + h->closes_count) % h->closes_cap] = (struct hio_close_pending){ fd, pos };
+    h->closes_count++;
 }
 
 static int
@@ -255,6 +340,11 @@ hp_retire(struct hio_hotpath *h, int fd, struct hio_conn *c)
         }
         slot = next;
     }
+    /* A close waiting for those sends: the number was closed behind the
+     * ring's back (it is reused now), so it must never be closed for the
+     * old connection. Ruby learns, as close(2) twice would tell it. */
+    if (c->closing == HIO_CLOSE_QUEUED) hp_push(h, HIO_OP_CLOSE, fd, -EBADF, -1, 0);
+    c->closing = HIO_CLOSE_NONE; /* an ISSUED close has run: the number is the new owner's */
     c->gen = (c->gen + 1) & HP_GEN_MASK;
     c->recv = c->accept = HIO_ARM_NONE;
     c->send_head = c->send_tail = -1;
@@ -415,6 +505,22 @@ hp_same_socket(int fd, const struct hio_conn *c)
     return ino == c->ino && dev == c->dev;
 }
 
+/* submit_close's close, once the fd's last queued send has ended (sent,
+ * failed or cancelled). The number is checked first, as for a send started
+ * while reaping: if Ruby closed it meanwhile and it names another socket
+ * now, closing it would close that one. */
+static void
+hp_close_after_sends(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    if (c->closing != HIO_CLOSE_QUEUED || c->send_head >= 0) return;
+    if ((c->ino || c->dev) && !hp_same_socket(fd, c)) {
+        c->closing = HIO_CLOSE_NONE;
+        hp_push(h, HIO_OP_CLOSE, fd, -EBADF, -1, 0);
+        return;
+    }
+    hp_issue_close(h, fd, c);
+}
+
 static void
 hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned flags)
 {
@@ -463,6 +569,7 @@ hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned 
         if (!hp_same_socket(fd, c)) hp_fail_sends(h, c, fd, -EBADF);
         else if (hp_send_start(h, c->send_head) < 0) hp_fail_sends(h, c, fd, -EBUSY);
     }
+    hp_close_after_sends(h, fd, c);
 }
 
 static void
@@ -472,7 +579,12 @@ hp_handle(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
     uint32_t gen = hp_ud_gen(ud), idx = hp_ud_idx(ud);
 
     if (h->closing) {
-        /* Tearing down: only account for what the kernel gave back. */
+        /* Tearing down: only account for what the kernel gave back. A close
+         * was counted only when its success CQE was due too. */
+        if (kind == HIO_OP_CLOSE) {
+            if (!h->close_skip) h->inflight--;
+            return;
+        }
         if (kind >= HIO_OP_ACCEPT && kind <= HIO_OP_CANCEL && !(flags & IORING_CQE_F_MORE)) h->inflight--;
         if (kind == HIO_OP_CANCEL && res == -EINVAL) h->cancel_any_failed = 1;
         return;
@@ -486,6 +598,12 @@ hp_handle(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
         break;
       case HIO_OP_SEND:
         hp_on_send(h, (int32_t)idx, gen, res, flags);
+        break;
+      case HIO_OP_CLOSE:
+        /* Under CQE_SKIP_SUCCESS only a failure posts a CQE; without it the
+         * success CQE is dropped here: Ruby hears of failed closes only. */
+        if (!h->close_skip) h->inflight--;
+        if (res < 0) hp_push(h, HIO_OP_CLOSE, (int)idx, res, -1, 0);
         break;
       case HIO_OP_CANCEL:
         h->inflight--;
@@ -501,6 +619,7 @@ hp_reap(struct hio_hotpath *h)
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
 
+    if (h->closes_count) hp_sweep_closes(h);
     if (io_uring_cq_has_overflow(&h->uring)) h->st.cq_overflows++;
     /* Copy each CQE out and advance before handling: handlers may queue
      * SQEs, and nothing here calls into Ruby. */
@@ -567,6 +686,12 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
         snprintf(h->err, sizeof(h->err), "io_uring_register_buf_ring(%u x %u bytes)", n_bufs, buf_size);
         return ret;
     }
+    {
+        /* HYPERION_IO_URING_CQE_SKIP=0: closes without IOSQE_CQE_SKIP_SUCCESS,
+         * as on kernels before 5.17 (a test seam for that path). */
+        const char *env = getenv("HYPERION_IO_URING_CQE_SKIP");
+        h->close_skip = (h->uring.features & IORING_FEAT_CQE_SKIP) && !(env && strcmp(env, "0") == 0);
+    }
     hio_owner_init(&h->owner);
     {
         /* HYPERION_IO_URING_MIN_WAIT=0: no kernel batch waits, as on kernels
@@ -592,6 +717,25 @@ hp_fd_identity(int fd, uint64_t *ino, uint64_t *dev)
     return 0;
 }
 
+/* A submit on a number submit_close is closing: -ESHUTDOWN while the number
+ * is still that connection's (the close waits for sends, or is still in
+ * the SQ). A close the kernel took has run: forgotten, and the number
+ * (open again, since fstat found it) is treated as reused by the caller. */
+static int
+hp_check_closing(struct hio_hotpath *h, struct hio_conn *c, uint64_t ino, uint64_t dev)
+{
+    if (c->closing == HIO_CLOSE_QUEUED) {
+        /* Sends are queued, so the identity is known; another socket on the
+         * number means Ruby closed it itself: the caller retires it. */
+        return ino == c->ino && dev == c->dev ? -ESHUTDOWN : 0;
+    }
+    if (c->closing == HIO_CLOSE_ISSUED) {
+        if (!hp_sq_taken(h, c->close_pos)) return -ESHUTDOWN;
+        c->closing = HIO_CLOSE_NONE;
+    }
+    return 0;
+}
+
 int
 hio_hp_submit_accept(struct hio_hotpath *h, int fd)
 {
@@ -601,6 +745,7 @@ hio_hp_submit_accept(struct hio_hotpath *h, int fd)
 
     if (ret < 0) return ret;
     if (!(c = hp_conn(h, fd))) return -ENOMEM;
+    if (c->closing && (ret = hp_check_closing(h, c, ino, dev)) < 0) return ret;
     if (c->ino != ino || c->dev != dev) {
         if (c->accept != HIO_ARM_NONE || c->recv != HIO_ARM_NONE || c->send_head >= 0) hp_retire(h, fd, c);
         c->ino = ino;
@@ -619,6 +764,7 @@ hio_hp_submit_recv(struct hio_hotpath *h, int fd)
 
     if (ret < 0) return ret;
     if (!(c = hp_conn(h, fd))) return -ENOMEM;
+    if (c->closing && (ret = hp_check_closing(h, c, ino, dev)) < 0) return ret;
     if (c->ino != ino || c->dev != dev) {
         /* Another socket than the one armed before (closed without cancel,
          * number reused by a socket accepted elsewhere). */
@@ -654,14 +800,16 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
     }
     if (fd < 0) return -EBADF;
     c = (unsigned)fd < h->nconns ? &h->conns[fd] : NULL;
-    if (!c || (!c->ino && !c->dev) || c->send_head >= 0) {
+    if (!c || (!c->ino && !c->dev) || c->send_head >= 0 || c->closing) {
         /* Learn which socket the number names: on its first use since it
-         * was accepted or armed, and when sends are still pending on it (if
+         * was accepted or armed, when sends are still pending on it (if
          * it names another socket now, closed without cancel and reused, the
-         * new send must not queue behind the old connection's). Otherwise no
-         * syscall: an idle keep-alive connection's send costs none. */
+         * new send must not queue behind the old connection's), and after
+         * submit_close. Otherwise no syscall: an idle keep-alive
+         * connection's send costs none. */
         if ((ret = hp_fd_identity(fd, &ino, &dev)) < 0) return ret;
         if (!(c = hp_conn(h, fd))) return -ENOMEM;
+        if (c->closing && (ret = hp_check_closing(h, c, ino, dev)) < 0) return ret;
         if (c->ino != ino || c->dev != dev) {
             if (c->ino || c->dev) hp_retire(h, fd, c);
             c->ino = ino;
@@ -713,14 +861,11 @@ hio_hp_submit_send(struct hio_hotpath *h, int fd, const void *data, size_t len)
     return hio_hp_submit_sendv(h, fd, &iov, 1);
 }
 
-int
-hio_hp_cancel(struct hio_hotpath *h, int fd)
+/* Cancels fd's multishot recv and accept; their final completions reach
+ * Ruby with -ECANCELED (or are dropped as stale once the number is reused). */
+static void
+hp_cancel_multishot(struct hio_hotpath *h, int fd, struct hio_conn *c)
 {
-    struct hio_conn *c;
-
-    if (fd < 0) return -EINVAL;
-    if ((unsigned)fd >= h->nconns) return 0;
-    c = &h->conns[fd];
     if (c->recv == HIO_ARM_ARMED) {
         hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
         c->recv = HIO_ARM_CANCELLING;
@@ -732,6 +877,17 @@ hio_hp_cancel(struct hio_hotpath *h, int fd)
         hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
         c->accept = HIO_ARM_CANCELLING;
     }
+}
+
+int
+hio_hp_cancel(struct hio_hotpath *h, int fd)
+{
+    struct hio_conn *c;
+
+    if (fd < 0) return -EINVAL;
+    if ((unsigned)fd >= h->nconns) return 0;
+    c = &h->conns[fd];
+    hp_cancel_multishot(h, fd, c);
     if (c->send_head >= 0) {
         int32_t head = c->send_head;
         struct hio_send *s = &h->sends[head];
@@ -742,8 +898,43 @@ hio_hp_cancel(struct hio_hotpath *h, int fd)
             hp_prep_cancel(h, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)head));
         } else {
             hp_fail_sends(h, c, fd, -ECANCELED);
+            hp_close_after_sends(h, fd, c); /* cancel after submit_close: close now */
         }
     }
+    return 0;
+}
+
+int
+hio_hp_submit_close(struct hio_hotpath *h, int fd)
+{
+    struct hio_conn *c;
+
+    if (fd < 0) return -EBADF;
+    if ((unsigned)fd >= h->nconns) {
+        /* A number the ring never saw: grow the table only if it is open
+         * (Ruby may pass any Integer); a number that is not open gets its
+         * -EBADF from the kernel like any other. */
+        if (fcntl(fd, F_GETFD) < 0) {
+            hp_issue_close(h, fd, NULL);
+            return 0;
+        }
+        if (!(c = hp_conn(h, fd))) return -ENOMEM;
+    } else {
+        c = &h->conns[fd];
+    }
+    if (c->closing == HIO_CLOSE_QUEUED) return -EALREADY;
+    if (c->closing == HIO_CLOSE_ISSUED) {
+        if (!hp_sq_taken(h, c->close_pos)) return -EALREADY;
+        /* The first close has run: the number is closed, or names whatever
+         * was opened since; closing it again is what close(2) twice does. */
+        c->closing = HIO_CLOSE_NONE;
+    }
+    hp_cancel_multishot(h, fd, c);
+    if (c->send_head >= 0) {
+        c->closing = HIO_CLOSE_QUEUED; /* hp_close_after_sends, at the last send's end */
+        return 0;
+    }
+    hp_issue_close(h, fd, c);
     return 0;
 }
 
@@ -755,6 +946,7 @@ hio_hp_flush(struct hio_hotpath *h)
     if (io_uring_sq_ready(&h->uring) == 0) return 0;
     h->st.submits++;
     ret = io_uring_submit(&h->uring);
+    if (h->closes_count) hp_sweep_closes(h);
     return ret == -EBUSY || ret == -EAGAIN ? 0 : ret;
 }
 
@@ -849,11 +1041,14 @@ hp_free_tables(struct hio_hotpath *h, int kernel_may_write)
     free(h->conns);
     free(h->q);
     free(h->parked);
+    free(h->closes);
     h->sends = NULL;
     h->conns = NULL;
     h->q = NULL;
     h->parked = NULL;
+    h->closes = NULL;
     h->nsends = h->nconns = h->q_cap = h->q_count = h->parked_cap = h->parked_count = 0;
+    h->closes_cap = h->closes_count = 0;
     h->send_free = -1;
 }
 
@@ -898,6 +1093,34 @@ hp_drain_all(struct hio_hotpath *h)
     }
 }
 
+/* At ring close, the closes submit_close asked for that the kernel never
+ * got: still waiting for sends (which the drain cancelled), or still in the
+ * SQ (never submitted, or refused). Done with close(2): never leaked. */
+static void
+hp_close_leftovers(struct hio_hotpath *h)
+{
+    unsigned i;
+
+    hp_sweep_closes(h);
+    for (i = 0; i < h->closes_count; i++) {
+        const struct hio_close_pending *p = &h->closes[(h->closes_head + i) % h->closes_cap];
+        struct hio_conn *c = &h->conns[p->fd];
+        if (c->closing != HIO_CLOSE_ISSUED || c->close_pos != p->pos) continue;
+        c->closing = HIO_CLOSE_NONE;
+        close(p->fd); /* counted in closes when it was issued */
+    }
+    h->closes_count = 0;
+    for (i = 0; i < h->nconns; i++) {
+        struct hio_conn *c = &h->conns[i];
+        if (c->closing != HIO_CLOSE_QUEUED) continue;
+        c->closing = HIO_CLOSE_NONE;
+        if (!(c->ino || c->dev) || hp_same_socket((int)i, c)) {
+            h->st.closes++;
+            close((int)i);
+        }
+    }
+}
+
 void
 hio_hp_close(struct hio_hotpath *h)
 {
@@ -926,6 +1149,7 @@ hio_hp_close(struct hio_hotpath *h)
         hp_drain_all(h);
         kernel_may_write = h->inflight > 0;
     }
+    hp_close_leftovers(h);
     if (kernel_may_write) h->leaked = 1;
     hio_bufring_teardown(&h->bufs, &h->uring, kernel_may_write);
     io_uring_queue_exit(&h->uring);

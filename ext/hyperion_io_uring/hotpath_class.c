@@ -44,6 +44,7 @@ hpc_memsize(const void *p)
         sz += h->bufs.mem_bytes + h->bufs.br_bytes + h->bufs.n * 5u;
         sz += (size_t)h->nconns * sizeof(struct hio_conn) + (size_t)h->nsends * sizeof(struct hio_send);
         sz += (size_t)h->q_cap * sizeof(struct hio_completion) + (size_t)h->parked_cap * sizeof(int);
+        sz += (size_t)h->closes_cap * sizeof(struct hio_close_pending);
     }
     return sz;
 }
@@ -155,6 +156,9 @@ hpc_check_submit(struct hio_hotpath *h, int ret, const char *what, int fd)
 {
     if (ret == 0) return;
     if (ret == -EBADF) rb_raise(rb_eArgError, "%s: fd %d is not open", what, fd);
+    if (ret == -ESHUTDOWN)
+        rb_raise(rb_eIOError, "%s: fd %d is being closed (submit_close was called for it)", what, fd);
+    if (ret == -EALREADY) rb_raise(rb_eIOError, "%s: fd %d is already being closed", what, fd);
     hio_raise_errno(ret, "%s(fd %d)", what, fd);
 }
 
@@ -337,7 +341,8 @@ hpc_each_ensure(VALUE arg)
  * Submits what is queued and waits, with the GVL released, until
  * +min_complete+ completions are ready or +timeout_ms+ passes (0: do not
  * wait; nil: no limit); then yields each and returns how many it yielded.
- * Each completion is a Hash with :op_kind (OP_ACCEPT, OP_RECV, OP_SEND),
+ * Each completion is a Hash with :op_kind (OP_ACCEPT, OP_RECV, OP_SEND, or
+ * OP_CLOSE for a failed #submit_close),
  * :fd, :result, :buf_id (-1 when none) and :flags; with <tt>raw: true</tt>
  * the block gets those five Integers and nothing is allocated per
  * completion. Completions are copied out of the kernel's queue before the
@@ -490,8 +495,10 @@ hpc_take_buffer(VALUE self, VALUE bidv, VALUE lenv)
  *   ring.cancel(fd) -> nil
  *
  * Cancels +fd+'s multishot recv (or accept) and its pending sends; call it
- * before closing the fd. Their final completions arrive with -ECANCELED
- * (a send that finished first reports its length).
+ * before closing the fd (or use #submit_close). Their final completions
+ * arrive with -ECANCELED (a send that finished first reports its length).
+ * After #submit_close it cancels the sends the close waits for; the close
+ * then follows at once.
  */
 static VALUE
 hpc_cancel(VALUE self, VALUE fdv)
@@ -500,6 +507,61 @@ hpc_cancel(VALUE self, VALUE fdv)
     struct hio_hotpath *h = hpc_usable(self);
 
     hpc_check_submit(h, hio_hp_cancel(h, fd), "cancel", fd);
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.submit_close(fd) -> nil
+ *
+ * Closes the Integer +fd+ through the ring, in place of
+ * <tt>ring.cancel(fd); IO.for_fd(fd).close</tt> and without a syscall of
+ * its own: the close goes to the kernel with the next #each_completion or
+ * #flush.
+ *
+ * The fd's multishot recv (or accept) is cancelled at once, as by #cancel:
+ * its final completion arrives with -ECANCELED. Sends already queued on the
+ * fd with #submit_send still go out, in order, each with its OP_SEND
+ * completion; the fd is closed after the last of them ended (sent, failed
+ * or cancelled by #cancel). A close that succeeds yields nothing; one that
+ * fails yields an OP_CLOSE completion with -errno as +result+ (-EBADF for a
+ * number that is not open). stats[:closes] counts the closes made.
+ *
+ * Until the close has gone to the kernel the number is still the
+ * connection's: #submit_send, #submit_recv_multishot and
+ * #submit_accept_multishot on it raise IOError, and so does a second
+ * submit_close. After that the number is closed: those calls raise
+ * ArgumentError ("not open") as for any closed fd, or, once something else
+ * got the number (an accept of this ring, a socket opened elsewhere), work
+ * on that. A submit_close of a number whose first close has run closes
+ * whatever the number names then, as close(2) twice would. Do not close
+ * the fd yourself as well: that is a double close too. (While the close
+ * waits for sends, the ring notices: the number is checked before the
+ * close goes out, and one that names another socket by then is left alone,
+ * with an OP_CLOSE -EBADF.)
+ *
+ * An IO is a TypeError: the IO would close the number again later, when it
+ * may name another connection; close the IO itself. ArgumentError for a
+ * negative fd. Closing the ring (#close, or the GC) still closes every fd
+ * given to submit_close: one the kernel did not get yet, or one still
+ * waiting for sends (which #close cancels), is closed with close(2).
+ *
+ *   ring.submit_send(fd, response)
+ *   ring.submit_close(fd) # the response goes out first
+ */
+static VALUE
+hpc_submit_close(VALUE self, VALUE fdv)
+{
+    struct hio_hotpath *h;
+    int fd;
+
+    if (RB_TYPE_P(fdv, T_FILE))
+        rb_raise(rb_eTypeError, "submit_close: expected an Integer fd, got %s (the IO would close the number "
+                                "again later, when it may name another connection; close the IO itself)",
+                 rb_obj_classname(fdv));
+    fd = hio_fd_arg(fdv, "submit_close");
+    h = hpc_usable(self);
+    hpc_check_submit(h, hio_hp_submit_close(h, fd), "submit_close", fd);
     return Qnil;
 }
 
@@ -639,7 +701,8 @@ hpc_batch_wait_supported_p(VALUE self)
  * :stale_completions (late completions of cancelled or replaced connections,
  * dropped), :buffers_in_use (held by Ruby now), :submits and :waits
  * (io_uring_enter calls that submitted / waited), :batch_waits (waits made
- * as kernel batch waits, see #each_completion's min_wait_us:), plus :inflight (requests
+ * as kernel batch waits, see #each_completion's min_wait_us:), :closes
+ * (closes made for #submit_close), plus :inflight (requests
  * the kernel holds), :queued (completions not yet yielded) and :setup_flags.
  */
 static VALUE
@@ -662,6 +725,7 @@ hpc_stats(VALUE self)
     HPC_STAT("submits", h->st.submits);
     HPC_STAT("waits", h->st.waits);
     HPC_STAT("batch_waits", h->st.batch_waits);
+    HPC_STAT("closes", h->st.closes);
     HPC_STAT("inflight", h->inflight < 0 ? 0 : h->inflight);
     HPC_STAT("queued", h->q_count);
     HPC_STAT("setup_flags", h->flags);
@@ -723,6 +787,7 @@ hio_init_hotpath_class(void)
     rb_define_method(hio_cHotpathRing, "release_buffer", hpc_release_buffer, 1);
     rb_define_method(hio_cHotpathRing, "take_buffer", hpc_take_buffer, 2);
     rb_define_method(hio_cHotpathRing, "cancel", hpc_cancel, 1);
+    rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, 1);
     rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);
     rb_define_method(hio_cHotpathRing, "close", hpc_close, 0);
     rb_define_method(hio_cHotpathRing, "closed?", hpc_closed_p, 0);

@@ -179,14 +179,27 @@ struct hio_completion {
 
 enum hio_arm_state { HIO_ARM_NONE = 0, HIO_ARM_ARMED, HIO_ARM_PARKED, HIO_ARM_CANCELLING };
 
+/* submit_close: QUEUED waits for the fd's queued sends to end; ISSUED has
+ * its IORING_OP_CLOSE in the SQ, not yet taken by the kernel (the number is
+ * still this connection's until then). */
+enum hio_close_state { HIO_CLOSE_NONE = 0, HIO_CLOSE_QUEUED, HIO_CLOSE_ISSUED };
+
 /* Per fd number. gen changes whenever the number starts naming another
  * connection, so late completions of the previous one are dropped. */
 struct hio_conn {
     uint32_t gen;
     uint8_t recv;     /* enum hio_arm_state */
     uint8_t accept;   /* enum hio_arm_state */
+    uint8_t closing;  /* enum hio_close_state */
     int32_t send_head, send_tail; /* queue of send slots, -1: empty */
+    uint32_t close_pos; /* ISSUED: SQ position of the close SQE */
     uint64_t ino, dev; /* identity of the socket the recv was armed on */
+};
+
+/* A close SQE the kernel may not have taken yet (FIFO in SQ order). */
+struct hio_close_pending {
+    int fd;
+    uint32_t pos;
 };
 
 struct hio_send {
@@ -201,7 +214,7 @@ struct hio_send {
 
 struct hio_stats {
     uint64_t accepts, recvs, recv_bytes, sends, send_bytes, short_sends, enobufs, rearms,
-        cq_overflows, stale_completions, submits, waits, batch_waits;
+        cq_overflows, stale_completions, submits, waits, batch_waits, closes;
 };
 
 #define HIO_HOTPATH_MAGIC 0x48494f55u /* "HIOU" */
@@ -223,6 +236,9 @@ struct hio_hotpath {
     unsigned q_head, q_count, q_cap;
     int *parked;                 /* fds whose recv ended with ENOBUFS (FIFO) */
     unsigned parked_head, parked_count, parked_cap;
+    struct hio_close_pending *closes; /* ISSUED closes, until the kernel takes them (FIFO) */
+    unsigned closes_head, closes_count, closes_cap;
+    int close_skip;              /* closes use IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP) */
     long inflight;               /* requests whose final CQE is still due */
     struct hio_stats st;
     char err[160];               /* what failed, for probe reasons */
@@ -236,6 +252,9 @@ int hio_hp_submit_send(struct hio_hotpath *h, int fd, const void *data, size_t l
 struct iovec;
 int hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt);
 int hio_hp_cancel(struct hio_hotpath *h, int fd);
+/* Cancels fd's multishot requests and closes it through the ring once its
+ * queued sends have ended. -EALREADY: a close of it is still pending. */
+int hio_hp_submit_close(struct hio_hotpath *h, int fd);
 int hio_hp_flush(struct hio_hotpath *h);
 int hio_hp_release(struct hio_hotpath *h, unsigned bid);
 /* Reaps into h->q until want are queued or timeout passes; blocks without
