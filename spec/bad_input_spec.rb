@@ -283,6 +283,7 @@ RSpec.describe "Bad input sweep" do
       @hot.submit_close(closed_fd_number)
     end
     check("submit_close(2**30)", completion_is(k::OP_CLOSE, neg(Errno::EBADF))) { @hot.submit_close(2**30) }
+    check("submit_close(its own ring fd)", [ArgumentError, /ring's own/]) { @hot.submit_close(@hot.fileno) }
     check("submit_close()", ArgumentError) { @hot.submit_close }
     check("submit_close(fd, 1)", ArgumentError) { @hot.submit_close(@conn, 1) }
     enotsock = neg(Errno::ENOTSOCK)

@@ -910,6 +910,9 @@ hio_hp_submit_close(struct hio_hotpath *h, int fd)
     struct hio_conn *c;
 
     if (fd < 0) return -EBADF;
+    /* The kernel refuses to close a ring through a ring, but the close(2)
+     * fallbacks would not, and io_uring_queue_exit would close it again. */
+    if (fd == h->uring.ring_fd) return -EINVAL;
     if ((unsigned)fd >= h->nconns) {
         /* A number the ring never saw: grow the table only if it is open
          * (Ruby may pass any Integer); a number that is not open gets its

@@ -542,7 +542,7 @@ hpc_cancel(VALUE self, VALUE fdv)
  *
  * An IO is a TypeError: the IO would close the number again later, when it
  * may name another connection; close the IO itself. ArgumentError for a
- * negative fd. Closing the ring (#close, or the GC) still closes every fd
+ * negative fd and for the ring's own (#fileno). Closing the ring (#close, or the GC) still closes every fd
  * given to submit_close: one the kernel did not get yet, or one still
  * waiting for sends (which #close cancels), is closed with close(2).
  *
@@ -553,7 +553,7 @@ static VALUE
 hpc_submit_close(VALUE self, VALUE fdv)
 {
     struct hio_hotpath *h;
-    int fd;
+    int fd, ret;
 
     if (RB_TYPE_P(fdv, T_FILE))
         rb_raise(rb_eTypeError, "submit_close: expected an Integer fd, got %s (the IO would close the number "
@@ -561,7 +561,9 @@ hpc_submit_close(VALUE self, VALUE fdv)
                  rb_obj_classname(fdv));
     fd = hio_fd_arg(fdv, "submit_close");
     h = hpc_usable(self);
-    hpc_check_submit(h, hio_hp_submit_close(h, fd), "submit_close", fd);
+    ret = hio_hp_submit_close(h, fd);
+    if (ret == -EINVAL) rb_raise(rb_eArgError, "submit_close: fd %d is the ring's own (use #close)", fd);
+    hpc_check_submit(h, ret, "submit_close", fd);
     return Qnil;
 }
 
