@@ -76,10 +76,10 @@ double hio_now(void);
  */
 int hio_wait_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout);
 /*
- * The same, as a batch wait when min_wait_us > 0 and the kernel has
- * IORING_FEAT_MIN_TIMEOUT (6.12): returns once wait_nr are ready, or once
- * min_wait_us has passed and at least one is. Elsewhere (and under
- * valgrind) min_wait_us is ignored: it waits for wait_nr.
+ * The same, as a batch wait when min_wait_us > 0: returns once wait_nr are
+ * ready, or once min_wait_us has passed and at least one is. Only for rings
+ * where hio_batch_wait_supported() (IORING_FEAT_MIN_TIMEOUT, Linux 6.12;
+ * not under valgrind); HotpathRing checks it once, at open.
  */
 int hio_wait_batch_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, unsigned min_wait_us);
 int hio_batch_wait_supported(const struct io_uring *ring);

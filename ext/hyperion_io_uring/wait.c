@@ -190,7 +190,7 @@ hio_wait_batch_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, un
 
     a.ring = ring;
     a.wait_nr = wait_nr;
-    a.min_wait_us = min_wait_us && hio_batch_wait_supported(ring) ? min_wait_us : 0;
+    a.min_wait_us = min_wait_us; /* the caller checked hio_batch_wait_supported */
     a.timeout = timeout;
     a.ret = -EINTR; /* what it means when an interrupt kept the wait from running */
 #ifdef HAVE_RB_NOGVL
