@@ -44,11 +44,17 @@ hio_fd_arg(VALUE v, const char *what)
         return (int)fd;
     }
     if (RB_TYPE_P(v, T_FILE)) {
-        /* Not GetOpenFile: its IOError "closed stream" does not say which
-         * call got the closed IO. */
+        /* Checked here rather than by GetOpenFile or rb_io_descriptor: their
+         * IOError "closed stream" does not say which call got the closed IO. */
+#ifdef HAVE_RB_IO_CLOSED_P
+        /* Ruby 3.3 deprecates reading rb_io_t's fields. */
+        if (RTEST(rb_io_closed_p(v))) rb_raise(rb_eIOError, "%s: closed stream", what);
+        return rb_io_descriptor(v);
+#else
         rb_io_t *fptr = RFILE(v)->fptr;
         if (!fptr || fptr->fd < 0) rb_raise(rb_eIOError, "%s: closed stream", what);
         return fptr->fd;
+#endif
     }
     rb_raise(rb_eTypeError, "%s: expected an Integer fd or an IO, got %s", what, rb_obj_classname(v));
     UNREACHABLE_RETURN(-1);

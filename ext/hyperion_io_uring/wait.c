@@ -19,8 +19,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* Kernel 6.12: io_uring_getevents_arg's pad is min_wait_usec. liburing 2.3
- * (Debian 12) knows neither. */
+/* Kernel 6.12; liburing before 2.8 does not define it. */
 #ifndef IORING_FEAT_MIN_TIMEOUT
 #define IORING_FEAT_MIN_TIMEOUT (1U << 15)
 #endif
@@ -115,11 +114,29 @@ wait_valgrind(struct wait_args *a)
 /*
  * Batch wait (kernel 6.12, IORING_FEAT_MIN_TIMEOUT): wait for wait_nr CQEs
  * for at most min_wait_us; after that, return as soon as there is one (or
- * at the timeout). liburing 2.3 has no call that sets min_wait_usec, so
- * this publishes the SQ tail itself (what io_uring_submit does first) and
- * enters with IORING_ENTER_EXT_ARG. Rings here never use SQPOLL or a
- * registered ring fd, which would need more.
+ * at the timeout).
+ *
+ * liburing 2.8+ has io_uring_submit_and_wait_min_timeout. It is given a
+ * timeout even when the caller has none: without one, liburing enters a
+ * second time when fewer than wait_nr CQEs came back, which costs another
+ * min_wait_us.
+ *
+ * Older liburing has no call that sets min_wait_usec, so wait_batch
+ * publishes the SQ tail itself (what io_uring_submit does first) and enters
+ * with IORING_ENTER_EXT_ARG. Rings here never use SQPOLL or a registered
+ * ring fd, which would need more.
  */
+#ifdef HAVE_IO_URING_SUBMIT_AND_WAIT_MIN_TIMEOUT
+static int
+wait_batch(struct wait_args *a)
+{
+    struct io_uring_cqe *cqe = NULL;
+    struct __kernel_timespec ts;
+
+    wait_timespec(a->timeout >= 0 ? a->timeout : 1e9, &ts);
+    return io_uring_submit_and_wait_min_timeout(a->ring, &cqe, a->wait_nr, &ts, a->min_wait_us, NULL);
+}
+#else
 static int
 wait_batch(struct wait_args *a)
 {
@@ -134,7 +151,11 @@ wait_batch(struct wait_args *a)
         io_uring_smp_store_release(sq->ktail, tail);
     }
     memset(&arg, 0, sizeof(arg));
-    arg.pad = a->min_wait_us; /* min_wait_usec */
+#ifdef HAVE_STRUCT_IO_URING_GETEVENTS_ARG_MIN_WAIT_USEC
+    arg.min_wait_usec = a->min_wait_us;
+#else
+    arg.pad = a->min_wait_us; /* the kernel's min_wait_usec since 6.12 */
+#endif
     if (a->timeout >= 0) {
         wait_timespec(a->timeout, &ts);
         arg.ts = (uint64_t)(uintptr_t)&ts;
@@ -143,6 +164,7 @@ wait_batch(struct wait_args *a)
                   IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg, sizeof(arg));
     return ret < 0 ? -errno : (int)ret;
 }
+#endif
 
 int
 hio_batch_wait_supported(const struct io_uring *ring)
