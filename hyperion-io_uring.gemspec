@@ -27,11 +27,8 @@ Gem::Specification.new do |spec|
   spec.require_paths = ["lib"]
   spec.extensions = ["ext/hyperion_io_uring/extconf.rb"]
 
-  # The scheduler specs run under async as well as spec/support's scheduler.
-  # 2.23 is the last async that works on Ruby 3.1: 2.24.0 still claims
-  # Ruby >= 3.1 but calls IO#timeout (Ruby 3.2+) in every io_wait without a
-  # timeout (NoMethodError), and 2.25+ require Ruby 3.2.
-  spec.add_development_dependency "async", "~> 2.23.0"
+  # async (for the scheduler specs) is in the Gemfile: its version depends on
+  # the Ruby version.
   spec.add_development_dependency "rake", ">= 13.0"
   spec.add_development_dependency "rake-compiler", "~> 1.2"
   spec.add_development_dependency "rspec", "~> 3.12"

@@ -16,6 +16,14 @@ RSpec.configure do |config|
   config.include FdHelpers
   config.include SocketHelpers
   config.include IOUringHelpers
+  config.include EnvironmentSkip
+
+  config.before(:suite) do
+    if StrictMode.enabled? && (problem = StrictMode.problem)
+      abort "HYPERION_IO_URING_SPEC_STRICT=1: #{problem}. " \
+            "Refusing to run a suite that would skip instead of testing."
+    end
+  end
 
   # A spec that stubs the policy layer must not leave its answer cached for
   # the next one.

@@ -23,17 +23,20 @@ module SchedulerHelpers
   def require_scheduler!(kind)
     return if kind == :test
 
-    skip "async not loadable: #{ASYNC_LOAD_ERROR.message}" if defined?(ASYNC_LOAD_ERROR)
+    environment_skip "async not loadable: #{ASYNC_LOAD_ERROR.message}" if defined?(ASYNC_LOAD_ERROR)
     if !IO.method_defined?(:timeout) && Gem::Version.new(Async::VERSION) >= Gem::Version.new("2.24")
       # async 2.24.0 claims Ruby >= 3.1 but its io_wait calls IO#timeout
       # (Ruby 3.2+) whenever the wait has no timeout: NoMethodError in every
-      # such wait. The gemspec pins ~> 2.23.0; this is a run outside Bundler.
+      # such wait. The Gemfile pins ~> 2.23.0 there; this is a run outside Bundler.
       skip "async #{Async::VERSION} calls IO#timeout, which Ruby #{RUBY_VERSION} lacks (use async ~> 2.23.0: bundle exec)"
     end
     selector = kind == :async_uring ? :URing : :EPoll
     return if IO::Event::Selector.const_defined?(selector)
 
-    skip "io-event was built without its #{selector} selector (no liburing when it was compiled?)"
+    # io-event decides when it is compiled: a bundle installed before
+    # liburing-dev keeps an io-event without URing (`gem pristine io-event
+    # --extensions` rebuilds it).
+    environment_skip "io-event was built without its #{selector} selector (no liburing when it was compiled?)"
   end
 
   # Runs the block as a non-blocking fiber under a fresh scheduler of +kind+
