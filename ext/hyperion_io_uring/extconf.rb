@@ -53,7 +53,7 @@ def stub_reason
   missing = REQUIRED_FUNCS.reject { |f| have_func(f, "liburing.h") }
   unless missing.empty?
     return "this liburing (#{liburing_version || 'unknown version'}) lacks #{missing.join(', ')} " \
-           "(liburing >= 2.3 has them; upgrade liburing-dev, then reinstall the gem)"
+           "(Debian 12's liburing 2.3 has them all; upgrade liburing-dev, then reinstall the gem)"
   end
 
   nil
