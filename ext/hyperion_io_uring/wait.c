@@ -217,7 +217,10 @@ hio_wait_batch_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, un
     a.ret = -EINTR; /* what it means when an interrupt kept the wait from running */
 #ifdef HAVE_RB_NOGVL
     /* RB_NOGVL_INTR_FAIL: with an interrupt already pending, do not enter the
-     * wait at all; the caller's rb_thread_check_ints() then raises it. */
+     * wait at all; the caller's rb_thread_check_ints() then raises it.
+     * Never RB_NOGVL_OFFLOAD_SAFE (Ruby 3.4): a scheduler may then run the
+     * call on a worker thread, and a SINGLE_ISSUER/DEFER_TASKRUN ring can
+     * only be entered by its own (EEXIST from any other). */
     rb_nogvl(wait_fn_nogvl, &a, RUBY_UBF_IO, NULL, RB_NOGVL_INTR_FAIL);
 #else
     rb_thread_call_without_gvl(wait_fn_nogvl, &a, RUBY_UBF_IO, NULL);
