@@ -133,7 +133,7 @@ RSpec.describe "the build against a liburing that lacks a required function", :s
     expect(@out).to include("building the stub extension")
     reason = @makefile[/-DHIO_STUB_REASON=(.*)$/, 1]
     expect(reason).to include("io_uring_prep_recv_multishot").and(include("0.0-spec"))
-    expect(@makefile).to match(/^SRCS = stub\.c$/)
+    expect(@makefile).to match(/^OBJS = stub\.o$/)
   end
 
   it "finds every other required function" do
