@@ -17,11 +17,14 @@ Gem::Specification.new do |spec|
   spec.license = "MIT"
   spec.required_ruby_version = ">= 3.1"
 
-  spec.files = Dir.chdir(__dir__) do
-    `git ls-files -z 2>/dev/null`.split("\x0").reject do |f|
-      f.start_with?("spec/", "bench/", ".ci/", ".git") || f.empty?
-    end
-  end
+  # Globs, not `git ls-files`: a source tree without .git (an unpacked
+  # tarball, a vendored copy) must build the same gem. Build products
+  # (*.so, *.o, Makefile, tmp/) never match; spec/, bench/, .ci/ and
+  # rakelib/ are left out on purpose.
+  spec.files = Dir.glob(%w[
+    lib/**/*.rb ext/hyperion_io_uring/*.{c,h,rb} bin/* docs/*.md examples/*.rb sig/**/*.rbs
+    README.md CHANGELOG.md LICENSE Gemfile Rakefile .rspec hyperion-io_uring.gemspec
+  ], base: __dir__).sort
   spec.bindir = "bin"
   spec.executables = ["hyperion-io_uring-doctor"]
   spec.require_paths = ["lib"]
