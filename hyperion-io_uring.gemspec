@@ -35,7 +35,7 @@ Gem::Specification.new do |spec|
   # Ruby >= 3.1 but calls IO#timeout (Ruby 3.2+) in every io_wait without a
   # timeout (NoMethodError), and 2.25+ require Ruby 3.2.
   spec.add_development_dependency "async", "~> 2.23.0"
-  spec.add_development_dependency "rake", ">= 13.0"
+  spec.add_development_dependency "rake", "~> 13.0"
   spec.add_development_dependency "rake-compiler", "~> 1.2"
   spec.add_development_dependency "rspec", "~> 3.12"
 end
