@@ -37,5 +37,7 @@ Gem::Specification.new do |spec|
   spec.add_development_dependency "async", "~> 2.23.0"
   spec.add_development_dependency "rake", "~> 13.0"
   spec.add_development_dependency "rake-compiler", "~> 1.2"
+  # rbs 3.x installs on Ruby 3.1 (3.9 and 3.10 need >= 3.1; 4.0 needs 3.2).
+  spec.add_development_dependency "rbs", "~> 3.9"
   spec.add_development_dependency "rspec", "~> 3.12"
 end

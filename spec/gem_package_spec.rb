@@ -122,8 +122,11 @@ RSpec.describe "the packaged gem" do
     expect(@copy["bin/hyperion-io_uring-doctor"] & 0o111).not_to eq(0)
   end
 
-  it "packs the documentation" do
+  it "packs the documentation and the RBS signatures" do
     expect(@copy.keys).to include("README.md", "CHANGELOG.md", "LICENSE", *sources(root, "docs/*.md"))
+    signatures = sources(root, "sig/**/*.rbs")
+    expect(signatures).to include("sig/hyperion/io_uring.rbs")
+    expect(@copy.keys).to include(*signatures)
   end
 
   it "packs no build products, specs, benchmarks or CI scripts" do
