@@ -17,11 +17,14 @@ Gem::Specification.new do |spec|
   spec.license = "MIT"
   spec.required_ruby_version = ">= 3.1"
 
-  spec.files = Dir.chdir(__dir__) do
-    `git ls-files -z 2>/dev/null`.split("\x0").reject do |f|
-      f.start_with?("spec/", "bench/", ".ci/", ".git") || f.empty?
-    end
-  end
+  # Globs, not `git ls-files`: a source tree without .git (an unpacked
+  # tarball, a vendored copy) must build the same gem. Build products
+  # (*.so, *.o, Makefile, tmp/) never match; spec/, bench/, .ci/ and
+  # rakelib/ are left out on purpose.
+  spec.files = Dir.glob(%w[
+    lib/**/*.rb ext/hyperion_io_uring/*.{c,h,rb} bin/* docs/*.md examples/*.rb sig/**/*.rbs
+    README.md CHANGELOG.md LICENSE Gemfile Rakefile .rspec hyperion-io_uring.gemspec
+  ], base: __dir__).sort
   spec.bindir = "bin"
   spec.executables = ["hyperion-io_uring-doctor"]
   spec.require_paths = ["lib"]
@@ -29,7 +32,9 @@ Gem::Specification.new do |spec|
 
   # async (for the scheduler specs) is in the Gemfile: its version depends on
   # the Ruby version.
-  spec.add_development_dependency "rake", ">= 13.0"
+  spec.add_development_dependency "rake", "~> 13.0"
   spec.add_development_dependency "rake-compiler", "~> 1.2"
+  # rbs 3.x installs on Ruby 3.1 (3.9 and 3.10 need >= 3.1; 4.0 needs 3.2).
+  spec.add_development_dependency "rbs", "~> 3.9"
   spec.add_development_dependency "rspec", "~> 3.12"
 end
