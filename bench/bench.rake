@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-# Loaded by the Rakefile (Dir.glob("bench/*.rake")). See bench/README.md.
+# Loaded by rakelib/bench.rake. See bench/README.md.
 #
 #   bundle exec rake bench        full run: 3 interleaved rounds, writes
 #                                 bench/results/latest.{md,svg,json}

@@ -1,6 +1,6 @@
 # frozen_string_literal: true
 
-# Loaded by the Rakefile (Dir.glob("bench/*.rake")).
+# Loaded by rakelib/bench.rake.
 #
 #   bundle exec rake soak                    60 s, 200 clients
 #   SOAK_SECONDS=600 bundle exec rake soak   ten minutes
