@@ -8,7 +8,7 @@
 #                                 harness still works; writes tmp/bench/quick.*
 #
 # BENCH_ONLY=accept,http,percall narrows either; the BENCH_* variables in
-# bench/harness.rb (Bench.config) override counts and durations.
+# bench/lib/config.rb (Bench.config) override counts and durations.
 bench_run = lambda do |*args|
   only = ENV["BENCH_ONLY"].to_s.strip
   args += ["--only", only] unless only.empty?
