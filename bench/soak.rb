@@ -31,8 +31,11 @@ require "hyperion/io_uring"
 require "socket"
 require "optparse"
 require "json"
+require_relative "../spec/support/full_io"
 
 module Soak
+  extend FullIO # read_fully, write_fully (shared with the specs)
+
   MIB = 1024.0 * 1024
 
   module_function
@@ -102,33 +105,6 @@ module Soak
   rescue StandardError => e
     problems << "#{e.class}: #{e.message}"
     sock&.close unless sock&.closed?
-  end
-
-  def read_fully(sock, n, deadline)
-    data = +"".b
-    while data.bytesize < n
-      left = deadline - now
-      raise "read timed out after #{data.bytesize} of #{n} bytes" if left <= 0
-
-      chunk = sock.read_nonblock(n - data.bytesize, exception: false)
-      case chunk
-      when :wait_readable then sock.wait_readable(left)
-      when nil then raise EOFError, "EOF after #{data.bytesize} of #{n} bytes"
-      else data << chunk
-      end
-    end
-    data
-  end
-
-  def write_fully(sock, data, deadline)
-    off = 0
-    while off < data.bytesize
-      left = deadline - now
-      raise "write timed out after #{off} of #{data.bytesize} bytes" if left <= 0
-
-      n = sock.write_nonblock(data.byteslice(off, data.bytesize - off), exception: false)
-      n == :wait_writable ? sock.wait_writable(left) : off += n
-    end
   end
 
   # ---- the server --------------------------------------------------------------

@@ -1,11 +1,14 @@
 # frozen_string_literal: true
 
 require "socket"
+require_relative "full_io"
 
 # Helpers for the HotpathRing specs (spec/hotpath_*_spec.rb): skipping where
 # the hot path does not work, pumping a ring with a deadline, and an echo
 # server driven by one ring with clients in threads.
 module HotpathHelpers
+  include FullIO # read_fully, write_fully
+
   IORING_CQE_F_MORE = 1 << 1
 
   def hotpath_class
@@ -72,40 +75,6 @@ module HotpathHelpers
       end
     end
     data
-  end
-
-  # Reads exactly n bytes from a plain socket, or raises once deadline
-  # (a monotonic time) passes.
-  def read_fully(sock, n, deadline)
-    data = +"".b
-    while data.bytesize < n
-      left = deadline - hp_now
-      raise "read timed out after #{data.bytesize} of #{n} bytes" if left <= 0
-
-      chunk = sock.read_nonblock([n - data.bytesize, 1 << 20].min, exception: false)
-      case chunk
-      when :wait_readable then sock.wait_readable(left)
-      when nil then raise EOFError, "EOF after #{data.bytesize} of #{n} bytes"
-      else data << chunk
-      end
-    end
-    data
-  end
-
-  # Writes all of data to a plain socket, or raises once deadline passes.
-  def write_fully(sock, data, deadline)
-    off = 0
-    while off < data.bytesize
-      left = deadline - hp_now
-      raise "write timed out after #{off} of #{data.bytesize} bytes" if left <= 0
-
-      n = sock.write_nonblock(data.byteslice(off, data.bytesize - off), exception: false)
-      if n == :wait_writable
-        sock.wait_writable(left)
-      else
-        off += n
-      end
-    end
   end
 
   # A fd number that is not open (it was a moment ago).
