@@ -6,32 +6,10 @@ require "securerandom"
 # HotpathRing's API surface: constants, arguments, buffers, the completion
 # forms, stats, closed rings, environment defaults and the hot-path policy.
 RSpec.describe Hyperion::IOUring::HotpathRing do
-  include HotpathHelpers
-
-  let(:k) { described_class }
-  let(:ecanceled) { -Errno::ECANCELED::Errno }
-
-  before do
-    require_hotpath!
-    hotpath_fd_snapshot
-  end
-
-  after do
-    @sockets&.each { |s| s.close unless s.closed? }
-    @fds&.each { |fd| close_fd(fd) }
-    @rings&.each(&:close)
-    hotpath_expect_no_new_fds
-  end
+  include_context "hotpath ring"
 
   def new_ring(**opts)
     k.new(**opts).tap { |r| (@rings ||= []) << r }
-  end
-
-  def connection(ring)
-    l, client, fd = open_hotpath_connection(ring)
-    (@sockets ||= []).push(l, client)
-    (@fds ||= []) << fd
-    [l, client, fd]
   end
 
   # A ring holding one received buffer with +data+ in it: [ring, buf_id, fd].
