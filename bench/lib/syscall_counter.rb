@@ -165,6 +165,9 @@ module Bench
 
   MEMORY_SYSCALLS = %w[mmap munmap brk madvise].freeze
 
+  # Syscalls per operation from a count (SyscallCounter#count): all, without
+  # the ones +close_path+ costs (and without Ruby's heap growth besides),
+  # io_uring_enter, and the eight most frequent.
   def self.syscall_metrics(counts, ops, close_path: %w[close])
     return {} unless counts && ops.positive?
 
@@ -183,6 +186,7 @@ module Bench
     }
   end
 
+  # The log line's syscall part.
   def self.sys_summary(m)
     return "" unless m[:sys]
 
