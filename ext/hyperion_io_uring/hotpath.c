@@ -74,76 +74,41 @@ hp_conn(struct hio_hotpath *h, int fd)
     return &h->conns[fd];
 }
 
-/* Queue a completion for Ruby. Only malloc here (never Ruby's allocator:
- * it may raise in the middle of a reap). */
+/* Queue a completion for Ruby. */
 static void
 hp_push(struct hio_hotpath *h, int op, int fd, int64_t res, int32_t bid, uint32_t flags)
 {
-    struct hio_completion *c;
+    struct hio_completion *c = hio_fifo_push(&h->done, sizeof(*c), 64);
 
-    if (h->q_count == h->q_cap) {
-        unsigned cap = h->q_cap ? h->q_cap * 2 : 64, i;
-        struct hio_completion *nq = malloc((size_t)cap * sizeof(*nq));
-        if (!nq) { h->healthy = 0; return; }
-        for (i = 0; i < h->q_count; i++) nq[i] = h->q[(h->q_head + i) % h->q_cap];
-        free(h->q);
-        h->q = nq;
-        h->q_cap = cap;
-        h->q_head = 0;
-    }
-    c = &h->q[(h->q_head + h->q_count) % h->q_cap];
+    if (!c) { h->healthy = 0; return; }
     c->op_kind = op;
     c->fd = fd;
     c->result = res;
     c->buf_id = bid;
     c->flags = flags;
-    h->q_count++;
 }
 
 int
 hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out)
 {
-    if (h->q_count == 0) return 0;
-    *out = h->q[h->q_head];
-    h->q_head = (h->q_head + 1) % h->q_cap;
-    h->q_count--;
+    const struct hio_completion *c = hio_fifo_front(&h->done, sizeof(*c));
+
+    if (!c) return 0;
+    *out = *c;
+    hio_fifo_drop(&h->done);
     return 1;
 }
 
 static void
 hp_park(struct hio_hotpath *h, int fd)
 {
-    if (h->parked_count == h->parked_cap) {
-        unsigned cap = h->parked_cap ? h->parked_cap * 2 : 16, i;
-        int *np = malloc((size_t)cap * sizeof(*np));
-        if (!np) { h->healthy = 0; return; }
-        for (i = 0; i < h->parked_count; i++) np[i] = h->parked[(h->parked_head + i) % h->parked_cap];
-        free(h->parked);
-        h->parked = np;
-        h->parked_cap = cap;
-        h->parked_head = 0;
-    }
-    h->parked[(h->parked_head + h->parked_count) % h->parked_cap] = fd;
-    h->parked_count++;
+    int *slot = hio_fifo_push(&h->parked, sizeof(int), 16);
+
+    if (!slot) { h->healthy = 0; return; }
+    *slot = fd;
 }
 
 /* ---- closes the kernel may not have taken yet ---- */
-
-static int
-hp_closes_reserve(struct hio_hotpath *h)
-{
-    if (h->closes_count == h->closes_cap) {
-        unsigned cap = h->closes_cap ? h->closes_cap * 2 : 16, i;
-        struct hio_close_pending *nc = malloc((size_t)cap * sizeof(*nc));
-        if (!nc) return -ENOMEM;
-        for (i = 0; i < h->closes_count; i++) nc[i] = h->closes[(h->closes_head + i) % h->closes_cap];
-        free(h->closes);
-        h->closes = nc;
-        h->closes_cap = cap;
-        h->closes_head = 0;
-    }
-    return 0;
-}
 
 /* Whether the kernel has taken the SQE at free-running SQ position pos
  * (io_uring_get_sqe handed it out at sq.sqe_tail - 1; the kernel advances
@@ -160,14 +125,12 @@ hp_sq_taken(const struct hio_hotpath *h, uint32_t pos)
 static void
 hp_sweep_closes(struct hio_hotpath *h)
 {
-    while (h->closes_count > 0) {
-        struct hio_close_pending *p = &h->closes[h->closes_head];
-        struct hio_conn *c;
-        if (!hp_sq_taken(h, p->pos)) break;
-        c = &h->conns[p->fd];
+    const struct hio_close_pending *p;
+
+    while ((p = hio_fifo_front(&h->closes, sizeof(*p))) && hp_sq_taken(h, p->pos)) {
+        struct hio_conn *c = &h->conns[p->fd];
         if (c->closing == HIO_CLOSE_ISSUED && c->close_pos == p->pos) c->closing = HIO_CLOSE_NONE;
-        h->closes_head = (h->closes_head + 1) % h->closes_cap;
-        h->closes_count--;
+        hio_fifo_drop(&h->closes);
     }
 }
 
@@ -213,7 +176,7 @@ hp_issue_close(struct hio_hotpath *h, int fd, struct hio_conn *c)
     uint32_t pos;
 
     h->st.closes++;
-    if (!c || hp_closes_reserve(h) == 0) sqe = hp_sqe(h);
+    if (!c || hio_fifo_reserve(&h->closes, sizeof(struct hio_close_pending), 16) == 0) sqe = hp_sqe(h);
     if (!sqe) {
         int err = close(fd) < 0 ? -errno : 0;
         if (c) c->closing = HIO_CLOSE_NONE;
@@ -230,8 +193,8 @@ hp_issue_close(struct hio_hotpath *h, int fd, struct hio_conn *c)
     if (!c) return;
     c->closing = HIO_CLOSE_ISSUED;
     c->close_pos = pos;
-    h->closes[(h->closes_head + h->closes_count) % h->closes_cap] = (struct hio_close_pending){ fd, pos };
-    h->closes_count++;
+    *(struct hio_close_pending *)hio_fifo_push(&h->closes, sizeof(struct hio_close_pending), 16) =
+        (struct hio_close_pending){ fd, pos }; /* room reserved above */
 }
 
 static int
@@ -499,7 +462,7 @@ static int hp_fd_identity(int fd, uint64_t *ino, uint64_t *dev);
 static int
 hp_same_socket(int fd, const struct hio_conn *c)
 {
-    uint64_t ino, dev;
+    uint64_t ino = 0, dev = 0;
 
     if (hp_fd_identity(fd, &ino, &dev) < 0) return 0;
     return ino == c->ino && dev == c->dev;
@@ -619,7 +582,7 @@ hp_reap(struct hio_hotpath *h)
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
 
-    if (h->closes_count) hp_sweep_closes(h);
+    if (h->closes.count) hp_sweep_closes(h);
     if (io_uring_cq_has_overflow(&h->uring)) h->st.cq_overflows++;
     /* Copy each CQE out and advance before handling: handlers may queue
      * SQEs, and nothing here calls into Ruby. */
@@ -648,11 +611,10 @@ hp_unpark(struct hio_hotpath *h)
 {
     unsigned avail = h->bufs.n - h->bufs.in_use;
 
-    while (h->parked_count > 0 && avail > 0) {
-        int fd = h->parked[h->parked_head];
+    while (h->parked.count > 0 && avail > 0) {
+        int fd = *(int *)hio_fifo_front(&h->parked, sizeof(int));
         struct hio_conn *c = &h->conns[fd];
-        h->parked_head = (h->parked_head + 1) % h->parked_cap;
-        h->parked_count--;
+        hio_fifo_drop(&h->parked);
         if (c->recv != HIO_ARM_PARKED) continue; /* cancelled or replaced meanwhile */
         if (hp_arm_recv(h, fd, c) < 0) { hp_park(h, fd); c->recv = HIO_ARM_PARKED; break; }
         h->st.rearms++;
@@ -736,8 +698,13 @@ hp_check_closing(struct hio_hotpath *h, struct hio_conn *c, uint64_t ino, uint64
     return 0;
 }
 
-int
-hio_hp_submit_accept(struct hio_hotpath *h, int fd)
+/* The one way a number is claimed for a submit: learn which socket fd
+ * names now and refuse while submit_close still owns the number. If it
+ * named another socket before (closed without cancel and reused, or
+ * accepted elsewhere), the entry is retired first. Returns 0 with *out, or
+ * -errno. */
+static int
+hp_claim(struct hio_hotpath *h, int fd, struct hio_conn **out)
 {
     struct hio_conn *c;
     uint64_t ino, dev;
@@ -747,10 +714,23 @@ hio_hp_submit_accept(struct hio_hotpath *h, int fd)
     if (!(c = hp_conn(h, fd))) return -ENOMEM;
     if (c->closing && (ret = hp_check_closing(h, c, ino, dev)) < 0) return ret;
     if (c->ino != ino || c->dev != dev) {
-        if (c->accept != HIO_ARM_NONE || c->recv != HIO_ARM_NONE || c->send_head >= 0) hp_retire(h, fd, c);
+        /* An entry with no identity has nothing to retire: nothing was
+         * armed or queued on it since it was accepted or retired. */
+        if (c->ino || c->dev) hp_retire(h, fd, c);
         c->ino = ino;
         c->dev = dev;
     }
+    *out = c;
+    return 0;
+}
+
+int
+hio_hp_submit_accept(struct hio_hotpath *h, int fd)
+{
+    struct hio_conn *c;
+    int ret = hp_claim(h, fd, &c);
+
+    if (ret < 0) return ret;
     if (c->accept == HIO_ARM_ARMED) return 0; /* already armed: a second would double every accept */
     return hp_arm_accept(h, fd, c);
 }
@@ -759,19 +739,9 @@ int
 hio_hp_submit_recv(struct hio_hotpath *h, int fd)
 {
     struct hio_conn *c;
-    uint64_t ino, dev;
-    int ret = hp_fd_identity(fd, &ino, &dev);
+    int ret = hp_claim(h, fd, &c);
 
     if (ret < 0) return ret;
-    if (!(c = hp_conn(h, fd))) return -ENOMEM;
-    if (c->closing && (ret = hp_check_closing(h, c, ino, dev)) < 0) return ret;
-    if (c->ino != ino || c->dev != dev) {
-        /* Another socket than the one armed before (closed without cancel,
-         * number reused by a socket accepted elsewhere). */
-        if (c->ino || c->dev) hp_retire(h, fd, c);
-        c->ino = ino;
-        c->dev = dev;
-    }
     if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_PARKED) return 0;
     if (c->recv == HIO_ARM_CANCELLING) {
         /* Re-armed before the cancel's final CQE: that CQE belongs to the
@@ -787,7 +757,6 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
     struct hio_conn *c;
     struct hio_send *s;
     size_t len = 0, off = 0;
-    uint64_t ino, dev;
     unsigned i;
     int32_t slot;
     int ret;
@@ -800,22 +769,12 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
     }
     if (fd < 0) return -EBADF;
     c = (unsigned)fd < h->nconns ? &h->conns[fd] : NULL;
-    if (!c || (!c->ino && !c->dev) || c->send_head >= 0 || c->closing) {
-        /* Learn which socket the number names: on its first use since it
-         * was accepted or armed, when sends are still pending on it (if
-         * it names another socket now, closed without cancel and reused, the
-         * new send must not queue behind the old connection's), and after
-         * submit_close. Otherwise no syscall: an idle keep-alive
-         * connection's send costs none. */
-        if ((ret = hp_fd_identity(fd, &ino, &dev)) < 0) return ret;
-        if (!(c = hp_conn(h, fd))) return -ENOMEM;
-        if (c->closing && (ret = hp_check_closing(h, c, ino, dev)) < 0) return ret;
-        if (c->ino != ino || c->dev != dev) {
-            if (c->ino || c->dev) hp_retire(h, fd, c);
-            c->ino = ino;
-            c->dev = dev;
-        }
-    }
+    /* Claimed on its first use since it was accepted or armed, when sends
+     * are still pending on it (if it names another socket now, the new send
+     * must not queue behind the old connection's), and after submit_close.
+     * Otherwise no syscall: an idle keep-alive connection's send costs none. */
+    if ((!c || (!c->ino && !c->dev) || c->send_head >= 0 || c->closing) && (ret = hp_claim(h, fd, &c)) < 0)
+        return ret;
     if (len == 0) {
         hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
         return 0;
@@ -949,7 +908,7 @@ hio_hp_flush(struct hio_hotpath *h)
     if (io_uring_sq_ready(&h->uring) == 0) return 0;
     h->st.submits++;
     ret = io_uring_submit(&h->uring);
-    if (h->closes_count) hp_sweep_closes(h);
+    if (h->closes.count) hp_sweep_closes(h);
     return ret == -EBUSY || ret == -EAGAIN ? 0 : ret;
 }
 
@@ -960,7 +919,7 @@ hio_hp_release(struct hio_hotpath *h, unsigned bid)
 
     if (ret < 0) return ret;
     hio_bufring_release(&h->bufs, bid);
-    if (h->parked_count) hp_unpark(h);
+    if (h->parked.count) hp_unpark(h);
     return 0;
 }
 
@@ -975,7 +934,7 @@ hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interrupti
         int ret;
 
         if (io_uring_cq_ready(&h->uring)) { hp_reap(h); hp_unpark(h); }
-        if (h->q_count >= want && want > 0) return 0;
+        if (h->done.count >= want && want > 0) return 0;
         if (timeout == 0 || want == 0) {
             /* min_complete: 0 (upstream's polling form) or timeout_ms: 0:
              * do not wait; submit, let the kernel run deferred work, peek. */
@@ -1001,17 +960,17 @@ hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interrupti
         if (interruptible) {
             if (hio_wait_scheduler(&h->uring, left, &h->sched_io)) {
                 ret = hio_submit_get_events(&h->uring);
-            } else if (min_wait_us && want > h->q_count + 1 && h->batch_wait) {
+            } else if (min_wait_us && want > h->done.count + 1 && h->batch_wait) {
                 /* A batch wait ends at min_wait_us with whatever is there
                  * (at least one), so the ring's own late requests cannot
                  * stall it; the caller gets what it brought, even if less
                  * than want. */
                 h->st.batch_waits++;
-                ret = hio_wait_batch_nogvl(&h->uring, want - h->q_count, left, min_wait_us);
+                ret = hio_wait_batch_nogvl(&h->uring, want - h->done.count, left, min_wait_us);
                 if (ret < 0) { h->healthy = 0; return ret; }
                 hp_reap(h);
                 hp_unpark(h);
-                if (h->q_count > 0) return 0;
+                if (h->done.count > 0) return 0;
                 rb_thread_check_ints();
                 continue;
             } else {
@@ -1026,7 +985,7 @@ hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interrupti
         /* A batch wait the kernel cannot make (no IORING_FEAT_MIN_TIMEOUT,
          * valgrind, a Fiber scheduler) ends at the first completion, as the
          * batch wait would once min_wait_us passed. */
-        if (h->q_count >= want || (min_wait_us && h->q_count > 0)) return 0;
+        if (h->done.count >= want || (min_wait_us && h->done.count > 0)) return 0;
         if (interruptible) rb_thread_check_ints();
     }
 }
@@ -1042,16 +1001,12 @@ hp_free_tables(struct hio_hotpath *h, int kernel_may_write)
     }
     free(h->sends);
     free(h->conns);
-    free(h->q);
-    free(h->parked);
-    free(h->closes);
+    hio_fifo_free(&h->done);
+    hio_fifo_free(&h->parked);
+    hio_fifo_free(&h->closes);
     h->sends = NULL;
     h->conns = NULL;
-    h->q = NULL;
-    h->parked = NULL;
-    h->closes = NULL;
-    h->nsends = h->nconns = h->q_cap = h->q_count = h->parked_cap = h->parked_count = 0;
-    h->closes_cap = h->closes_count = 0;
+    h->nsends = h->nconns = 0;
     h->send_free = -1;
 }
 
@@ -1105,14 +1060,14 @@ hp_close_leftovers(struct hio_hotpath *h)
     unsigned i;
 
     hp_sweep_closes(h);
-    for (i = 0; i < h->closes_count; i++) {
-        const struct hio_close_pending *p = &h->closes[(h->closes_head + i) % h->closes_cap];
+    for (i = 0; i < h->closes.count; i++) {
+        const struct hio_close_pending *p = hio_fifo_at(&h->closes, sizeof(*p), i);
         struct hio_conn *c = &h->conns[p->fd];
         if (c->closing != HIO_CLOSE_ISSUED || c->close_pos != p->pos) continue;
         c->closing = HIO_CLOSE_NONE;
         close(p->fd); /* counted in closes when it was issued */
     }
-    h->closes_count = 0;
+    h->closes.count = 0;
     for (i = 0; i < h->nconns; i++) {
         struct hio_conn *c = &h->conns[i];
         if (c->closing != HIO_CLOSE_QUEUED) continue;

@@ -43,8 +43,8 @@ hpc_memsize(const void *p)
     if (h->inited) {
         sz += h->bufs.mem_bytes + h->bufs.br_bytes + h->bufs.n * 5u;
         sz += (size_t)h->nconns * sizeof(struct hio_conn) + (size_t)h->nsends * sizeof(struct hio_send);
-        sz += (size_t)h->q_cap * sizeof(struct hio_completion) + (size_t)h->parked_cap * sizeof(int);
-        sz += (size_t)h->closes_cap * sizeof(struct hio_close_pending);
+        sz += (size_t)h->done.cap * sizeof(struct hio_completion) + (size_t)h->parked.cap * sizeof(int);
+        sz += (size_t)h->closes.cap * sizeof(struct hio_close_pending);
     }
     return sz;
 }
@@ -306,7 +306,7 @@ hpc_each_body(VALUE arg)
     /* Yield what is queued now (not what the block queues meanwhile). Each
      * completion leaves the queue before its block runs: an exception in the
      * block loses none of the others. */
-    limit = h->q_count;
+    limit = h->done.count;
     while (limit-- > 0 && h->inited && hio_hp_pop(h, &c)) {
         e->yielded++;
         if (e->raw) {
@@ -729,7 +729,7 @@ hpc_stats(VALUE self)
     HPC_STAT("batch_waits", h->st.batch_waits);
     HPC_STAT("closes", h->st.closes);
     HPC_STAT("inflight", h->inflight < 0 ? 0 : h->inflight);
-    HPC_STAT("queued", h->q_count);
+    HPC_STAT("queued", h->done.count);
     HPC_STAT("setup_flags", h->flags);
 #undef HPC_STAT
     return s;

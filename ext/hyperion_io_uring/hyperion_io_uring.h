@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include "fifo.h"
 
 #ifndef HIO_LIBURING_VERSION
 #define HIO_LIBURING_VERSION "unknown"
@@ -232,12 +233,9 @@ struct hio_hotpath {
     struct hio_send *sends;
     unsigned nsends;
     int32_t send_free;
-    struct hio_completion *q;    /* completions reaped, not yet yielded */
-    unsigned q_head, q_count, q_cap;
-    int *parked;                 /* fds whose recv ended with ENOBUFS (FIFO) */
-    unsigned parked_head, parked_count, parked_cap;
-    struct hio_close_pending *closes; /* ISSUED closes, until the kernel takes them (FIFO) */
-    unsigned closes_head, closes_count, closes_cap;
+    struct hio_fifo done;        /* struct hio_completion: reaped, not yet yielded */
+    struct hio_fifo parked;      /* int: fds whose recv ended with ENOBUFS */
+    struct hio_fifo closes;      /* struct hio_close_pending: ISSUED closes, until the kernel takes them */
     int close_skip;              /* closes use IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP) */
     long inflight;               /* requests whose final CQE is still due */
     struct hio_stats st;
