@@ -198,34 +198,6 @@ hp_issue_close(struct hio_hotpath *h, int fd, struct hio_conn *c)
 }
 
 static int
-hp_arm_accept(struct hio_hotpath *h, int fd, struct hio_conn *c)
-{
-    struct io_uring_sqe *sqe = hp_sqe(h);
-
-    if (!sqe) return -EBUSY;
-    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
-    c->accept = HIO_ARM_ARMED;
-    h->inflight++;
-    return 0;
-}
-
-static int
-hp_arm_recv(struct hio_hotpath *h, int fd, struct hio_conn *c)
-{
-    struct io_uring_sqe *sqe = hp_sqe(h);
-
-    if (!sqe) return -EBUSY;
-    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = HP_BGID;
-    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
-    c->recv = HIO_ARM_ARMED;
-    h->inflight++;
-    return 0;
-}
-
-static int
 hp_send_start(struct hio_hotpath *h, int32_t slot)
 {
     struct hio_send *s = &h->sends[slot];
@@ -280,6 +252,203 @@ hp_send_alloc(struct hio_hotpath *h)
     return slot;
 }
 
+/* ---- multishot accept and recv ---- */
+
+/* What one completion of a multishot request means. */
+enum hp_ms_act {
+    HP_MS_STALE,   /* of a connection the number no longer names: dropped */
+    HP_MS_DELIVER, /* for Ruby as it is: data, an accepted fd, or an error the request survives */
+    HP_MS_REARM,   /* a transient end (a cancel the kernel made): armed again, Ruby hears nothing */
+    HP_MS_PARK,    /* recv ran out of buffers: re-armed once Ruby gives one back */
+    HP_MS_END      /* the request is over; Ruby gets res */
+};
+
+struct hp_ms_verdict {
+    uint8_t act;   /* enum hp_ms_act */
+    uint8_t final; /* the kernel is done with the request: no IORING_CQE_F_MORE */
+    uint8_t rearm; /* HP_MS_DELIVER: arm again once delivered */
+    uint8_t next;  /* the arm state after it (enum hio_arm_state) */
+    int32_t res;   /* HP_MS_END: the result Ruby gets */
+};
+
+/*
+ * The one table of multishot accept and recv: (arm state, completion) ->
+ * verdict. state is the request's arm state; stale says the completion's
+ * generation is not the entry's any more.
+ *
+ * A CQE without IORING_CQE_F_MORE ends the request, whatever res is. Only
+ * transient ends are re-armed: a cancel the kernel made (state still ARMED,
+ * so not Ruby's), a CQ overflow (an end with a result), ENOBUFS (parked
+ * until a buffer comes back). EINVAL, EBADF, ENOTSOCK and the like are
+ * final: re-arming them would spin. An error with F_MORE set leaves the
+ * request armed: re-arming it would stack a duplicate.
+ */
+static struct hp_ms_verdict
+hp_ms_table(unsigned kind, unsigned state, int stale, int res, unsigned flags)
+{
+    struct hp_ms_verdict v = { HP_MS_DELIVER, !(flags & IORING_CQE_F_MORE), 0, (uint8_t)state, res };
+
+    if (stale) {
+        v.act = HP_MS_STALE; /* the entry's state is the new connection's */
+        return v;
+    }
+    if (!v.final) return v;
+    v.next = HIO_ARM_NONE;
+    if (res > 0 || (kind == HIO_OP_ACCEPT && res == 0)) {
+        v.rearm = state == HIO_ARM_ARMED; /* ended with a result: a CQ overflow */
+        return v;
+    }
+    if (res == -ECANCELED && state == HIO_ARM_ARMED) {
+        v.act = HP_MS_REARM;
+    } else if (kind == HIO_OP_RECV && res == -ENOBUFS && state != HIO_ARM_CANCELLING) {
+        /* The bytes stay in the socket; a re-arm after a release gets them. */
+        v.act = HP_MS_PARK;
+        v.next = HIO_ARM_PARKED;
+    } else {
+        /* EOF, a final error, or the end of a cancel Ruby asked for (an
+         * ENOBUFS end while cancelling is that cancel's end too). */
+        v.act = HP_MS_END;
+        if (res == -ENOBUFS) v.res = -ECANCELED;
+    }
+    return v;
+}
+
+static uint8_t *
+hp_ms_state(struct hio_conn *c, unsigned kind)
+{
+    return kind == HIO_OP_ACCEPT ? &c->accept : &c->recv;
+}
+
+/* Arms a multishot accept or recv on fd (for the entry's generation). */
+static int
+hp_ms_arm(struct hio_hotpath *h, unsigned kind, int fd, struct hio_conn *c)
+{
+    struct io_uring_sqe *sqe = hp_sqe(h);
+
+    if (!sqe) return -EBUSY;
+    if (kind == HIO_OP_ACCEPT) {
+        io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    } else {
+        io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = HP_BGID;
+    }
+    io_uring_sqe_set_data64(sqe, hp_ud(kind, c->gen, (uint32_t)fd));
+    *hp_ms_state(c, kind) = HIO_ARM_ARMED;
+    h->inflight++;
+    return 0;
+}
+
+/* Arms again after a transient end. With no SQE to be had (SQ full and the
+ * kernel refusing submissions while the CQ overflows) a recv is parked, to
+ * be re-armed by the next reap; an accept reports -EBUSY to Ruby. */
+static void
+hp_ms_rearm(struct hio_hotpath *h, unsigned kind, int fd)
+{
+    struct hio_conn *c = &h->conns[fd];
+
+    if (hp_ms_arm(h, kind, fd, c) == 0) {
+        h->st.rearms++;
+    } else if (kind == HIO_OP_ACCEPT) {
+        hp_push(h, HIO_OP_ACCEPT, fd, -EBUSY, -1, 0);
+    } else {
+        c->recv = HIO_ARM_PARKED;
+        hp_park(h, fd);
+    }
+}
+
+/* Ruby asks for a multishot request on fd (claimed). */
+static int
+hp_ms_submit(struct hio_hotpath *h, unsigned kind, int fd, struct hio_conn *c)
+{
+    unsigned state = *hp_ms_state(c, kind);
+
+    /* Already armed: a second accept would double every accept; a parked
+     * recv is re-armed when buffers come back. */
+    if (state == HIO_ARM_ARMED || (kind == HIO_OP_RECV && state == HIO_ARM_PARKED)) return 0;
+    if (kind == HIO_OP_RECV && state == HIO_ARM_CANCELLING) {
+        /* Re-armed before the cancel's final CQE: that CQE belongs to the
+         * old request; a new generation keeps it from ending this one. */
+        c->gen = (c->gen + 1) & HP_GEN_MASK;
+    }
+    return hp_ms_arm(h, kind, fd, c);
+}
+
+/* Ruby cancels fd's multishot recv and accept; their final completions
+ * reach Ruby with -ECANCELED (or are dropped as stale once the number is
+ * reused). A parked recv has no request in the kernel: it ends at once. */
+static void
+hp_ms_cancel(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    if (c->recv == HIO_ARM_ARMED) {
+        hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
+        c->recv = HIO_ARM_CANCELLING;
+    } else if (c->recv == HIO_ARM_PARKED) {
+        c->recv = HIO_ARM_NONE; /* its parked entry is skipped when popped */
+        hp_push(h, HIO_OP_RECV, fd, -ECANCELED, -1, 0);
+    }
+    if (c->accept == HIO_ARM_ARMED) {
+        hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
+        c->accept = HIO_ARM_CANCELLING;
+    }
+}
+
+/* The entry is retired: armed requests are cancelled without a word to
+ * Ruby (their late CQEs are stale once the generation moves on). */
+static void
+hp_ms_forget(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    if (c->recv == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
+    if (c->accept == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
+    c->recv = c->accept = HIO_ARM_NONE;
+}
+
+/* Closing the ring on a kernel without IORING_ASYNC_CANCEL_ANY: cancels
+ * every multishot request the kernel may still hold, one by one. */
+static void
+hp_ms_cancel_every(struct hio_hotpath *h)
+{
+    unsigned i;
+
+    for (i = 0; i < h->nconns; i++) {
+        struct hio_conn *c = &h->conns[i];
+        if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_CANCELLING)
+            hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, i));
+        if (c->accept == HIO_ARM_ARMED || c->accept == HIO_ARM_CANCELLING)
+            hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, i));
+    }
+}
+
+/* Re-arm parked recvs, at most one per buffer the kernel has back. This can
+ * overestimate (a buffer filled but not reaped yet counts as free, and one
+ * multishot recv may take several), so some re-armed recvs end in ENOBUFS
+ * again; counting only buffers released since the last park would be
+ * cheaper but can stall: a re-armed recv whose socket has nothing left to
+ * read uses no buffer, and no further release comes to re-arm the rest. */
+static void
+hp_unpark(struct hio_hotpath *h)
+{
+    unsigned avail = h->bufs.n - h->bufs.in_use;
+
+    while (h->parked.count > 0 && avail > 0) {
+        int fd = *(int *)hio_fifo_front(&h->parked, sizeof(int));
+        struct hio_conn *c = &h->conns[fd];
+        hio_fifo_drop(&h->parked);
+        if (c->recv != HIO_ARM_PARKED) continue; /* cancelled or replaced meanwhile */
+        if (hp_ms_arm(h, HIO_OP_RECV, fd, c) < 0) { hp_park(h, fd); c->recv = HIO_ARM_PARKED; break; }
+        h->st.rearms++;
+        avail--;
+    }
+}
+
+/* Whether a CQE of a multishot request of kind ends it (accounting while
+ * the ring is torn down). */
+static int
+hp_ms_final(unsigned kind, int res, unsigned flags)
+{
+    return hp_ms_table(kind, HIO_ARM_NONE, 1, res, flags).final;
+}
+
 /* The fd number now names another connection (it was accepted anew, or a
  * different socket was armed on it). Requests of the previous one are
  * cancelled; their late CQEs no longer match c->gen and are dropped. */
@@ -288,8 +457,7 @@ hp_retire(struct hio_hotpath *h, int fd, struct hio_conn *c)
 {
     int32_t slot = c->send_head;
 
-    if (c->recv == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
-    if (c->accept == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
+    hp_ms_forget(h, fd, c);
     while (slot >= 0) {
         int32_t next = h->sends[slot].next;
         if (h->sends[slot].inflight) {
@@ -309,71 +477,8 @@ hp_retire(struct hio_hotpath *h, int fd, struct hio_conn *c)
     if (c->closing == HIO_CLOSE_QUEUED) hp_push(h, HIO_OP_CLOSE, fd, -EBADF, -1, 0);
     c->closing = HIO_CLOSE_NONE; /* an ISSUED close has run: the number is the new owner's */
     c->gen = (c->gen + 1) & HP_GEN_MASK;
-    c->recv = c->accept = HIO_ARM_NONE;
     c->send_head = c->send_tail = -1;
     c->ino = c->dev = 0;
-}
-
-/* ---- completion handlers ---- */
-
-/* Re-arm after a transient end. With no SQE to be had (SQ full and the
- * kernel refusing submissions while the CQ overflows) a recv is parked, to
- * be re-armed by the next reap; an accept reports -EBUSY to Ruby. */
-static void
-hp_rearm_recv(struct hio_hotpath *h, int fd, struct hio_conn *c)
-{
-    if (hp_arm_recv(h, fd, c) == 0) {
-        h->st.rearms++;
-        return;
-    }
-    c->recv = HIO_ARM_PARKED;
-    hp_park(h, fd);
-}
-
-static void
-hp_rearm_accept(struct hio_hotpath *h, int lfd, struct hio_conn *c)
-{
-    if (hp_arm_accept(h, lfd, c) == 0) {
-        h->st.rearms++;
-        return;
-    }
-    hp_push(h, HIO_OP_ACCEPT, lfd, -EBUSY, -1, 0);
-}
-
-static void
-hp_on_accept(struct hio_hotpath *h, int lfd, uint32_t gen, int res, unsigned flags)
-{
-    struct hio_conn *c = &h->conns[lfd];
-    int final = !(flags & IORING_CQE_F_MORE);
-    int state = c->accept;
-
-    if (final) h->inflight--;
-    if (c->gen != gen) {
-        /* The listener's number was reused: nobody wants this connection. */
-        h->st.stale_completions++;
-        if (res >= 0) close(res);
-        return;
-    }
-    if (final) c->accept = HIO_ARM_NONE;
-    if (res >= 0) {
-        struct hio_conn *nc = hp_conn(h, res); /* may move h->conns */
-        if (!nc) { close(res); h->healthy = 0; return; }
-        c = &h->conns[lfd];
-        hp_retire(h, res, nc);
-        h->st.accepts++;
-        hp_push(h, HIO_OP_ACCEPT, lfd, res, -1, flags);
-        /* Ended without an error (a CQ overflow ends multishot): re-arm. */
-        if (final && state == HIO_ARM_ARMED) hp_rearm_accept(h, lfd, c);
-        return;
-    }
-    if (final && res == -ECANCELED && state == HIO_ARM_ARMED) {
-        /* Cancelled by the kernel, not by Ruby: transient, re-arm. */
-        hp_rearm_accept(h, lfd, c);
-        return;
-    }
-    /* Errors reach Ruby. EINVAL, EBADF, ENOTSOCK are final and never re-armed:
-     * that would spin. Errors with F_MORE set leave the accept armed. */
-    hp_push(h, HIO_OP_ACCEPT, lfd, res, -1, flags);
 }
 
 static void
@@ -388,57 +493,66 @@ hp_recycle(struct hio_hotpath *h, unsigned flags)
     }
 }
 
-static void
-hp_on_recv(struct hio_hotpath *h, int fd, uint32_t gen, int res, unsigned flags)
+/* Hands a multishot result to Ruby. An accepted fd retires whatever the
+ * ring still kept for its number, first: completions of that old
+ * connection reach Ruby before the new one's. Returns 0 when the ring
+ * broke instead. */
+static int
+hp_deliver(struct hio_hotpath *h, unsigned kind, int fd, int res, unsigned flags)
 {
-    struct hio_conn *c = &h->conns[fd];
-    int final = !(flags & IORING_CQE_F_MORE);
-    int state = c->recv;
-
-    if (final) h->inflight--;
-    if (c->gen != gen) {
-        h->st.stale_completions++;
-        if (res > 0 && (flags & IORING_CQE_F_BUFFER)) hp_recycle(h, flags);
-        return;
-    }
-    if (final) c->recv = HIO_ARM_NONE;
-    if (res > 0) {
+    if (kind == HIO_OP_ACCEPT && res >= 0) {
+        struct hio_conn *nc = hp_conn(h, res); /* may move h->conns */
+        if (!nc) { close(res); h->healthy = 0; return 0; }
+        hp_retire(h, res, nc);
+        h->st.accepts++;
+    } else if (kind == HIO_OP_RECV && res > 0) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
         if (!(flags & IORING_CQE_F_BUFFER) || hio_bufring_take(&h->bufs, bid, (unsigned)res) < 0) {
             /* The kernel handed us a buffer we think it does not have. */
             h->healthy = 0;
             hp_push(h, HIO_OP_RECV, fd, -EFAULT, -1, flags);
-            return;
+            return 0;
         }
         h->st.recvs++;
         h->st.recv_bytes += (uint64_t)res;
         hp_push(h, HIO_OP_RECV, fd, res, (int32_t)bid, flags);
-        if (final && state == HIO_ARM_ARMED) hp_rearm_recv(h, fd, c);
+        return 1;
+    }
+    /* F_BUFFER on an error CQE (one stable kernel did that) is ignored:
+     * re-adding a buffer the kernel may still list would corrupt. */
+    hp_push(h, (int)kind, fd, res, -1, flags);
+    return 1;
+}
+
+static void
+hp_on_multishot(struct hio_hotpath *h, unsigned kind, int fd, uint32_t gen, int res, unsigned flags)
+{
+    struct hio_conn *c = &h->conns[fd];
+    struct hp_ms_verdict v = hp_ms_table(kind, *hp_ms_state(c, kind), c->gen != gen, res, flags);
+
+    if (v.final) h->inflight--;
+    if (v.act == HP_MS_STALE) {
+        h->st.stale_completions++;
+        if (kind == HIO_OP_ACCEPT && res >= 0) close(res); /* nobody wants this connection */
+        if (kind == HIO_OP_RECV && res > 0 && (flags & IORING_CQE_F_BUFFER)) hp_recycle(h, flags);
         return;
     }
-    /* res <= 0. F_BUFFER on an error CQE (one stable kernel did that) is
-     * ignored: re-adding a buffer the kernel may still list would corrupt. */
-    if (!final) {
-        hp_push(h, HIO_OP_RECV, fd, res, -1, flags);
-        return;
-    }
-    if (res == -ENOBUFS) {
-        /* The buffer ring ran dry; the bytes stay in the socket. Park the
-         * connection and re-arm it when Ruby releases a buffer. */
-        h->st.enobufs++;
-        if (state == HIO_ARM_CANCELLING) {
-            hp_push(h, HIO_OP_RECV, fd, -ECANCELED, -1, flags);
-            return;
-        }
-        c->recv = HIO_ARM_PARKED;
+    *hp_ms_state(c, kind) = v.next;
+    if (kind == HIO_OP_RECV && res == -ENOBUFS && v.final) h->st.enobufs++;
+    switch (v.act) {
+      case HP_MS_DELIVER:
+        if (hp_deliver(h, kind, fd, res, flags) && v.rearm) hp_ms_rearm(h, kind, fd);
+        break;
+      case HP_MS_REARM:
+        hp_ms_rearm(h, kind, fd);
+        break;
+      case HP_MS_PARK:
         hp_park(h, fd);
-        return;
+        break;
+      case HP_MS_END:
+        hp_push(h, (int)kind, fd, v.res, -1, flags);
+        break;
     }
-    if (res == -ECANCELED && state == HIO_ARM_ARMED) {
-        hp_rearm_recv(h, fd, c);
-        return;
-    }
-    hp_push(h, HIO_OP_RECV, fd, res, -1, flags); /* EOF (0) or a final error */
 }
 
 static void
@@ -548,16 +662,16 @@ hp_handle(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
             if (!h->close_skip) h->inflight--;
             return;
         }
-        if (kind >= HIO_OP_ACCEPT && kind <= HIO_OP_CANCEL && !(flags & IORING_CQE_F_MORE)) h->inflight--;
+        if (kind == HIO_OP_SEND || kind == HIO_OP_CANCEL ||
+            ((kind == HIO_OP_ACCEPT || kind == HIO_OP_RECV) && hp_ms_final(kind, res, flags)))
+            h->inflight--;
         if (kind == HIO_OP_CANCEL && res == -EINVAL) h->cancel_any_failed = 1;
         return;
     }
     switch (kind) {
       case HIO_OP_ACCEPT:
-        if (idx < h->nconns) hp_on_accept(h, (int)idx, gen, res, flags);
-        break;
       case HIO_OP_RECV:
-        if (idx < h->nconns) hp_on_recv(h, (int)idx, gen, res, flags);
+        if (idx < h->nconns) hp_on_multishot(h, kind, (int)idx, gen, res, flags);
         break;
       case HIO_OP_SEND:
         hp_on_send(h, (int32_t)idx, gen, res, flags);
@@ -597,28 +711,6 @@ hp_reap(struct hio_hotpath *h)
         if (n == 0) break;
         io_uring_cq_advance(&h->uring, n);
         for (i = 0; i < n; i++) hp_handle(h, batch[i].user_data, batch[i].res, batch[i].flags);
-    }
-}
-
-/* Re-arm parked recvs, at most one per buffer the kernel has back. This can
- * overestimate (a buffer filled but not reaped yet counts as free, and one
- * multishot recv may take several), so some re-armed recvs end in ENOBUFS
- * again; counting only buffers released since the last park would be
- * cheaper but can stall: a re-armed recv whose socket has nothing left to
- * read uses no buffer, and no further release comes to re-arm the rest. */
-static void
-hp_unpark(struct hio_hotpath *h)
-{
-    unsigned avail = h->bufs.n - h->bufs.in_use;
-
-    while (h->parked.count > 0 && avail > 0) {
-        int fd = *(int *)hio_fifo_front(&h->parked, sizeof(int));
-        struct hio_conn *c = &h->conns[fd];
-        hio_fifo_drop(&h->parked);
-        if (c->recv != HIO_ARM_PARKED) continue; /* cancelled or replaced meanwhile */
-        if (hp_arm_recv(h, fd, c) < 0) { hp_park(h, fd); c->recv = HIO_ARM_PARKED; break; }
-        h->st.rearms++;
-        avail--;
     }
 }
 
@@ -731,8 +823,7 @@ hio_hp_submit_accept(struct hio_hotpath *h, int fd)
     int ret = hp_claim(h, fd, &c);
 
     if (ret < 0) return ret;
-    if (c->accept == HIO_ARM_ARMED) return 0; /* already armed: a second would double every accept */
-    return hp_arm_accept(h, fd, c);
+    return hp_ms_submit(h, HIO_OP_ACCEPT, fd, c);
 }
 
 int
@@ -742,13 +833,7 @@ hio_hp_submit_recv(struct hio_hotpath *h, int fd)
     int ret = hp_claim(h, fd, &c);
 
     if (ret < 0) return ret;
-    if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_PARKED) return 0;
-    if (c->recv == HIO_ARM_CANCELLING) {
-        /* Re-armed before the cancel's final CQE: that CQE belongs to the
-         * old request; a new generation keeps it from ending this one. */
-        c->gen = (c->gen + 1) & HP_GEN_MASK;
-    }
-    return hp_arm_recv(h, fd, c);
+    return hp_ms_submit(h, HIO_OP_RECV, fd, c);
 }
 
 int
@@ -820,24 +905,6 @@ hio_hp_submit_send(struct hio_hotpath *h, int fd, const void *data, size_t len)
     return hio_hp_submit_sendv(h, fd, &iov, 1);
 }
 
-/* Cancels fd's multishot recv and accept; their final completions reach
- * Ruby with -ECANCELED (or are dropped as stale once the number is reused). */
-static void
-hp_cancel_multishot(struct hio_hotpath *h, int fd, struct hio_conn *c)
-{
-    if (c->recv == HIO_ARM_ARMED) {
-        hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
-        c->recv = HIO_ARM_CANCELLING;
-    } else if (c->recv == HIO_ARM_PARKED) {
-        c->recv = HIO_ARM_NONE; /* its parked entry is skipped when popped */
-        hp_push(h, HIO_OP_RECV, fd, -ECANCELED, -1, 0);
-    }
-    if (c->accept == HIO_ARM_ARMED) {
-        hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
-        c->accept = HIO_ARM_CANCELLING;
-    }
-}
-
 int
 hio_hp_cancel(struct hio_hotpath *h, int fd)
 {
@@ -846,7 +913,7 @@ hio_hp_cancel(struct hio_hotpath *h, int fd)
     if (fd < 0) return -EINVAL;
     if ((unsigned)fd >= h->nconns) return 0;
     c = &h->conns[fd];
-    hp_cancel_multishot(h, fd, c);
+    hp_ms_cancel(h, fd, c);
     if (c->send_head >= 0) {
         int32_t head = c->send_head;
         struct hio_send *s = &h->sends[head];
@@ -891,7 +958,7 @@ hio_hp_submit_close(struct hio_hotpath *h, int fd)
          * was opened since; closing it again is what close(2) twice does. */
         c->closing = HIO_CLOSE_NONE;
     }
-    hp_cancel_multishot(h, fd, c);
+    hp_ms_cancel(h, fd, c);
     if (c->send_head >= 0) {
         c->closing = HIO_CLOSE_QUEUED; /* hp_close_after_sends, at the last send's end */
         return 0;
@@ -1038,13 +1105,7 @@ hp_drain_all(struct hio_hotpath *h)
             /* Older kernel: cancel request by request. */
             unsigned i;
             fallback_done = 1;
-            for (i = 0; i < h->nconns; i++) {
-                struct hio_conn *c = &h->conns[i];
-                if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_CANCELLING)
-                    hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, i));
-                if (c->accept == HIO_ARM_ARMED || c->accept == HIO_ARM_CANCELLING)
-                    hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, i));
-            }
+            hp_ms_cancel_every(h);
             for (i = 0; i < h->nsends; i++)
                 if (h->sends[i].inflight) hp_prep_cancel(h, hp_ud(HIO_OP_SEND, h->sends[i].gen, i));
         }
