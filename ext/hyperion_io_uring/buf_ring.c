@@ -106,6 +106,21 @@ hio_bufring_release(struct hio_bufring *b, unsigned bid)
     io_uring_buf_ring_advance(b->br, 1);
 }
 
+/* A buffer Ruby never saw (a stale recv's) goes back to the kernel. */
+void
+hio_bufring_recycle(struct hio_bufring *b, unsigned bid)
+{
+    if (bid >= b->n || b->held[bid]) return;
+    bufr_add(b, bid, 0);
+    io_uring_buf_ring_advance(b->br, 1);
+}
+
+unsigned
+hio_bufring_available(const struct hio_bufring *b)
+{
+    return b->n - b->in_use;
+}
+
 const unsigned char *
 hio_bufring_data(const struct hio_bufring *b, unsigned bid)
 {

@@ -1,13 +1,12 @@
 /*
- * errors.c: errno -> exception, argument helpers shared by the bindings,
- * and the owner (pid + OS thread) guards.
+ * errors.c: errno -> exception, the gem's error classes, the Unsupported
+ * check of the bindings, and the owner (pid + OS thread) guards.
  */
 #include "hyperion_io_uring.h"
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <unistd.h>
-#include <ruby/io.h>
 
 /* ---- Exceptions ---- */
 
@@ -29,50 +28,20 @@ hio_raise_closed(void)
     rb_raise(rb_eIOError, "ring closed");
 }
 
-/* ---- Arguments ---- */
-
-/* An Integer fd or an IO (anything answering #fileno is not accepted:
- * upstream takes fds and IOs only, and a duck-typed object could lie). */
-int
-hio_fd_arg(VALUE v, const char *what)
+/* Raises Unsupported (with the reason) when the policy layer says the host
+ * cannot do what (probe: its predicate, reason: the method that says why);
+ * lib/hyperion/io_uring.rb defines them before it loads the extension. */
+void
+hio_require_supported(const char *what, const char *probe, const char *reason_method)
 {
-    if (RB_INTEGER_TYPE_P(v)) {
-        long fd;
-        if (!FIXNUM_P(v)) rb_raise(rb_eArgError, "%s: fd out of range", what);
-        fd = FIX2LONG(v);
-        if (fd < 0 || fd > INT32_MAX) rb_raise(rb_eArgError, "%s: invalid fd %ld", what, fd);
-        return (int)fd;
-    }
-    if (RB_TYPE_P(v, T_FILE)) {
-        /* Checked here rather than by GetOpenFile or rb_io_descriptor: their
-         * IOError "closed stream" does not say which call got the closed IO. */
-#ifdef HAVE_RB_IO_CLOSED_P
-        /* Ruby 3.3 deprecates reading rb_io_t's fields. */
-        if (RTEST(rb_io_closed_p(v))) rb_raise(rb_eIOError, "%s: closed stream", what);
-        return rb_io_descriptor(v);
-#else
-        rb_io_t *fptr = RFILE(v)->fptr;
-        if (!fptr || fptr->fd < 0) rb_raise(rb_eIOError, "%s: closed stream", what);
-        return fptr->fd;
-#endif
-    }
-    rb_raise(rb_eTypeError, "%s: expected an Integer fd or an IO, got %s", what, rb_obj_classname(v));
-    UNREACHABLE_RETURN(-1);
-}
+    ID pid = rb_intern(probe);
+    VALUE reason;
 
-/* nil -> -1 (wait forever); Numeric seconds >= 0 otherwise. */
-double
-hio_timeout_arg(VALUE t, const char *what)
-{
-    double d;
-
-    if (NIL_P(t)) return -1.0;
-    if (!rb_obj_is_kind_of(t, rb_cNumeric))
-        rb_raise(rb_eTypeError, "%s: timeout must be Numeric or nil, got %s", what, rb_obj_classname(t));
-    d = NUM2DBL(t);
-    if (d != d || d < 0) rb_raise(rb_eArgError, "%s: timeout must be >= 0", what);
-    if (d > 1e9) d = 1e9;
-    return d;
+    if (!rb_respond_to(hio_mIOUring, pid)) return;
+    if (RTEST(rb_funcall(hio_mIOUring, pid, 0))) return;
+    reason = rb_funcall(hio_mIOUring, rb_intern(reason_method), 0);
+    rb_raise(hio_eUnsupported, "%s not supported on this host: %"PRIsVALUE, what,
+             NIL_P(reason) ? rb_str_new_cstr("unknown reason") : reason);
 }
 
 /* ---- Owner guards ---- */

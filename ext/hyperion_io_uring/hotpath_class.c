@@ -4,7 +4,7 @@
  * Argument checks and conversions only; hotpath.c does the work and wait.c
  * the blocking.
  */
-#include "hyperion_io_uring.h"
+#include "hp.h"
 #include <errno.h>
 #include <string.h>
 #include <limits.h>
@@ -74,42 +74,15 @@ hpc_get(VALUE self)
     return h;
 }
 
-static struct hio_hotpath *
-hpc_usable(VALUE self)
+/* The ring the caller may use now, or an exception saying why not. */
+struct hio_hotpath *
+hio_hotpath_usable(VALUE self)
 {
     struct hio_hotpath *h = hpc_get(self);
 
     if (!h->inited) hio_raise_closed();
     hio_owner_check(&h->owner, HP_CLASS);
     return h;
-}
-
-static unsigned
-hpc_uint_arg(VALUE v, const char *what, unsigned lo, unsigned hi, int pow2)
-{
-    long n;
-
-    if (!RB_INTEGER_TYPE_P(v)) rb_raise(rb_eTypeError, "%s must be an Integer, got %s", what, rb_obj_classname(v));
-    n = FIXNUM_P(v) ? FIX2LONG(v) : -1;
-    if (n < (long)lo || n > (long)hi || (pow2 && (n & (n - 1))))
-        rb_raise(rb_eArgError, "%s must be %sin %u..%u (got %"PRIsVALUE")", what,
-                 pow2 ? "a power of two " : "", lo, hi, v);
-    return (unsigned)n;
-}
-
-/* Unsupported with the hot path's own reason. hio_require_supported asks
- * unsupported_reason, which is nil when io_uring works but the hot path
- * does not: the message then said "unknown reason". */
-static void
-hpc_require_supported(void)
-{
-    VALUE reason;
-
-    if (!rb_respond_to(hio_mIOUring, rb_intern("hotpath_supported?"))) return;
-    if (RTEST(rb_funcall(hio_mIOUring, rb_intern("hotpath_supported?"), 0))) return;
-    reason = rb_funcall(hio_mIOUring, rb_intern("hotpath_unsupported_reason"), 0);
-    rb_raise(hio_eUnsupported, "io_uring hotpath not supported on this host: %"PRIsVALUE,
-             NIL_P(reason) ? rb_str_new_cstr("unknown reason") : reason);
 }
 
 /* ---- Methods ---- */
@@ -141,10 +114,10 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
     if (kw[1] == Qundef) kw[1] = rb_respond_to(klass, id_default_n_bufs) ? rb_funcall(klass, id_default_n_bufs, 0) : INT2FIX(512);
     if (kw[2] == Qundef) kw[2] = rb_respond_to(klass, id_default_buf_size) ? rb_funcall(klass, id_default_buf_size, 0) : INT2FIX(8192);
-    n_bufs = hpc_uint_arg(kw[1], "n_bufs", 1, 32768, 1);
-    buf_size = hpc_uint_arg(kw[2], "buf_size", 1, HP_MAX_BUF_SIZE, 0);
+    n_bufs = hio_uint_arg(kw[1], "n_bufs", 1, 32768, 1);
+    buf_size = hio_uint_arg(kw[2], "buf_size", 1, HP_MAX_BUF_SIZE, 0);
     if (h->inited || h->closed) rb_raise(rb_eRuntimeError, "ring already initialized");
-    hpc_require_supported();
+    hio_require_supported("io_uring hotpath", "hotpath_supported?", "hotpath_unsupported_reason");
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
     if (ret < 0)
         hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", h->err, depth, n_bufs, buf_size);
@@ -177,7 +150,7 @@ static VALUE
 hpc_submit_accept(VALUE self, VALUE listener)
 {
     int fd = hio_fd_arg(listener, "submit_accept_multishot");
-    struct hio_hotpath *h = hpc_usable(self);
+    struct hio_hotpath *h = hio_hotpath_usable(self);
 
     hpc_check_submit(h, hio_hp_submit_accept(h, fd), "submit_accept_multishot", fd);
     return Qnil;
@@ -197,24 +170,10 @@ static VALUE
 hpc_submit_recv(VALUE self, VALUE fdv)
 {
     int fd = hio_fd_arg(fdv, "submit_recv_multishot");
-    struct hio_hotpath *h = hpc_usable(self);
+    struct hio_hotpath *h = hio_hotpath_usable(self);
 
     hpc_check_submit(h, hio_hp_submit_recv(h, fd), "submit_recv_multishot", fd);
     return Qnil;
-}
-
-/* A Fiddle::Pointer (without loading Fiddle: no pointer exists unless it is). */
-static int
-hpc_fiddle_pointer_p(VALUE v)
-{
-    ID id_fiddle = rb_intern("Fiddle"), id_pointer = rb_intern("Pointer");
-    VALUE fiddle, pointer;
-
-    if (!rb_const_defined(rb_cObject, id_fiddle)) return 0;
-    fiddle = rb_const_get(rb_cObject, id_fiddle);
-    if (!RB_TYPE_P(fiddle, T_MODULE) || !rb_const_defined(fiddle, id_pointer)) return 0;
-    pointer = rb_const_get(fiddle, id_pointer);
-    return RB_TYPE_P(pointer, T_CLASS) && RTEST(rb_obj_is_kind_of(v, pointer));
 }
 
 /*
@@ -245,38 +204,14 @@ hpc_submit_send(int argc, VALUE *argv, VALUE self)
     fd = hio_fd_arg(fdv, "submit_send");
     if (NIL_P(count)) {
         StringValue(data);
-        h = hpc_usable(self);
+        h = hio_hotpath_usable(self);
         ret = hio_hp_submit_send(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data));
         RB_GC_GUARD(data);
     } else {
-        /* Upstream's legacy form: the address of iov_count struct iovec, a
-         * Fiddle::Pointer or an Integer. Nothing else: anything went
-         * through #to_i before, so submit_send(fd, "4096", 1) read iovecs
-         * at address 4096 and segfaulted. What a raw address points at
-         * cannot be checked; a Fiddle::Pointer of known size at least
-         * covers the iovecs. */
-        VALUE addr;
-        long cnt;
-        if (!RB_INTEGER_TYPE_P(count)) rb_raise(rb_eTypeError, "iov_count must be an Integer");
-        cnt = NUM2LONG(count);
-        if (cnt < 0 || cnt > IOV_MAX) rb_raise(rb_eArgError, "iov_count must be in 0..%d (got %ld)", IOV_MAX, cnt);
-        if (RB_INTEGER_TYPE_P(data)) {
-            addr = data;
-        } else if (hpc_fiddle_pointer_p(data)) {
-            VALUE size = rb_funcall(data, rb_intern("size"), 0);
-            addr = rb_funcall(data, rb_intern("to_i"), 0);
-            if (RB_INTEGER_TYPE_P(size) && NUM2LL(size) > 0 && NUM2LL(size) < cnt * (long long)sizeof(struct iovec))
-                rb_raise(rb_eArgError, "submit_send: %ld iovecs need %ld bytes, the pointer has %lld", cnt,
-                         cnt * (long)sizeof(struct iovec), NUM2LL(size));
-        } else {
-            rb_raise(rb_eTypeError, "submit_send: iov_ptr must be a Fiddle::Pointer or an Integer address, got %s",
-                     rb_obj_classname(data));
-        }
-        if (FIXNUM_P(addr) ? FIX2LONG(addr) < 0 : RB_INTEGER_TYPE_P(addr) && RBIGNUM_NEGATIVE_P(addr))
-            rb_raise(rb_eArgError, "submit_send: negative iov pointer");
-        if (cnt > 0 && NUM2ULL(addr) == 0) rb_raise(rb_eArgError, "submit_send: NULL iov pointer");
-        h = hpc_usable(self);
-        ret = hio_hp_submit_sendv(h, fd, (const struct iovec *)(uintptr_t)NUM2ULL(addr), (unsigned)cnt);
+        unsigned iovcnt;
+        const struct iovec *iov = hio_iov_arg(data, count, "submit_send", &iovcnt);
+        h = hio_hotpath_usable(self);
+        ret = hio_hp_submit_sendv(h, fd, iov, iovcnt);
     }
     hpc_check_submit(h, ret, "submit_send", fd);
     return Qnil;
@@ -376,118 +311,20 @@ hpc_each_completion(int argc, VALUE *argv, VALUE self)
     rb_scan_args(argc, argv, "0:", &opts);
     if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 4, kw);
     memset(&e, 0, sizeof(e));
-    e.want = kw[0] == Qundef ? 1 : hpc_uint_arg(kw[0], "min_complete", 0, 65536, 0);
-    e.timeout = 0.1;
-    if (kw[1] != Qundef) {
-        if (NIL_P(kw[1])) e.timeout = -1.0;
-        else if (!RB_INTEGER_TYPE_P(kw[1]) && !RB_FLOAT_TYPE_P(kw[1]))
-            rb_raise(rb_eTypeError, "timeout_ms must be Numeric or nil, got %s", rb_obj_classname(kw[1]));
-        else {
-            double ms = NUM2DBL(kw[1]);
-            if (ms != ms || ms < 0) rb_raise(rb_eArgError, "timeout_ms must be >= 0");
-            /* Capped at 1e9 s, as Ring's timeout: (no limit, in practice). A
-             * bigger one (1e300, Float::INFINITY) overflowed the timespec
-             * conversion in wait.c, undefined behaviour that on x86 gave a
-             * negative tv_sec: every wait returned at once and the loop
-             * spun at 100% CPU. */
-            e.timeout = ms > 1e12 ? 1e9 : ms / 1000.0;
-        }
-    }
+    e.want = kw[0] == Qundef ? 1 : hio_uint_arg(kw[0], "min_complete", 0, 65536, 0);
+    e.timeout = kw[1] == Qundef ? 0.1 : hio_timeout_ms_arg(kw[1]);
     e.raw = kw[2] != Qundef && RTEST(kw[2]);
     /* Up to 1 s: a batch wait is meant to be short (the kernel takes a u32). */
-    if (kw[3] != Qundef && !NIL_P(kw[3])) e.min_wait_us = hpc_uint_arg(kw[3], "min_wait_us", 0, 1000000, 0);
+    if (kw[3] != Qundef && !NIL_P(kw[3])) e.min_wait_us = hio_uint_arg(kw[3], "min_wait_us", 0, 1000000, 0);
     rb_need_block();
     e.self = self;
-    e.h = hpc_usable(self);
+    e.h = hio_hotpath_usable(self);
     if (e.h->in_each)
         rb_raise(hio_eError, "each_completion is not reentrant (called from its own block, or from "
                              "another fiber while it waits under the Fiber scheduler)");
     e.h->in_each = 1;
     rb_ensure(hpc_each_body, (VALUE)&e, hpc_each_ensure, (VALUE)&e);
     return LONG2NUM(e.yielded);
-}
-
-static unsigned
-hpc_held_buffer(struct hio_hotpath *h, VALUE bidv)
-{
-    long bid;
-    int ret;
-
-    if (!RB_INTEGER_TYPE_P(bidv)) rb_raise(rb_eTypeError, "buf_id must be an Integer, got %s", rb_obj_classname(bidv));
-    bid = FIXNUM_P(bidv) ? FIX2LONG(bidv) : -1;
-    ret = hio_bufring_check(&h->bufs, bid);
-    if (ret == -ERANGE) rb_raise(rb_eArgError, "buf_id %"PRIsVALUE" out of range 0..%u", bidv, h->bufs.n - 1);
-    if (ret < 0)
-        rb_raise(rb_eArgError, "buffer %ld is not held by Ruby (already released, or never delivered by a recv)", bid);
-    return (unsigned)bid;
-}
-
-static long
-hpc_len_arg(struct hio_hotpath *h, unsigned bid, VALUE lenv)
-{
-    long len;
-
-    if (!RB_INTEGER_TYPE_P(lenv)) rb_raise(rb_eTypeError, "len must be an Integer, got %s", rb_obj_classname(lenv));
-    len = FIXNUM_P(lenv) ? FIX2LONG(lenv) : -1;
-    if (len < 0 || len > (long)h->bufs.len[bid])
-        rb_raise(rb_eArgError, "len %"PRIsVALUE" is outside the %u bytes the kernel wrote into buffer %u", lenv,
-                 h->bufs.len[bid], bid);
-    return len;
-}
-
-/*
- * call-seq:
- *   ring.copy_buffer(buf_id, len) -> String
- *
- * A new binary String of the first +len+ bytes of buffer +buf_id+ (one
- * copy, straight from the kernel's buffer). The buffer stays held: give it
- * back with #release_buffer. ArgumentError for an id out of range, a buffer
- * Ruby does not hold, or +len+ beyond what the kernel wrote.
- */
-static VALUE
-hpc_copy_buffer(VALUE self, VALUE bidv, VALUE lenv)
-{
-    struct hio_hotpath *h = hpc_usable(self);
-    unsigned bid = hpc_held_buffer(h, bidv);
-    long len = hpc_len_arg(h, bid, lenv);
-
-    return rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
-}
-
-/*
- * call-seq:
- *   ring.release_buffer(buf_id) -> nil
- *
- * Gives buffer +buf_id+ back to the kernel (and re-arms connections parked
- * for lack of buffers). ArgumentError when Ruby does not hold it (out of
- * range, or released twice).
- */
-static VALUE
-hpc_release_buffer(VALUE self, VALUE bidv)
-{
-    struct hio_hotpath *h = hpc_usable(self);
-    unsigned bid = hpc_held_buffer(h, bidv);
-
-    hio_hp_release(h, bid);
-    return Qnil;
-}
-
-/*
- * call-seq:
- *   ring.take_buffer(buf_id, len) -> String
- *
- * #copy_buffer then #release_buffer, in one call.
- */
-static VALUE
-hpc_take_buffer(VALUE self, VALUE bidv, VALUE lenv)
-{
-    struct hio_hotpath *h = hpc_usable(self);
-    unsigned bid = hpc_held_buffer(h, bidv);
-    long len = hpc_len_arg(h, bid, lenv);
-    VALUE str = rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
-
-    hio_hp_release(h, bid);
-    return str;
 }
 
 /*
@@ -504,7 +341,7 @@ static VALUE
 hpc_cancel(VALUE self, VALUE fdv)
 {
     int fd = hio_fd_arg(fdv, "cancel");
-    struct hio_hotpath *h = hpc_usable(self);
+    struct hio_hotpath *h = hio_hotpath_usable(self);
 
     hpc_check_submit(h, hio_hp_cancel(h, fd), "cancel", fd);
     return Qnil;
@@ -560,7 +397,7 @@ hpc_submit_close(VALUE self, VALUE fdv)
                                 "again later, when it may name another connection; close the IO itself)",
                  rb_obj_classname(fdv));
     fd = hio_fd_arg(fdv, "submit_close");
-    h = hpc_usable(self);
+    h = hio_hotpath_usable(self);
     ret = hio_hp_submit_close(h, fd);
     if (ret == -EINVAL) rb_raise(rb_eArgError, "submit_close: fd %d is the ring's own (use #close)", fd);
     hpc_check_submit(h, ret, "submit_close", fd);
@@ -577,7 +414,7 @@ hpc_submit_close(VALUE self, VALUE fdv)
 static VALUE
 hpc_flush(VALUE self)
 {
-    struct hio_hotpath *h = hpc_usable(self);
+    struct hio_hotpath *h = hio_hotpath_usable(self);
     int ret = hio_hp_flush(h);
 
     if (ret < 0) hio_raise_errno(ret, "io_uring_submit(flush)");
@@ -689,7 +526,7 @@ hpc_ptr(VALUE self)
 static VALUE
 hpc_batch_wait_supported_p(VALUE self)
 {
-    struct hio_hotpath *h = hpc_usable(self);
+    struct hio_hotpath *h = hio_hotpath_usable(self);
     return h->batch_wait ? Qtrue : Qfalse;
 }
 
@@ -785,9 +622,7 @@ hio_init_hotpath_class(void)
     rb_define_method(hio_cHotpathRing, "submit_recv_multishot", hpc_submit_recv, 1);
     rb_define_method(hio_cHotpathRing, "submit_send", hpc_submit_send, -1);
     rb_define_method(hio_cHotpathRing, "each_completion", hpc_each_completion, -1);
-    rb_define_method(hio_cHotpathRing, "copy_buffer", hpc_copy_buffer, 2);
-    rb_define_method(hio_cHotpathRing, "release_buffer", hpc_release_buffer, 1);
-    rb_define_method(hio_cHotpathRing, "take_buffer", hpc_take_buffer, 2);
+    hio_init_hotpath_buffers(hio_cHotpathRing);
     rb_define_method(hio_cHotpathRing, "cancel", hpc_cancel, 1);
     rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, 1);
     rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);

@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include "fifo.h"
+#include "registry.h"
+#include "setup.h"
 
 #ifndef HIO_LIBURING_VERSION
 #define HIO_LIBURING_VERSION "unknown"
@@ -46,9 +48,17 @@ extern VALUE hio_eRingError;
 /* ---- errors.c ---- */
 NORETURN(void hio_raise_errno(int err, const char *fmt, ...));
 NORETURN(void hio_raise_closed(void));
+void hio_require_supported(const char *what, const char *probe, const char *reason_method);
+void hio_init_errors(void);
+
+/* ---- args.c: argument helpers of the bindings ---- */
 int hio_fd_arg(VALUE io_or_fd, const char *what);
 double hio_timeout_arg(VALUE timeout, const char *what);
-void hio_init_errors(void);
+double hio_timeout_ms_arg(VALUE timeout_ms);
+unsigned hio_depth_arg(VALUE v, const char *what);
+unsigned hio_uint_arg(VALUE v, const char *what, unsigned lo, unsigned hi, int pow2);
+struct iovec;
+const struct iovec *hio_iov_arg(VALUE ptr, VALUE count, const char *what, unsigned *iovcnt);
 
 /* ---- owner: the process and OS thread a ring belongs to ---- */
 struct hio_owner {
@@ -61,8 +71,7 @@ int hio_owner_other_thread(const struct hio_owner *o);
 /* Raises ForkError / ThreadError when the caller may not use the ring. */
 void hio_owner_check(const struct hio_owner *o, const char *cls);
 
-/* ---- probe.c: ring setup with the best flags this kernel takes ---- */
-int hio_queue_init(struct io_uring *ring, unsigned entries, unsigned cq_entries, unsigned *flags_out);
+/* ---- probe.c ---- */
 void hio_queue_forget(struct io_uring *ring);
 void hio_init_probe(void);
 
@@ -157,6 +166,8 @@ int hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, 
 int hio_bufring_take(struct hio_bufring *b, unsigned bid, unsigned len);
 int hio_bufring_check(const struct hio_bufring *b, long bid);
 void hio_bufring_release(struct hio_bufring *b, unsigned bid);
+void hio_bufring_recycle(struct hio_bufring *b, unsigned bid);
+unsigned hio_bufring_available(const struct hio_bufring *b);
 const unsigned char *hio_bufring_data(const struct hio_bufring *b, unsigned bid);
 void hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, int kernel_may_write);
 
@@ -178,70 +189,12 @@ struct hio_completion {
     uint32_t flags;
 };
 
-enum hio_arm_state { HIO_ARM_NONE = 0, HIO_ARM_ARMED, HIO_ARM_PARKED, HIO_ARM_CANCELLING };
-
-/* submit_close: QUEUED waits for the fd's queued sends to end; ISSUED has
- * its IORING_OP_CLOSE in the SQ, not yet taken by the kernel (the number is
- * still this connection's until then). */
-enum hio_close_state { HIO_CLOSE_NONE = 0, HIO_CLOSE_QUEUED, HIO_CLOSE_ISSUED };
-
-/* Per fd number. gen changes whenever the number starts naming another
- * connection, so late completions of the previous one are dropped. */
-struct hio_conn {
-    uint32_t gen;
-    uint8_t recv;     /* enum hio_arm_state */
-    uint8_t accept;   /* enum hio_arm_state */
-    uint8_t closing;  /* enum hio_close_state */
-    int32_t send_head, send_tail; /* queue of send slots, -1: empty */
-    uint32_t close_pos; /* ISSUED: SQ position of the close SQE */
-    uint64_t ino, dev; /* identity of the socket the recv was armed on */
-};
-
-/* A close SQE the kernel may not have taken yet (FIFO in SQ order). */
-struct hio_close_pending {
-    int fd;
-    uint32_t pos;
-};
-
-struct hio_send {
-    int fd;
-    uint32_t gen;
-    char *data;       /* ring-owned copy of the payload */
-    size_t len, off;
-    int32_t next;     /* next in the fd's queue, or in the free list */
-    uint8_t inflight;
-    uint8_t cancelled;
-};
-
 struct hio_stats {
     uint64_t accepts, recvs, recv_bytes, sends, send_bytes, short_sends, enobufs, rearms,
         cq_overflows, stale_completions, submits, waits, batch_waits, closes;
 };
 
-#define HIO_HOTPATH_MAGIC 0x48494f55u /* "HIOU" */
-
-struct hio_hotpath {
-    uint32_t magic;              /* HIO_HOTPATH_MAGIC while open (C entry point) */
-    struct io_uring uring;
-    int inited, closed, healthy, leaked, in_each, closing, cancel_any_failed;
-    int batch_wait;              /* each_completion(min_wait_us:) makes kernel batch waits */
-    unsigned flags, depth;
-    struct hio_owner owner;
-    struct hio_bufring bufs;
-    struct hio_conn *conns;
-    unsigned nconns;
-    struct hio_send *sends;
-    unsigned nsends;
-    int32_t send_free;
-    struct hio_fifo done;        /* struct hio_completion: reaped, not yet yielded */
-    struct hio_fifo parked;      /* int: fds whose recv ended with ENOBUFS */
-    struct hio_fifo closes;      /* struct hio_close_pending: ISSUED closes, until the kernel takes them */
-    int close_skip;              /* closes use IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP) */
-    long inflight;               /* requests whose final CQE is still due */
-    struct hio_stats st;
-    char err[160];               /* what failed, for probe reasons */
-    VALUE sched_io;              /* IO of the eventfd for Fiber scheduler waits (marked) */
-};
+struct hio_hotpath;
 
 int hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size);
 int hio_hp_submit_accept(struct hio_hotpath *h, int fd);
@@ -262,13 +215,11 @@ int hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out);
 void hio_hp_close(struct hio_hotpath *h);
 const char *hio_hp_probe(char *reason, size_t cap);
 
-/* ---- c_api.c: live rings for the exported C entry point ---- */
-void hio_registry_add(struct hio_hotpath *h);
-void hio_registry_remove(struct hio_hotpath *h);
-
-void hio_require_supported(const char *what, const char *probe);
-unsigned hio_depth_arg(VALUE v, const char *what);
 void hio_init_ring_class(void);
 void hio_init_hotpath_class(void);
+/* hotpath_class.c: the engine of a HotpathRing the caller may use now, or
+ * an exception saying why not (closed, forked, another thread). */
+struct hio_hotpath *hio_hotpath_usable(VALUE self);
+void hio_init_hotpath_buffers(VALUE klass);
 
 #endif

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 VALUE hio_cRing;
-static ID id_queue_depth, id_timeout, id_max, id_supported_p, id_unsupported_reason;
+static ID id_queue_depth, id_timeout, id_max;
 static VALUE sym_wouldblock;
 
 /* ---- TypedData ---- */
@@ -93,35 +93,6 @@ ringc_check_fork(const struct hio_sring *r)
         hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
 }
 
-/* Raise Unsupported (with the reason) when the policy layer says the host
- * cannot; the lib/ layer defines supported? before it loads us. */
-void
-hio_require_supported(const char *what, const char *probe)
-{
-    ID pid = rb_intern(probe);
-    VALUE reason;
-
-    if (!rb_respond_to(hio_mIOUring, pid)) return;
-    if (RTEST(rb_funcall(hio_mIOUring, pid, 0))) return;
-    reason = rb_funcall(hio_mIOUring, id_unsupported_reason, 0);
-    rb_raise(hio_eUnsupported, "%s not supported on this host: %"PRIsVALUE, what,
-             NIL_P(reason) ? rb_str_new_cstr("unknown reason") : reason);
-}
-
-unsigned
-hio_depth_arg(VALUE v, const char *what)
-{
-    long d;
-
-    if (!RB_INTEGER_TYPE_P(v))
-        rb_raise(rb_eTypeError, "%s must be an Integer, got %s", what, rb_obj_classname(v));
-    if (!FIXNUM_P(v)) rb_raise(rb_eArgError, "%s must be in 1..%u", what, HIO_MAX_QUEUE_DEPTH);
-    d = FIX2LONG(v);
-    if (d < 1 || d > (long)HIO_MAX_QUEUE_DEPTH)
-        rb_raise(rb_eArgError, "%s must be in 1..%u (got %ld)", what, HIO_MAX_QUEUE_DEPTH, d);
-    return (unsigned)d;
-}
-
 /* ---- Methods ---- */
 
 /*
@@ -145,7 +116,7 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
     if (!NIL_P(opts)) rb_get_kwargs(opts, &id_queue_depth, 0, 1, kw);
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
     if (r->inited) rb_raise(rb_eRuntimeError, "ring already initialized");
-    hio_require_supported("io_uring", "supported?");
+    hio_require_supported("io_uring", "supported?", "unsupported_reason");
     ret = hio_sring_open(r, depth);
     if (ret < 0) hio_raise_errno(ret, "io_uring_setup(queue_depth: %u)", depth);
     return self;
@@ -336,8 +307,6 @@ hio_init_ring_class(void)
     id_queue_depth = rb_intern("queue_depth");
     id_timeout = rb_intern("timeout");
     id_max = rb_intern("max");
-    id_supported_p = rb_intern("supported?");
-    id_unsupported_reason = rb_intern("unsupported_reason");
     sym_wouldblock = ID2SYM(rb_intern("wouldblock"));
 
     hio_cRing = rb_define_class_under(hio_mIOUring, "Ring", rb_cObject);

@@ -1,0 +1,100 @@
+/*
+ * hotpath_buffers.c: Ruby binding of HotpathRing's recv buffers
+ * (copy_buffer, release_buffer, take_buffer): which buffer ids Ruby holds,
+ * and how much of one it may read.
+ *
+ * Layer: bindings. Calls hotpath.c's engine API, buf_ring.c, args.c.
+ */
+#include "hp.h"
+#include <errno.h>
+
+static unsigned
+hpb_held(struct hio_hotpath *h, VALUE bidv)
+{
+    long bid;
+    int ret;
+
+    if (!RB_INTEGER_TYPE_P(bidv)) rb_raise(rb_eTypeError, "buf_id must be an Integer, got %s", rb_obj_classname(bidv));
+    bid = FIXNUM_P(bidv) ? FIX2LONG(bidv) : -1;
+    ret = hio_bufring_check(&h->bufs, bid);
+    if (ret == -ERANGE) rb_raise(rb_eArgError, "buf_id %"PRIsVALUE" out of range 0..%u", bidv, h->bufs.n - 1);
+    if (ret < 0)
+        rb_raise(rb_eArgError, "buffer %ld is not held by Ruby (already released, or never delivered by a recv)", bid);
+    return (unsigned)bid;
+}
+
+static long
+hpb_len_arg(struct hio_hotpath *h, unsigned bid, VALUE lenv)
+{
+    long len;
+
+    if (!RB_INTEGER_TYPE_P(lenv)) rb_raise(rb_eTypeError, "len must be an Integer, got %s", rb_obj_classname(lenv));
+    len = FIXNUM_P(lenv) ? FIX2LONG(lenv) : -1;
+    if (len < 0 || len > (long)h->bufs.len[bid])
+        rb_raise(rb_eArgError, "len %"PRIsVALUE" is outside the %u bytes the kernel wrote into buffer %u", lenv,
+                 h->bufs.len[bid], bid);
+    return len;
+}
+
+/*
+ * call-seq:
+ *   ring.copy_buffer(buf_id, len) -> String
+ *
+ * A new binary String of the first +len+ bytes of buffer +buf_id+ (one
+ * copy, straight from the kernel's buffer). The buffer stays held: give it
+ * back with #release_buffer. ArgumentError for an id out of range, a buffer
+ * Ruby does not hold, or +len+ beyond what the kernel wrote.
+ */
+static VALUE
+hpb_copy(VALUE self, VALUE bidv, VALUE lenv)
+{
+    struct hio_hotpath *h = hio_hotpath_usable(self);
+    unsigned bid = hpb_held(h, bidv);
+    long len = hpb_len_arg(h, bid, lenv);
+
+    return rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
+}
+
+/*
+ * call-seq:
+ *   ring.release_buffer(buf_id) -> nil
+ *
+ * Gives buffer +buf_id+ back to the kernel (and re-arms connections parked
+ * for lack of buffers). ArgumentError when Ruby does not hold it (out of
+ * range, or released twice).
+ */
+static VALUE
+hpb_release(VALUE self, VALUE bidv)
+{
+    struct hio_hotpath *h = hio_hotpath_usable(self);
+    unsigned bid = hpb_held(h, bidv);
+
+    hio_hp_release(h, bid);
+    return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.take_buffer(buf_id, len) -> String
+ *
+ * #copy_buffer then #release_buffer, in one call.
+ */
+static VALUE
+hpb_take(VALUE self, VALUE bidv, VALUE lenv)
+{
+    struct hio_hotpath *h = hio_hotpath_usable(self);
+    unsigned bid = hpb_held(h, bidv);
+    long len = hpb_len_arg(h, bid, lenv);
+    VALUE str = rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
+
+    hio_hp_release(h, bid);
+    return str;
+}
+
+void
+hio_init_hotpath_buffers(VALUE klass)
+{
+    rb_define_method(klass, "copy_buffer", hpb_copy, 2);
+    rb_define_method(klass, "release_buffer", hpb_release, 1);
+    rb_define_method(klass, "take_buffer", hpb_take, 2);
+}
