@@ -122,7 +122,7 @@ hp_dispatch(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
         if (kind == HIO_OP_SEND || kind == HIO_OP_CANCEL ||
             ((kind == HIO_OP_ACCEPT || kind == HIO_OP_RECV) && hp_ms_final(kind, res, flags)))
             h->inflight--;
-        if (kind == HIO_OP_CANCEL && res == -EINVAL) h->cancel_any_failed = 1;
+        if (kind == HIO_OP_CANCEL && res == -EINVAL && !h->cancel_fallback) h->cancel_fallback = 1;
         return;
     }
     switch (kind) {
@@ -343,74 +343,61 @@ hio_hp_release(struct hio_hotpath *h, unsigned bid)
 
 /* ---- wait ---- */
 
-int
-hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible, unsigned min_wait_us)
+static int
+hp_wait_reap(void *ctx)
 {
-    double deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    struct hio_hotpath *h = ctx;
 
-    for (;;) {
-        double left = -1.0;
-        unsigned nr;
-        int ret;
+    hp_reap(h);
+    hp_ms_unpark(h);
+    return 0;
+}
 
-        if (io_uring_cq_ready(&h->uring)) { hp_reap(h); hp_ms_unpark(h); }
-        if (h->done.count >= want && want > 0) return 0;
-        if (timeout == 0 || want == 0) {
-            /* min_complete: 0 (upstream's polling form) or timeout_ms: 0:
-             * do not wait; submit, let the kernel run deferred work, peek. */
-            if (io_uring_sq_ready(&h->uring)) h->st.submits++;
-            ret = hio_submit_get_events(&h->uring);
-            hp_reap(h);
-            hp_ms_unpark(h);
-            return ret;
-        }
-        if (deadline >= 0) {
-            left = deadline - hio_now();
-            if (left <= 0) return 0;
-        }
-        /* Wake for the first CQE, not for want - q_count of them: requests
-         * the ring starts itself while reaping (a send queued behind
-         * another on its fd, a short send's continuation, a re-arm) cannot
-         * complete before that reap, so the kernel alone may never see
-         * enough CQEs (min_complete: 2 with two sends on one fd waited for
-         * the whole timeout, or forever). The loop re-checks q_count. */
-        nr = 1;
-        h->st.waits++;
-        if (io_uring_sq_ready(&h->uring)) h->st.submits++;
-        if (interruptible) {
-            if (hio_wait_scheduler(&h->uring, left, &h->sched_io)) {
-                ret = hio_submit_get_events(&h->uring);
-            } else if (min_wait_us && want > h->done.count + 1 && h->batch_wait) {
-                /* A batch wait ends at min_wait_us with whatever is there
-                 * (at least one), so the ring's own late requests cannot
-                 * stall it; the caller gets what it brought, even if less
-                 * than want. */
-                h->st.batch_waits++;
-                ret = hio_wait_batch_nogvl(&h->uring, want - h->done.count, left, min_wait_us);
-                if (ret < 0) { h->healthy = 0; return ret; }
-                hp_reap(h);
-                hp_ms_unpark(h);
-                if (h->done.count > 0) return 0;
-                rb_thread_check_ints();
-                continue;
-            } else {
-                ret = hio_wait_nogvl(&h->uring, nr, left);
-            }
-        } else {
-            ret = hio_wait_held(&h->uring, nr, left < 0 || left > 0.05 ? 0.05 : left);
-        }
-        if (ret < 0) { h->healthy = 0; return ret; }
-        hp_reap(h);
-        hp_ms_unpark(h);
-        /* A batch wait the kernel cannot make (no IORING_FEAT_MIN_TIMEOUT,
-         * valgrind, a Fiber scheduler) ends at the first completion, as the
-         * batch wait would once min_wait_us passed. */
-        if (h->done.count >= want || (min_wait_us && h->done.count > 0)) return 0;
-        if (interruptible) rb_thread_check_ints();
-    }
+static unsigned
+hp_wait_ready(void *ctx)
+{
+    return ((struct hio_hotpath *)ctx)->done.count;
+}
+
+static void
+hp_wait_broken(void *ctx, int err)
+{
+    ((struct hio_hotpath *)ctx)->healthy = 0;
+}
+
+void
+hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, double timeout, unsigned min_wait_us,
+                 unsigned how)
+{
+    memset(w, 0, sizeof(*w));
+    w->ring = &h->uring;
+    w->flags = how | (h->batch_wait ? HIO_WAIT_BATCH : 0);
+    /* min_complete: 0 (upstream's polling form) or timeout_ms: 0: do not
+     * wait; submit, let the kernel run deferred work, peek. */
+    if (timeout == 0 || want == 0) w->flags |= HIO_WAIT_POLL;
+    w->want = want;
+    w->deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    w->min_wait_us = min_wait_us;
+    w->ctx = h;
+    w->reap = hp_wait_reap;
+    w->ready = hp_wait_ready;
+    w->broken = hp_wait_broken;
+    w->waits = &h->st.waits;
+    w->batch_waits = &h->st.batch_waits;
+    w->submits = &h->st.submits;
 }
 
 /* ---- close ---- */
+
+/* Rings closed while the kernel might still write their memory, which was
+ * leaked instead of freed. */
+static unsigned long hp_leaked_rings;
+
+unsigned long
+hio_hp_leaked_rings(void)
+{
+    return hp_leaked_rings;
+}
 
 static void
 hp_free_tables(struct hio_hotpath *h, int kernel_may_write)
@@ -421,41 +408,56 @@ hp_free_tables(struct hio_hotpath *h, int kernel_may_write)
     hp_queue_teardown(h);
 }
 
-/* Cancel everything in flight and reap until the kernel holds nothing of
- * ours, for at most HP_CLOSE_DRAIN_SECONDS with the GVL held. */
-static void
-hp_drain_all(struct hio_hotpath *h)
+static int
+hp_drain_step(void *ctx)
 {
-    double deadline = hio_now() + HP_CLOSE_DRAIN_SECONDS;
-    int fallback_done = 0;
+    struct hio_hotpath *h = ctx;
+
+    hp_reap(h);
+    if (h->cancel_fallback == 1) {
+        /* Older kernel (no IORING_ASYNC_CANCEL_ANY): request by request. */
+        h->cancel_fallback = 2;
+        hp_ms_cancel_every(h);
+        hp_send_cancel_every(h);
+    }
+    return h->inflight <= 0;
+}
+
+/* Cancels everything in flight and reaps until the kernel holds nothing of
+ * ours, blocking for at most budget seconds (0: never). */
+static void
+hp_drain_all(struct hio_hotpath *h, double budget)
+{
+    struct io_uring_sqe *sqe;
+    struct hio_drain d;
 
     h->closing = 1;
     if (h->inflight <= 0) return;
-    {
-        /* IORING_ASYNC_CANCEL_ANY (5.19): one SQE cancels every request. */
-        struct io_uring_sqe *sqe = hp_sqe(h);
-        if (sqe) {
-            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-            io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
-            h->inflight++;
-        }
+    /* IORING_ASYNC_CANCEL_ANY (5.19): one SQE cancels every request. */
+    if ((sqe = hp_sqe(h))) {
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
+        h->inflight++;
     }
-    while (h->inflight > 0) {
-        double left = deadline - hio_now();
-        if (left <= 0) break;
-        hio_wait_held(&h->uring, 1, left < 0.05 ? left : 0.05);
-        hp_reap(h);
-        if (h->cancel_any_failed && !fallback_done) {
-            /* Older kernel: cancel request by request. */
-            fallback_done = 1;
-            hp_ms_cancel_every(h);
-            hp_send_cancel_every(h);
-        }
-    }
+    d.ring = &h->uring;
+    d.budget = budget;
+    d.ctx = h;
+    d.step = hp_drain_step;
+    hio_drain(&d);
 }
 
+/*
+ * #close drains for at most HP_CLOSE_DRAIN_SECONDS. The GC (from_gc) never
+ * waits: a finalizer must not block, and it may run on any thread. It
+ * cancels and reaps what the kernel gives back at once (cancels of
+ * poll-armed accepts, recvs and sends complete inline); whatever is still
+ * in flight after that keeps its memory: the buffer ring and those send
+ * payloads are leaked, never freed under the kernel, and counted in
+ * hio_hp_leaked_rings. Closing the ring fd then makes the kernel cancel the
+ * rest on its own.
+ */
 void
-hio_hp_close(struct hio_hotpath *h)
+hio_hp_close(struct hio_hotpath *h, int from_gc)
 {
     int kernel_may_write;
 
@@ -479,15 +481,17 @@ hio_hp_close(struct hio_hotpath *h)
          * synchronously, so what it may still write is leaked. */
         kernel_may_write = h->inflight > 0;
     } else {
-        hp_drain_all(h);
+        hp_drain_all(h, from_gc ? 0 : HP_CLOSE_DRAIN_SECONDS);
         kernel_may_write = h->inflight > 0;
     }
     hp_conn_close_leftovers(h);
-    if (kernel_may_write) h->leaked = 1;
+    if (kernel_may_write) {
+        h->leaked = 1;
+        hp_leaked_rings++;
+    }
     hio_bufring_teardown(&h->bufs, &h->uring, kernel_may_write);
     io_uring_queue_exit(&h->uring);
     hp_free_tables(h, kernel_may_write);
     h->inited = 0;
     h->closed = 1;
 }
-

@@ -30,7 +30,7 @@ hpc_mark(void *p)
 static void
 hpc_free(void *p)
 {
-    hio_hp_close((struct hio_hotpath *)p); /* bounded drain; never raises */
+    hio_hp_close((struct hio_hotpath *)p, 1); /* never blocks, never raises */
     ruby_xfree(p);
 }
 
@@ -233,10 +233,12 @@ hpc_each_body(VALUE arg)
     struct hpc_each *e = (struct hpc_each *)arg;
     struct hio_hotpath *h = e->h;
     struct hio_completion c;
+    struct hio_wait w;
     unsigned limit;
     int ret;
 
-    ret = hio_hp_wait(h, e->want, e->timeout, 1, e->min_wait_us);
+    hio_hp_wait_plan(h, &w, e->want, e->timeout, e->min_wait_us, HIO_WAIT_RUBY);
+    ret = hio_wait_ruby(&w, &h->sched_io);
     if (ret < 0) hio_raise_errno(ret, "io_uring_enter(each_completion)");
     /* Yield what is queued now (not what the block queues meanwhile). Each
      * completion leaves the queue before its block runs: an exception in the
@@ -441,7 +443,7 @@ hpc_close(VALUE self)
     if (h->in_each)
         rb_raise(hio_eError, "cannot close a ring while each_completion runs (from its block, or "
                              "from another fiber while it waits under the Fiber scheduler)");
-    hio_hp_close(h);
+    hio_hp_close(h, 0);
     hio_sched_io_close(&h->sched_io);
     return Qnil;
 }
@@ -587,6 +589,22 @@ hpc_s_probe(VALUE klass)
     return r ? rb_str_new_cstr(r) : Qnil;
 }
 
+/*
+ * call-seq:
+ *   HotpathRing.leaked_rings -> Integer
+ *
+ * How many rings of this process were closed while the kernel might still
+ * write into their memory (buffer ring, send payloads), which was then
+ * leaked rather than freed: #close gives the kernel a second to hand
+ * everything back; the GC never waits, and a ring collected by another
+ * thread than its own cannot cancel at all. 0 in a healthy process.
+ */
+static VALUE
+hpc_s_leaked_rings(VALUE klass)
+{
+    return ULONG2NUM(hio_hp_leaked_rings());
+}
+
 void
 hio_init_hotpath_class(void)
 {
@@ -617,6 +635,7 @@ hio_init_hotpath_class(void)
     rb_define_const(hio_cHotpathRing, "OP_CLOSE", INT2FIX(HIO_OP_CLOSE));
     rb_define_alloc_func(hio_cHotpathRing, hpc_alloc);
     rb_define_singleton_method(hio_cHotpathRing, "native_probe", hpc_s_probe, 0);
+    rb_define_singleton_method(hio_cHotpathRing, "leaked_rings", hpc_s_leaked_rings, 0);
     rb_define_method(hio_cHotpathRing, "initialize", hpc_initialize, -1);
     rb_define_method(hio_cHotpathRing, "submit_accept_multishot", hpc_submit_accept, 1);
     rb_define_method(hio_cHotpathRing, "submit_recv_multishot", hpc_submit_recv, 1);

@@ -65,7 +65,8 @@ struct hio_hotpath {
     /* hotpath.c */
     uint32_t magic;              /* HIO_HOTPATH_MAGIC while open (C entry point) */
     struct io_uring uring;
-    int inited, closed, healthy, leaked, in_each, closing, cancel_any_failed;
+    int inited, closed, healthy, leaked, in_each, closing;
+    int cancel_fallback;         /* 1: IORING_ASYNC_CANCEL_ANY failed, cancel one by one; 2: done */
     int batch_wait;              /* each_completion(min_wait_us:) makes kernel batch waits */
     unsigned flags, depth;
     struct hio_owner owner;

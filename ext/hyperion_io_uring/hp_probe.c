@@ -35,17 +35,54 @@ probe_listener(int *lfd_out, struct sockaddr_in *addr)
     return 0;
 }
 
-/* Waits (GVL held, at most 1 s) for the next completion of op. */
+struct probe_wait {
+    struct hio_hotpath *h;
+    int op;
+    struct hio_wait ring; /* the ring's own description, whose reap it uses */
+};
+
+static int
+probe_reap(void *ctx)
+{
+    struct probe_wait *p = ctx;
+
+    return p->ring.reap(p->ring.ctx);
+}
+
+/* Whether a completion of op is first in the queue; others are dropped. */
+static unsigned
+probe_ready(void *ctx)
+{
+    struct probe_wait *p = ctx;
+    struct hio_completion c;
+
+    while (hio_hp_peek(p->h, &c)) {
+        if (c.op_kind == p->op) return 1;
+        hio_hp_pop(p->h, &c);
+    }
+    return 0;
+}
+
+/* The next completion of op, within a second (GVL held, not interruptible:
+ * the probe is short and bounded). */
 static int
 probe_next(struct hio_hotpath *h, int op, struct hio_completion *out)
 {
-    double deadline = hio_now() + 1.0;
+    struct probe_wait p;
+    struct hio_wait w;
 
-    while (hio_now() < deadline) {
-        while (hio_hp_pop(h, out)) if (out->op_kind == op) return 0;
-        if (hio_hp_wait(h, 1, 0.05, 0, 0) < 0) return -EIO;
-    }
-    return -ETIMEDOUT;
+    p.h = h;
+    p.op = op;
+    hio_hp_wait_plan(h, &p.ring, 1, 1.0, 0, 0);
+    w = p.ring;
+    w.ctx = &p;
+    w.reap = probe_reap;
+    w.ready = probe_ready;
+    w.broken = NULL;
+    if (hio_wait_held(&w) < 0) return -EIO;
+    if (!probe_ready(&p)) return -ETIMEDOUT;
+    hio_hp_pop(h, out);
+    return 0;
 }
 
 /*
@@ -88,7 +125,7 @@ hio_hp_probe(char *reason, size_t cap)
         goto fail;
     }
     hio_hp_release(&h, (unsigned)c.buf_id);
-    hio_hp_close(&h);
+    hio_hp_close(&h, 0);
     close(sfd);
     close(cfd);
     close(lfd);
@@ -96,7 +133,7 @@ hio_hp_probe(char *reason, size_t cap)
 fail:
     snprintf(reason, cap, "%s failed: %s%s", step, strerror(-ret),
              ret == -EINVAL ? " (multishot accept needs Linux 5.19+, multishot recv 6.0+)" : "");
-    hio_hp_close(&h);
+    hio_hp_close(&h, 0);
     if (sfd >= 0) close(sfd);
     if (cfd >= 0) close(cfd);
     if (lfd >= 0) close(lfd);

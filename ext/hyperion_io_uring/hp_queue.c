@@ -83,3 +83,13 @@ hp_queue_teardown(struct hio_hotpath *h)
 {
     hio_fifo_free(&h->done);
 }
+
+int
+hio_hp_peek(const struct hio_hotpath *h, struct hio_completion *out)
+{
+    const struct hio_completion *c = hio_fifo_front(&h->done, sizeof(*c));
+
+    if (!c) return 0;
+    *out = *c;
+    return 1;
+}

@@ -17,6 +17,7 @@
 #include "fifo.h"
 #include "registry.h"
 #include "setup.h"
+#include "wait.h"
 
 #ifndef HIO_LIBURING_VERSION
 #define HIO_LIBURING_VERSION "unknown"
@@ -75,41 +76,32 @@ void hio_owner_check(const struct hio_owner *o, const char *cls);
 void hio_queue_forget(struct io_uring *ring);
 void hio_init_probe(void);
 
-/* ---- wait.c: the only place that blocks ---- */
-double hio_now(void);
+/* ---- wait.c: the binding's side (the engines' side is wait.h) ---- */
 /*
- * Submits what is queued and waits, with the GVL released, until wait_nr
- * completions are ready or timeout seconds pass (timeout < 0: no limit).
- * Returns 0 or a fatal -errno; EINTR, ETIME, EAGAIN, EBUSY mean "nothing
- * yet" and return 0. The caller reaps with the GVL held and then calls
- * rb_thread_check_ints() (or lets the scheduler path do so).
+ * Runs a wait an engine described, for a Ruby method: without the GVL,
+ * through the Fiber scheduler when the calling fiber has one (its eventfd
+ * IO cached in *sched_io, which the binding marks). May raise (interrupts)
+ * once the engine has reaped what completed; w->end (if any) runs first.
+ * Returns w->err: 0 or -errno.
  */
-int hio_wait_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout);
-/*
- * The same, as a batch wait when min_wait_us > 0: returns once wait_nr are
- * ready, or once min_wait_us has passed and at least one is. Only for rings
- * where hio_batch_wait_supported() (IORING_FEAT_MIN_TIMEOUT, Linux 6.12;
- * not under valgrind); HotpathRing checks it once, at open.
- */
-int hio_wait_batch_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, unsigned min_wait_us);
-int hio_batch_wait_supported(const struct io_uring *ring);
-/* Submits and flushes completions without blocking (GVL held). */
-int hio_submit_get_events(struct io_uring *ring);
-/* Waits with the GVL held: only for short bounded drains in cleanup. */
-int hio_wait_held(struct io_uring *ring, unsigned wait_nr, double timeout);
-/*
- * When the calling fiber is non-blocking under a Fiber scheduler, submits
- * what is queued, runs deferred work and, unless a CQE is then ready, waits
- * through the scheduler's io_wait on an eventfd registered with the ring
- * (created on first use, owned by the IO cached in *io_slot). May raise
- * (the scheduler cancelling the fiber, Timeout): nothing is reaped here.
- * Returns 1 when it waited that way, 0 when there is no scheduler.
- */
-int hio_wait_scheduler(struct io_uring *ring, double timeout, VALUE *io_slot);
-/* Closes the eventfd IO of *io_slot (if any) and clears the slot. */
-void hio_sched_io_close(VALUE *io_slot);
+int hio_wait_ruby(struct hio_wait *w, VALUE *sched_io);
+/* Closes the eventfd IO of *sched_io (if any) and clears the slot. */
+void hio_sched_io_close(VALUE *sched_io);
 
 /* ---- ring.c: the single-shot Ring engine ---- */
+enum hio_sreq_kind { HIO_SREQ_ACCEPT = 1, HIO_SREQ_READ = 2 };
+
+/* One call's request: what the binding asks, and what came of it. */
+struct hio_sreq {
+    enum hio_sreq_kind kind;
+    int fd;
+    unsigned len;      /* READ: bytes at most, into the ring's buffer */
+    double deadline;   /* hio_now() seconds; < 0: none */
+    int res;           /* done: the request's result (fd, bytes, -errno) */
+    int done;          /* 0: it timed out or was cancelled */
+    int fatal;         /* -errno of the wait itself */
+};
+
 struct hio_sring {
     struct io_uring uring;
     int inited;       /* io_uring_queue_init succeeded */
@@ -121,33 +113,24 @@ struct hio_sring {
     size_t buf_cap;
     uint64_t ops, waits, cancels;
     int busy;         /* a call is running; under a scheduler its fiber may be parked */
-    unsigned char direct[3]; /* per hio_sop_kind: calls left that submit and wait in one enter */
+    unsigned char direct[3]; /* per hio_sreq_kind: calls left that submit and wait in one enter */
+    struct {          /* the call in progress */
+        struct hio_sreq *req;
+        uint64_t token;
+        int pending;  /* an SQE of ours is in the kernel */
+        int polling;  /* the pending SQE is the EAGAIN poll fallback */
+    } op;
     VALUE sched_io;   /* IO of the eventfd for Fiber scheduler waits (marked) */
-};
-
-enum hio_sop_kind { HIO_SOP_ACCEPT = 1, HIO_SOP_READ = 2 };
-
-struct hio_sop {
-    struct hio_sring *r;
-    enum hio_sop_kind kind;
-    int fd;
-    unsigned len;
-    double deadline;   /* < 0: none */
-    uint64_t token;
-    int pending;       /* an SQE of ours is in the kernel */
-    int polling;       /* the pending SQE is the EAGAIN poll fallback */
-    int res;           /* final result of the op */
-    int done;
-    int timed_out;
-    int fatal;         /* -errno from the wait itself */
 };
 
 int hio_sring_open(struct hio_sring *r, unsigned depth);
 void hio_sring_close(struct hio_sring *r);
+unsigned long hio_sring_leaked_rings(void);
 int hio_sring_reserve(struct hio_sring *r, size_t len);
-/* Runs op to its end; raises only after the request is drained. */
-void hio_sring_run(struct hio_sop *op);
-
+/* Starts req on r and describes its wait in w, for wait.c to run. Its end
+ * callback cancels and drains what the kernel still holds, however the
+ * wait ends, so req is final once hio_wait_ruby returns. */
+void hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w);
 
 /* ---- buf_ring.c: the provided-buffer ring ---- */
 struct hio_bufring {
@@ -208,11 +191,17 @@ int hio_hp_cancel(struct hio_hotpath *h, int fd);
 int hio_hp_submit_close(struct hio_hotpath *h, int fd);
 int hio_hp_flush(struct hio_hotpath *h);
 int hio_hp_release(struct hio_hotpath *h, unsigned bid);
-/* Reaps into h->q until want are queued or timeout passes; blocks without
- * the GVL; may raise (interrupts) with nothing lost. Returns 0 or -errno. */
-int hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible, unsigned min_wait_us);
+/* Describes each_completion's wait for wait.c: until want completions are
+ * queued (min_wait_us: a batch window) or timeout seconds pass (< 0: none;
+ * 0 or want 0: do not block). how: HIO_WAIT_RUBY, or 0 (GVL held). */
+void hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, double timeout, unsigned min_wait_us,
+                      unsigned how);
 int hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out);
-void hio_hp_close(struct hio_hotpath *h);
+int hio_hp_peek(const struct hio_hotpath *h, struct hio_completion *out);
+/* Cancels and drains what is in flight (from_gc: without blocking),
+ * closes the fds submit_close asked for, frees the ring. */
+void hio_hp_close(struct hio_hotpath *h, int from_gc);
+unsigned long hio_hp_leaked_rings(void);
 const char *hio_hp_probe(char *reason, size_t cap);
 
 void hio_init_ring_class(void);

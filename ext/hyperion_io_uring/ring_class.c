@@ -1,7 +1,7 @@
 /*
  * ring_class.c: Ruby binding of Hyperion::IOUring::Ring.
  *
- * Turns Ruby arguments into a struct hio_sop for ring.c and the result back
+ * Turns Ruby arguments into a struct hio_sreq for ring.c and the result back
  * into Ruby values. Never blocks by itself: ring.c waits through wait.c.
  */
 #include "hyperion_io_uring.h"
@@ -122,13 +122,18 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
     return self;
 }
 
+/* Runs req on the ring; returns :wouldblock or raises when it did not
+ * complete, Qundef when req->res is its result. */
 static VALUE
-ringc_result(struct hio_sop *op, const char *what)
+ringc_run(struct hio_sring *r, struct hio_sreq *req, const char *what)
 {
-    if (op->fatal) hio_raise_errno(op->fatal, "io_uring_enter(%s fd %d)", what, op->fd);
-    if (op->r->wedged)
-        rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, op->fd);
-    if (!op->done) return sym_wouldblock; /* timed out, request cancelled */
+    struct hio_wait w;
+
+    hio_sring_begin(r, req, &w);
+    hio_wait_ruby(&w, &r->sched_io);
+    if (req->fatal) hio_raise_errno(req->fatal, "io_uring_enter(%s fd %d)", what, req->fd);
+    if (r->wedged) rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, req->fd);
+    if (!req->done) return sym_wouldblock; /* timed out, request cancelled */
     return Qundef;
 }
 
@@ -148,28 +153,26 @@ static VALUE
 ringc_accept(int argc, VALUE *argv, VALUE self)
 {
     struct hio_sring *r;
-    struct hio_sop op;
+    struct hio_sreq req;
     VALUE listener, opts, kw[1] = { Qundef }, res;
     double timeout = -1.0;
 
     rb_scan_args(argc, argv, "1:", &listener, &opts);
     if (!NIL_P(opts)) rb_get_kwargs(opts, &id_timeout, 0, 1, kw);
     if (kw[0] != Qundef) timeout = hio_timeout_arg(kw[0], "accept");
-    memset(&op, 0, sizeof(op));
-    op.fd = hio_fd_arg(listener, "accept");
+    memset(&req, 0, sizeof(req));
+    req.fd = hio_fd_arg(listener, "accept");
     r = ringc_usable(self);
-    op.r = r;
-    op.kind = HIO_SOP_ACCEPT;
-    op.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
-    hio_sring_run(&op);
-    res = ringc_result(&op, "accept");
+    req.kind = HIO_SREQ_ACCEPT;
+    req.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    res = ringc_run(r, &req, "accept");
     if (res != Qundef) return res;
-    if (op.res >= 0) return INT2FIX(op.res);
-    switch (-op.res) {
+    if (req.res >= 0) return INT2FIX(req.res);
+    switch (-req.res) {
       case EAGAIN: case EINTR: case ECONNABORTED: case ECANCELED:
         return sym_wouldblock;
       default:
-        hio_raise_errno(op.res, "io_uring accept(fd %d)", op.fd);
+        hio_raise_errno(req.res, "io_uring accept(fd %d)", req.fd);
     }
     UNREACHABLE_RETURN(Qnil);
 }
@@ -190,7 +193,7 @@ ringc_read(int argc, VALUE *argv, VALUE self)
 {
     static ID kw_ids[2];
     struct hio_sring *r;
-    struct hio_sop op;
+    struct hio_sreq req;
     VALUE fdv, opts, kw[2] = { Qundef, Qundef }, res;
     double timeout = -1.0;
     long max = 4096;
@@ -207,25 +210,23 @@ ringc_read(int argc, VALUE *argv, VALUE self)
         max = FIX2LONG(kw[0]);
     }
     if (kw[1] != Qundef) timeout = hio_timeout_arg(kw[1], "read");
-    memset(&op, 0, sizeof(op));
-    op.fd = hio_fd_arg(fdv, "read");
+    memset(&req, 0, sizeof(req));
+    req.fd = hio_fd_arg(fdv, "read");
     r = ringc_usable(self);
     ret = hio_sring_reserve(r, (size_t)max);
     if (ret < 0) hio_raise_errno(ret, "read: buffer of %ld bytes", max);
-    op.r = r;
-    op.kind = HIO_SOP_READ;
-    op.len = (unsigned)max;
-    op.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
-    hio_sring_run(&op);
-    res = ringc_result(&op, "read");
+    req.kind = HIO_SREQ_READ;
+    req.len = (unsigned)max;
+    req.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    res = ringc_run(r, &req, "read");
     if (res != Qundef) return res;
-    if (op.res > 0) HIO_MEM_DEFINED(r->buf, (size_t)op.res);
-    if (op.res >= 0) return rb_str_new(r->buf, op.res); /* ASCII-8BIT */
-    switch (-op.res) {
+    if (req.res > 0) HIO_MEM_DEFINED(r->buf, (size_t)req.res);
+    if (req.res >= 0) return rb_str_new(r->buf, req.res); /* ASCII-8BIT */
+    switch (-req.res) {
       case EAGAIN: case EINTR: case ECANCELED:
         return sym_wouldblock;
       default:
-        hio_raise_errno(op.res, "io_uring read(fd %d)", op.fd);
+        hio_raise_errno(req.res, "io_uring read(fd %d)", req.fd);
     }
     UNREACHABLE_RETURN(Qnil);
 }
@@ -301,6 +302,21 @@ ringc_stats(VALUE self)
     return h;
 }
 
+/*
+ * call-seq:
+ *   Ring.leaked_rings -> Integer
+ *
+ * How many rings of this process were closed (by #close or the GC) while
+ * the kernel might still write into their read buffer, which was then
+ * leaked rather than freed: a wedged ring, or one the GC collected while a
+ * fiber was parked in its call. 0 in a healthy process.
+ */
+static VALUE
+ringc_s_leaked_rings(VALUE klass)
+{
+    return ULONG2NUM(hio_sring_leaked_rings());
+}
+
 void
 hio_init_ring_class(void)
 {
@@ -312,6 +328,7 @@ hio_init_ring_class(void)
     hio_cRing = rb_define_class_under(hio_mIOUring, "Ring", rb_cObject);
     rb_define_const(hio_cRing, "DEFAULT_QUEUE_DEPTH", INT2FIX(256));
     rb_define_alloc_func(hio_cRing, ringc_alloc);
+    rb_define_singleton_method(hio_cRing, "leaked_rings", ringc_s_leaked_rings, 0);
     rb_define_method(hio_cRing, "initialize", ringc_initialize, -1);
     rb_define_method(hio_cRing, "accept", ringc_accept, -1);
     rb_define_method(hio_cRing, "read", ringc_read, -1);
