@@ -4,14 +4,16 @@
  * Upstream's ext/hyperion_http/response_writer.c looks the symbol up with
  * dlsym(RTLD_DEFAULT, "hyperion_io_uring_hotpath_submit_send") and calls it,
  * GVL held, with the value of HotpathRing#ptr. Ruby loads extensions with
- * RTLD_GLOBAL, so exporting it with default visibility is enough.
+ * RTLD_GLOBAL, so exporting it with default visibility is enough (the rest
+ * of the extension is built with -fvisibility=hidden).
  *
  * The handle is never dereferenced before it is found in the registry of
  * live rings: a bogus or stale pointer gets -EINVAL, never a crash.
  *
- * Layer: above hotpath.c. Calls registry.c, the owner checks and hotpath.c.
+ * Layer: above hotpath.c. Calls registry.c and hotpath.c.
  */
-#include "hp.h"
+#include "engine.h"
+#include "registry.h"
 #include <errno.h>
 #include <limits.h>
 #include <sys/uio.h>
@@ -27,15 +29,13 @@
  * and thread, or iovcnt above IOV_MAX; -EBADF for a closed fd;
  * -ESHUTDOWN for a fd HotpathRing#submit_close is closing.
  */
-RUBY_FUNC_EXPORTED int
+__attribute__((visibility("default"))) int
 hyperion_io_uring_hotpath_submit_send(void *ring, int fd, const void *iov, unsigned iovcnt)
 {
     struct hio_hotpath *h = ring;
     int ret;
 
-    if (!ring || !hio_registry_live(ring) || h->magic != HIO_HOTPATH_MAGIC || !h->inited ||
-        hio_owner_forked(&h->owner) || hio_owner_other_thread(&h->owner) || iovcnt > IOV_MAX ||
-        (iovcnt && !iov) || fd < 0) {
+    if (!ring || !hio_registry_live(ring) || !hio_hp_callable(h) || iovcnt > IOV_MAX || (iovcnt && !iov) || fd < 0) {
         errno = EINVAL;
         return -EINVAL;
     }

@@ -4,7 +4,7 @@
  *
  * Layer: top of the hot path (hp.h shows the layers). Calls hp_send.c,
  * hp_multishot.c, hp_conn.c, hp_slots.c, hp_queue.c, buf_ring.c, setup.c,
- * owner (errors.c), registry.c, wait.c.
+ * owner.c, registry.c, wait.c.
  *
  * One ring per worker: a multishot accept per listener, a multishot recv
  * per connection into the provided-buffer ring, and sends, all reaped in
@@ -15,6 +15,8 @@
  * still write if that fails.
  */
 #include "hp.h"
+#include "registry.h"
+#include "setup.h"
 #include "hp_conn.h"
 #include "hp_multishot.h"
 #include "hp_queue.h"
@@ -176,6 +178,43 @@ hp_reap(struct hio_hotpath *h)
 
 /* ---- open ---- */
 
+struct hio_hotpath *
+hio_hp_new(void)
+{
+    struct hio_hotpath *h = calloc(1, sizeof(*h));
+
+    if (!h) return NULL;
+    h->uring.ring_fd = -1;
+    h->send_free = -1;
+    return h;
+}
+
+void
+hio_hp_free(struct hio_hotpath *h)
+{
+    free(h);
+}
+
+size_t
+hio_hp_memsize(const struct hio_hotpath *h)
+{
+    size_t sz = sizeof(*h);
+
+    if (h->inited) {
+        sz += hio_bufring_bytes(&h->bufs);
+        sz += (size_t)h->nconns * sizeof(struct hio_conn) + (size_t)h->nsends * sizeof(struct hio_send);
+        sz += (size_t)h->done.cap * sizeof(struct hio_completion) + (size_t)h->parked.cap * sizeof(int);
+        sz += (size_t)h->closes.cap * sizeof(struct hio_close_pending);
+    }
+    return sz;
+}
+
+const char *
+hio_hp_open_error(const struct hio_hotpath *h)
+{
+    return h->err;
+}
+
 int
 hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size)
 {
@@ -213,7 +252,6 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
         const char *env = getenv("HYPERION_IO_URING_MIN_WAIT");
         h->batch_wait = hio_batch_wait_supported(&h->uring) && !(env && strcmp(env, "0") == 0);
     }
-    h->depth = depth;
     h->inited = 1;
     h->healthy = 1;
     h->magic = HIO_HOTPATH_MAGIC;
@@ -468,7 +506,7 @@ hio_hp_close(struct hio_hotpath *h, int from_gc)
         /* The child never submits to, cancels on or unregisters from the
          * parent's ring; its buffer memory was never mapped here (DONTFORK). */
         hio_bufring_teardown(&h->bufs, NULL, 1);
-        hio_queue_forget(&h->uring);
+        hio_owner_forget_ring(&h->uring);
         hp_free_tables(h, 1);
         h->inited = 0;
         h->closed = 1;
@@ -485,13 +523,95 @@ hio_hp_close(struct hio_hotpath *h, int from_gc)
         kernel_may_write = h->inflight > 0;
     }
     hp_conn_close_leftovers(h);
-    if (kernel_may_write) {
-        h->leaked = 1;
-        hp_leaked_rings++;
-    }
+    if (kernel_may_write) hp_leaked_rings++;
     hio_bufring_teardown(&h->bufs, &h->uring, kernel_may_write);
     io_uring_queue_exit(&h->uring);
     hp_free_tables(h, kernel_may_write);
     h->inited = 0;
     h->closed = 1;
+}
+
+/* ---- what the bindings read ---- */
+
+int
+hio_hp_is_open(const struct hio_hotpath *h)
+{
+    return h->inited;
+}
+
+int
+hio_hp_was_opened(const struct hio_hotpath *h)
+{
+    return h->inited || h->closed;
+}
+
+int
+hio_hp_healthy(const struct hio_hotpath *h)
+{
+    return h->inited && h->healthy;
+}
+
+void
+hio_hp_set_unhealthy(struct hio_hotpath *h)
+{
+    h->healthy = 0;
+}
+
+int
+hio_hp_fd(const struct hio_hotpath *h)
+{
+    return h->inited ? h->uring.ring_fd : -1;
+}
+
+int
+hio_hp_batch_wait(const struct hio_hotpath *h)
+{
+    return h->batch_wait;
+}
+
+const struct hio_owner *
+hio_hp_owner(const struct hio_hotpath *h)
+{
+    return &h->owner;
+}
+
+unsigned
+hio_hp_queued(const struct hio_hotpath *h)
+{
+    return h->done.count;
+}
+
+void
+hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out)
+{
+    out->st = h->st;
+    out->buffers_in_use = h->bufs.in_use;
+    out->inflight = h->inflight < 0 ? 0 : (uint64_t)h->inflight;
+    out->queued = h->done.count;
+    out->setup_flags = h->flags;
+}
+
+int
+hio_hp_callable(const struct hio_hotpath *h)
+{
+    return h->magic == HIO_HOTPATH_MAGIC && h->inited && hio_owner_may(&h->owner, HIO_USE_CALL) == HIO_OWNER_OK;
+}
+
+int
+hio_hp_buffer_held(const struct hio_hotpath *h, long bid)
+{
+    return hio_bufring_check(&h->bufs, bid);
+}
+
+unsigned
+hio_hp_buffer_count(const struct hio_hotpath *h)
+{
+    return h->bufs.n;
+}
+
+const unsigned char *
+hio_hp_buffer(const struct hio_hotpath *h, unsigned bid, unsigned *len)
+{
+    *len = hio_bufring_len(&h->bufs, bid);
+    return hio_bufring_data(&h->bufs, bid);
 }

@@ -3,9 +3,9 @@
  * (copy_buffer, release_buffer, take_buffer): which buffer ids Ruby holds,
  * and how much of one it may read.
  *
- * Layer: bindings. Calls hotpath.c's engine API, buf_ring.c, args.c.
+ * Layer: bindings. Calls hotpath.c's engine API (engine.h).
  */
-#include "hp.h"
+#include "hyperion_io_uring.h"
 #include <errno.h>
 
 static unsigned
@@ -16,24 +16,28 @@ hpb_held(struct hio_hotpath *h, VALUE bidv)
 
     if (!RB_INTEGER_TYPE_P(bidv)) rb_raise(rb_eTypeError, "buf_id must be an Integer, got %s", rb_obj_classname(bidv));
     bid = FIXNUM_P(bidv) ? FIX2LONG(bidv) : -1;
-    ret = hio_bufring_check(&h->bufs, bid);
-    if (ret == -ERANGE) rb_raise(rb_eArgError, "buf_id %"PRIsVALUE" out of range 0..%u", bidv, h->bufs.n - 1);
+    ret = hio_hp_buffer_held(h, bid);
+    if (ret == -ERANGE)
+        rb_raise(rb_eArgError, "buf_id %"PRIsVALUE" out of range 0..%u", bidv, hio_hp_buffer_count(h) - 1);
     if (ret < 0)
         rb_raise(rb_eArgError, "buffer %ld is not held by Ruby (already released, or never delivered by a recv)", bid);
     return (unsigned)bid;
 }
 
-static long
-hpb_len_arg(struct hio_hotpath *h, unsigned bid, VALUE lenv)
+/* A new String of the first len bytes of held buffer bid. */
+static VALUE
+hpb_string(struct hio_hotpath *h, unsigned bid, VALUE lenv)
 {
+    unsigned wrote;
+    const unsigned char *data = hio_hp_buffer(h, bid, &wrote);
     long len;
 
     if (!RB_INTEGER_TYPE_P(lenv)) rb_raise(rb_eTypeError, "len must be an Integer, got %s", rb_obj_classname(lenv));
     len = FIXNUM_P(lenv) ? FIX2LONG(lenv) : -1;
-    if (len < 0 || len > (long)h->bufs.len[bid])
+    if (len < 0 || len > (long)wrote)
         rb_raise(rb_eArgError, "len %"PRIsVALUE" is outside the %u bytes the kernel wrote into buffer %u", lenv,
-                 h->bufs.len[bid], bid);
-    return len;
+                 wrote, bid);
+    return rb_str_new((const char *)data, len);
 }
 
 /*
@@ -49,10 +53,8 @@ static VALUE
 hpb_copy(VALUE self, VALUE bidv, VALUE lenv)
 {
     struct hio_hotpath *h = hio_hotpath_usable(self);
-    unsigned bid = hpb_held(h, bidv);
-    long len = hpb_len_arg(h, bid, lenv);
 
-    return rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
+    return hpb_string(h, hpb_held(h, bidv), lenv);
 }
 
 /*
@@ -84,8 +86,7 @@ hpb_take(VALUE self, VALUE bidv, VALUE lenv)
 {
     struct hio_hotpath *h = hio_hotpath_usable(self);
     unsigned bid = hpb_held(h, bidv);
-    long len = hpb_len_arg(h, bid, lenv);
-    VALUE str = rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
+    VALUE str = hpb_string(h, bid, lenv);
 
     hio_hp_release(h, bid);
     return str;

@@ -1,10 +1,14 @@
 /*
- * hotpath_class.c: Ruby binding of Hyperion::IOUring::HotpathRing.
+ * hotpath_class.c: Ruby binding of Hyperion::IOUring::HotpathRing (its
+ * buffer methods are in hotpath_buffers.c).
  *
- * Argument checks and conversions only; hotpath.c does the work and wait.c
- * the blocking.
+ * Layer: bindings. Calls the hot path's engine API (engine.h: hotpath.c,
+ * hp_queue.c, hp_probe.c), wait.c's hio_wait_ruby, errors.c and args.c.
+ *
+ * Argument checks and conversions only: hotpath.c does the work and
+ * describes the waits, wait.c decides how to wait.
  */
-#include "hp.h"
+#include "hyperion_io_uring.h"
 #include <errno.h>
 #include <string.h>
 #include <limits.h>
@@ -20,33 +24,40 @@ static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags;
 
 /* ---- TypedData ---- */
 
+/* What a HotpathRing object holds: the engine (opaque) and the Ruby state
+ * around it. */
+struct hpc {
+    struct hio_hotpath *h;
+    VALUE sched_io; /* IO of the eventfd for Fiber scheduler waits */
+    int in_each;    /* each_completion runs (its block, or a fiber parked in it) */
+};
+
 static void
 hpc_mark(void *p)
 {
-    struct hio_hotpath *x = p;
-    if (x->sched_io) rb_gc_mark(x->sched_io);
+    struct hpc *hc = p;
+    if (hc->sched_io) rb_gc_mark(hc->sched_io);
 }
 
+/* The GC's close never blocks and never raises (hio_hp_close says what it
+ * does with what the kernel still holds). */
 static void
 hpc_free(void *p)
 {
-    hio_hp_close((struct hio_hotpath *)p, 1); /* never blocks, never raises */
-    ruby_xfree(p);
+    struct hpc *hc = p;
+
+    if (hc->h) {
+        hio_hp_close(hc->h, 1);
+        hio_hp_free(hc->h);
+    }
+    ruby_xfree(hc);
 }
 
 static size_t
 hpc_memsize(const void *p)
 {
-    const struct hio_hotpath *h = p;
-    size_t sz = sizeof(*h);
-
-    if (h->inited) {
-        sz += h->bufs.mem_bytes + h->bufs.br_bytes + h->bufs.n * 5u;
-        sz += (size_t)h->nconns * sizeof(struct hio_conn) + (size_t)h->nsends * sizeof(struct hio_send);
-        sz += (size_t)h->done.cap * sizeof(struct hio_completion) + (size_t)h->parked.cap * sizeof(int);
-        sz += (size_t)h->closes.cap * sizeof(struct hio_close_pending);
-    }
-    return sz;
+    const struct hpc *hc = p;
+    return sizeof(*hc) + (hc->h ? hio_hp_memsize(hc->h) : 0);
 }
 
 static const rb_data_type_t hpc_type = {
@@ -59,30 +70,36 @@ static const rb_data_type_t hpc_type = {
 static VALUE
 hpc_alloc(VALUE klass)
 {
-    struct hio_hotpath *h;
-    VALUE obj = TypedData_Make_Struct(klass, struct hio_hotpath, &hpc_type, h);
-    h->uring.ring_fd = -1;
-    h->send_free = -1;
+    struct hpc *hc;
+    VALUE obj = TypedData_Make_Struct(klass, struct hpc, &hpc_type, hc);
+
+    hc->sched_io = Qnil;
+    if (!(hc->h = hio_hp_new())) rb_memerror(); /* not open: safe to free before initialize ran */
     return obj;
 }
 
-static struct hio_hotpath *
+static struct hpc *
 hpc_get(VALUE self)
 {
-    struct hio_hotpath *h;
-    TypedData_Get_Struct(self, struct hio_hotpath, &hpc_type, h);
-    return h;
+    struct hpc *hc;
+    TypedData_Get_Struct(self, struct hpc, &hpc_type, hc);
+    return hc;
 }
 
-/* The ring the caller may use now, or an exception saying why not. */
+static struct hpc *
+hpc_usable(VALUE self)
+{
+    struct hpc *hc = hpc_get(self);
+
+    if (!hio_hp_is_open(hc->h)) hio_raise_closed();
+    hio_raise_unless_owner(hio_hp_owner(hc->h), HIO_USE_CALL, HP_CLASS);
+    return hc;
+}
+
 struct hio_hotpath *
 hio_hotpath_usable(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
-
-    if (!h->inited) hio_raise_closed();
-    hio_owner_check(&h->owner, HP_CLASS);
-    return h;
+    return hpc_usable(self)->h;
 }
 
 /* ---- Methods ---- */
@@ -103,7 +120,7 @@ static VALUE
 hpc_initialize(int argc, VALUE *argv, VALUE self)
 {
     static ID kw_ids[3];
-    struct hio_hotpath *h = hpc_get(self);
+    struct hio_hotpath *h = hpc_get(self)->h;
     VALUE opts, kw[3] = { Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
     unsigned depth = 1024, n_bufs, buf_size;
     int ret;
@@ -116,11 +133,11 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     if (kw[2] == Qundef) kw[2] = rb_respond_to(klass, id_default_buf_size) ? rb_funcall(klass, id_default_buf_size, 0) : INT2FIX(8192);
     n_bufs = hio_uint_arg(kw[1], "n_bufs", 1, 32768, 1);
     buf_size = hio_uint_arg(kw[2], "buf_size", 1, HP_MAX_BUF_SIZE, 0);
-    if (h->inited || h->closed) rb_raise(rb_eRuntimeError, "ring already initialized");
+    if (hio_hp_was_opened(h)) rb_raise(rb_eRuntimeError, "ring already initialized");
     hio_require_supported("io_uring hotpath", "hotpath_supported?", "hotpath_unsupported_reason");
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
     if (ret < 0)
-        hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", h->err, depth, n_bufs, buf_size);
+        hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", hio_hp_open_error(h), depth, n_bufs, buf_size);
     return self;
 }
 
@@ -219,7 +236,7 @@ hpc_submit_send(int argc, VALUE *argv, VALUE self)
 
 struct hpc_each {
     VALUE self;
-    struct hio_hotpath *h;
+    struct hpc *hc;
     unsigned want;
     unsigned min_wait_us;
     double timeout;
@@ -231,20 +248,20 @@ static VALUE
 hpc_each_body(VALUE arg)
 {
     struct hpc_each *e = (struct hpc_each *)arg;
-    struct hio_hotpath *h = e->h;
+    struct hio_hotpath *h = e->hc->h;
     struct hio_completion c;
     struct hio_wait w;
     unsigned limit;
     int ret;
 
     hio_hp_wait_plan(h, &w, e->want, e->timeout, e->min_wait_us, HIO_WAIT_RUBY);
-    ret = hio_wait_ruby(&w, &h->sched_io);
+    ret = hio_wait_ruby(&w, &e->hc->sched_io);
     if (ret < 0) hio_raise_errno(ret, "io_uring_enter(each_completion)");
     /* Yield what is queued now (not what the block queues meanwhile). Each
      * completion leaves the queue before its block runs: an exception in the
      * block loses none of the others. */
-    limit = h->done.count;
-    while (limit-- > 0 && h->inited && hio_hp_pop(h, &c)) {
+    limit = hio_hp_queued(h);
+    while (limit-- > 0 && hio_hp_is_open(h) && hio_hp_pop(h, &c)) {
         e->yielded++;
         if (e->raw) {
             rb_yield_values(5, INT2FIX(c.op_kind), INT2FIX(c.fd), LL2NUM(c.result), INT2FIX(c.buf_id),
@@ -265,7 +282,7 @@ hpc_each_body(VALUE arg)
 static VALUE
 hpc_each_ensure(VALUE arg)
 {
-    ((struct hpc_each *)arg)->h->in_each = 0;
+    ((struct hpc_each *)arg)->hc->in_each = 0;
     return Qnil;
 }
 
@@ -320,11 +337,11 @@ hpc_each_completion(int argc, VALUE *argv, VALUE self)
     if (kw[3] != Qundef && !NIL_P(kw[3])) e.min_wait_us = hio_uint_arg(kw[3], "min_wait_us", 0, 1000000, 0);
     rb_need_block();
     e.self = self;
-    e.h = hio_hotpath_usable(self);
-    if (e.h->in_each)
+    e.hc = hpc_usable(self);
+    if (e.hc->in_each)
         rb_raise(hio_eError, "each_completion is not reentrant (called from its own block, or from "
                              "another fiber while it waits under the Fiber scheduler)");
-    e.h->in_each = 1;
+    e.hc->in_each = 1;
     rb_ensure(hpc_each_body, (VALUE)&e, hpc_each_ensure, (VALUE)&e);
     return LONG2NUM(e.yielded);
 }
@@ -436,15 +453,15 @@ hpc_flush(VALUE self)
 static VALUE
 hpc_close(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
+    struct hpc *hc = hpc_get(self);
 
-    if (!h->inited) return Qnil;
-    if (!hio_owner_forked(&h->owner)) hio_owner_check(&h->owner, HP_CLASS);
-    if (h->in_each)
+    if (!hio_hp_is_open(hc->h)) return Qnil;
+    hio_raise_unless_owner(hio_hp_owner(hc->h), HIO_USE_CLOSE, HP_CLASS);
+    if (hc->in_each)
         rb_raise(hio_eError, "cannot close a ring while each_completion runs (from its block, or "
                              "from another fiber while it waits under the Fiber scheduler)");
-    hio_hp_close(h, 0);
-    hio_sched_io_close(&h->sched_io);
+    hio_hp_close(hc->h, 0);
+    hio_sched_io_close(&hc->sched_io);
     return Qnil;
 }
 
@@ -455,7 +472,7 @@ hpc_close(VALUE self)
 static VALUE
 hpc_closed_p(VALUE self)
 {
-    return hpc_get(self)->inited ? Qfalse : Qtrue;
+    return hio_hp_is_open(hpc_get(self)->h) ? Qfalse : Qtrue;
 }
 
 /*
@@ -469,8 +486,7 @@ hpc_closed_p(VALUE self)
 static VALUE
 hpc_healthy_p(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
-    return h->inited && h->healthy ? Qtrue : Qfalse;
+    return hio_hp_healthy(hpc_get(self)->h) ? Qtrue : Qfalse;
 }
 
 /*
@@ -482,7 +498,7 @@ hpc_healthy_p(VALUE self)
 static VALUE
 hpc_force_unhealthy(VALUE self)
 {
-    hpc_get(self)->healthy = 0;
+    hio_hp_set_unhealthy(hpc_get(self)->h);
     return Qnil;
 }
 
@@ -493,8 +509,8 @@ hpc_force_unhealthy(VALUE self)
 static VALUE
 hpc_fileno(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
-    return h->inited ? INT2FIX(h->uring.ring_fd) : Qnil;
+    struct hio_hotpath *h = hpc_get(self)->h;
+    return hio_hp_is_open(h) ? INT2FIX(hio_hp_fd(h)) : Qnil;
 }
 
 /*
@@ -510,8 +526,8 @@ hpc_fileno(VALUE self)
 static VALUE
 hpc_ptr(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
-    return h->inited ? ULL2NUM((unsigned long long)(uintptr_t)h) : Qnil;
+    struct hio_hotpath *h = hpc_get(self)->h;
+    return hio_hp_is_open(h) ? ULL2NUM((unsigned long long)(uintptr_t)h) : Qnil;
 }
 
 /*
@@ -528,8 +544,7 @@ hpc_ptr(VALUE self)
 static VALUE
 hpc_batch_wait_supported_p(VALUE self)
 {
-    struct hio_hotpath *h = hio_hotpath_usable(self);
-    return h->batch_wait ? Qtrue : Qfalse;
+    return hio_hp_batch_wait(hio_hotpath_usable(self)) ? Qtrue : Qfalse;
 }
 
 /*
@@ -549,27 +564,29 @@ hpc_batch_wait_supported_p(VALUE self)
 static VALUE
 hpc_stats(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
+    struct hio_hp_stats st;
     VALUE s = rb_hash_new();
+
+    hio_hp_stats(hpc_get(self)->h, &st);
 #define HPC_STAT(name, val) rb_hash_aset(s, ID2SYM(rb_intern(name)), ULL2NUM((unsigned long long)(val)))
-    HPC_STAT("accepts", h->st.accepts);
-    HPC_STAT("recvs", h->st.recvs);
-    HPC_STAT("recv_bytes", h->st.recv_bytes);
-    HPC_STAT("sends", h->st.sends);
-    HPC_STAT("send_bytes", h->st.send_bytes);
-    HPC_STAT("short_sends", h->st.short_sends);
-    HPC_STAT("enobufs", h->st.enobufs);
-    HPC_STAT("rearms", h->st.rearms);
-    HPC_STAT("cq_overflows", h->st.cq_overflows);
-    HPC_STAT("stale_completions", h->st.stale_completions);
-    HPC_STAT("buffers_in_use", h->bufs.in_use);
-    HPC_STAT("submits", h->st.submits);
-    HPC_STAT("waits", h->st.waits);
-    HPC_STAT("batch_waits", h->st.batch_waits);
-    HPC_STAT("closes", h->st.closes);
-    HPC_STAT("inflight", h->inflight < 0 ? 0 : h->inflight);
-    HPC_STAT("queued", h->done.count);
-    HPC_STAT("setup_flags", h->flags);
+    HPC_STAT("accepts", st.st.accepts);
+    HPC_STAT("recvs", st.st.recvs);
+    HPC_STAT("recv_bytes", st.st.recv_bytes);
+    HPC_STAT("sends", st.st.sends);
+    HPC_STAT("send_bytes", st.st.send_bytes);
+    HPC_STAT("short_sends", st.st.short_sends);
+    HPC_STAT("enobufs", st.st.enobufs);
+    HPC_STAT("rearms", st.st.rearms);
+    HPC_STAT("cq_overflows", st.st.cq_overflows);
+    HPC_STAT("stale_completions", st.st.stale_completions);
+    HPC_STAT("buffers_in_use", st.buffers_in_use);
+    HPC_STAT("submits", st.st.submits);
+    HPC_STAT("waits", st.st.waits);
+    HPC_STAT("batch_waits", st.st.batch_waits);
+    HPC_STAT("closes", st.st.closes);
+    HPC_STAT("inflight", st.inflight);
+    HPC_STAT("queued", st.queued);
+    HPC_STAT("setup_flags", st.setup_flags);
 #undef HPC_STAT
     return s;
 }
@@ -606,7 +623,7 @@ hpc_s_leaked_rings(VALUE klass)
 }
 
 void
-hio_init_hotpath_class(void)
+hio_init_hotpath_class(VALUE mIOUring)
 {
     id_queue_depth = rb_intern("queue_depth");
     id_n_bufs = rb_intern("n_bufs");
@@ -623,7 +640,7 @@ hio_init_hotpath_class(void)
     sym_buf_id = ID2SYM(rb_intern("buf_id"));
     sym_flags = ID2SYM(rb_intern("flags"));
 
-    hio_cHotpathRing = rb_define_class_under(hio_mIOUring, "HotpathRing", rb_cObject);
+    hio_cHotpathRing = rb_define_class_under(mIOUring, "HotpathRing", rb_cObject);
     rb_define_const(hio_cHotpathRing, "DEFAULT_QUEUE_DEPTH", INT2FIX(1024));
     rb_define_const(hio_cHotpathRing, "DEFAULT_N_BUFS", INT2FIX(512));
     rb_define_const(hio_cHotpathRing, "DEFAULT_BUF_SIZE", INT2FIX(8192));
@@ -641,7 +658,6 @@ hio_init_hotpath_class(void)
     rb_define_method(hio_cHotpathRing, "submit_recv_multishot", hpc_submit_recv, 1);
     rb_define_method(hio_cHotpathRing, "submit_send", hpc_submit_send, -1);
     rb_define_method(hio_cHotpathRing, "each_completion", hpc_each_completion, -1);
-    hio_init_hotpath_buffers(hio_cHotpathRing);
     rb_define_method(hio_cHotpathRing, "cancel", hpc_cancel, 1);
     rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, 1);
     rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);

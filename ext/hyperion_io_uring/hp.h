@@ -10,11 +10,16 @@
  *   hp_conn.c                      per-fd entries: identity, generation, pending closes
  *   hp_queue.c  hp_slots.c         SQEs, user_data, Ruby's completion queue; send slots
  *   buf_ring.c fifo.c setup.c owner.c registry.c wait.c (below both engines)
+ *
+ * The bindings see none of it: engine.h is their view of the engine.
  */
 #ifndef HIO_HP_H
 #define HIO_HP_H 1
 
-#include "hyperion_io_uring.h"
+#include "engine.h"
+#include "buf_ring.h"
+#include "fifo.h"
+#include "owner.h"
 
 #define HP_BGID 0
 #define HP_GEN_MASK 0xffffffu
@@ -65,13 +70,12 @@ struct hio_hotpath {
     /* hotpath.c */
     uint32_t magic;              /* HIO_HOTPATH_MAGIC while open (C entry point) */
     struct io_uring uring;
-    int inited, closed, healthy, leaked, in_each, closing;
+    int inited, closed, healthy, closing;
     int cancel_fallback;         /* 1: IORING_ASYNC_CANCEL_ANY failed, cancel one by one; 2: done */
     int batch_wait;              /* each_completion(min_wait_us:) makes kernel batch waits */
-    unsigned flags, depth;
+    unsigned flags;              /* setup flags in force */
     struct hio_owner owner;
-    char err[160];               /* what failed, for probe reasons */
-    VALUE sched_io;              /* IO of the eventfd for Fiber scheduler waits (marked) */
+    char err[160];               /* which step of open failed */
     /* hp_queue.c */
     long inflight;               /* requests whose final CQE is still due */
     struct hio_fifo done;        /* struct hio_completion: reaped, not yet yielded */

@@ -3,10 +3,10 @@
  * HotpathRing really completes a multishot accept and a multishot recv on a
  * loopback connection.
  *
- * Layer: above hotpath.c. Calls hotpath.c's engine API, wait.c, buf_ring.c
- * and libc sockets.
+ * Layer: above hotpath.c. Calls the hot path's engine API (engine.h:
+ * hotpath.c, hp_queue.c), wait.c and libc sockets.
  */
-#include "hp.h"
+#include "engine.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -93,39 +93,45 @@ probe_next(struct hio_hotpath *h, int op, struct hio_completion *out)
 const char *
 hio_hp_probe(char *reason, size_t cap)
 {
-    struct hio_hotpath h;
+    struct hio_hotpath *h = hio_hp_new();
     struct hio_completion c;
     struct sockaddr_in addr;
     int lfd = -1, cfd = -1, sfd = -1, ret;
     const char *step = "";
+    unsigned len;
 
-    memset(&h, 0, sizeof(h));
-    ret = hio_hp_open(&h, 8, 4, 256);
+    if (!h) {
+        snprintf(reason, cap, "probe ring: %s", strerror(ENOMEM));
+        return reason;
+    }
+    ret = hio_hp_open(h, 8, 4, 256);
     if (ret < 0) {
-        snprintf(reason, cap, "%s failed: %s%s", h.err, strerror(-ret),
+        snprintf(reason, cap, "%s failed: %s%s", hio_hp_open_error(h), strerror(-ret),
                  ret == -EINVAL ? " (provided buffer rings need Linux 5.19+)" : "");
+        hio_hp_free(h);
         return reason;
     }
     step = "loopback listener";
     if ((ret = probe_listener(&lfd, &addr)) < 0) goto fail;
     step = "multishot accept";
-    if ((ret = hio_hp_submit_accept(&h, lfd)) < 0) goto fail;
-    hio_hp_flush(&h);
+    if ((ret = hio_hp_submit_accept(h, lfd)) < 0) goto fail;
+    hio_hp_flush(h);
     cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (cfd < 0 || connect(cfd, (struct sockaddr *)&addr, sizeof(addr)) < 0) { ret = -errno; step = "loopback connect"; goto fail; }
-    if ((ret = probe_next(&h, HIO_OP_ACCEPT, &c)) < 0) goto fail;
+    if ((ret = probe_next(h, HIO_OP_ACCEPT, &c)) < 0) goto fail;
     if (c.result < 0) { ret = (int)c.result; goto fail; }
     sfd = (int)c.result;
     step = "multishot recv";
-    if ((ret = hio_hp_submit_recv(&h, sfd)) < 0) goto fail;
+    if ((ret = hio_hp_submit_recv(h, sfd)) < 0) goto fail;
     if (write(cfd, "hyperion", 8) != 8) { ret = -errno; step = "loopback write"; goto fail; }
-    if ((ret = probe_next(&h, HIO_OP_RECV, &c)) < 0) goto fail;
-    if (c.result != 8 || c.buf_id < 0 || memcmp(hio_bufring_data(&h.bufs, (unsigned)c.buf_id), "hyperion", 8) != 0) {
+    if ((ret = probe_next(h, HIO_OP_RECV, &c)) < 0) goto fail;
+    if (c.result != 8 || c.buf_id < 0 || memcmp(hio_hp_buffer(h, (unsigned)c.buf_id, &len), "hyperion", 8) != 0) {
         ret = c.result < 0 ? (int)c.result : -EIO;
         goto fail;
     }
-    hio_hp_release(&h, (unsigned)c.buf_id);
-    hio_hp_close(&h, 0);
+    hio_hp_release(h, (unsigned)c.buf_id);
+    hio_hp_close(h, 0);
+    hio_hp_free(h);
     close(sfd);
     close(cfd);
     close(lfd);
@@ -133,7 +139,8 @@ hio_hp_probe(char *reason, size_t cap)
 fail:
     snprintf(reason, cap, "%s failed: %s%s", step, strerror(-ret),
              ret == -EINVAL ? " (multishot accept needs Linux 5.19+, multishot recv 6.0+)" : "");
-    hio_hp_close(&h, 0);
+    hio_hp_close(h, 0);
+    hio_hp_free(h);
     if (sfd >= 0) close(sfd);
     if (cfd >= 0) close(cfd);
     if (lfd >= 0) close(lfd);

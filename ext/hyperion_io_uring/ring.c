@@ -1,7 +1,7 @@
 /*
  * ring.c: engine of the single-shot Ring.
  *
- * Layer: engine. Calls setup.c, wait.c, the owner checks and liburing.
+ * Layer: engine. Calls setup.c, wait.c, owner.c and liburing.
  *
  * One request at a time: prep, then a wait wait.c runs (a peek first: the
  * ready case completes inline, so a connection already in the backlog costs
@@ -11,7 +11,9 @@
  * the next call never sees a stale completion and the kernel never writes
  * into memory that is gone.
  */
-#include "hyperion_io_uring.h"
+#include "engine.h"
+#include "hio_valgrind.h"
+#include "setup.h"
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -22,6 +24,101 @@
 #define SRING_CANCEL_TOKEN 0u
 #define SRING_DRAIN_SECONDS 2.0
 #define SRING_DIRECT_STREAK 16
+
+struct hio_sring {
+    struct io_uring uring;
+    int inited;       /* io_uring_queue_init succeeded */
+    int wedged;       /* a request could not be drained: leak its buffer */
+    unsigned flags;   /* setup flags in force */
+    struct hio_owner owner;
+    uint64_t seq;     /* request tokens */
+    char *buf;        /* read scratch, owned here, never moved by the GC */
+    size_t buf_cap;
+    uint64_t ops, waits, cancels;
+    int busy;         /* a call is running; under a scheduler its fiber may be parked */
+    unsigned char direct[3]; /* per hio_sreq_kind: calls left that submit and wait in one enter */
+    struct {          /* the call in progress */
+        struct hio_sreq *req;
+        uint64_t token;
+        int pending;  /* an SQE of ours is in the kernel */
+        int polling;  /* the pending SQE is the EAGAIN poll fallback */
+    } op;
+};
+
+struct hio_sring *
+hio_sring_new(void)
+{
+    struct hio_sring *r = calloc(1, sizeof(*r));
+
+    if (r) r->uring.ring_fd = -1;
+    return r;
+}
+
+void
+hio_sring_free(struct hio_sring *r)
+{
+    hio_sring_close(r);
+    free(r);
+}
+
+size_t
+hio_sring_memsize(const struct hio_sring *r)
+{
+    size_t sz = sizeof(*r) + r->buf_cap;
+
+    if (r->inited) {
+        sz += (size_t)r->uring.sq.ring_sz + (size_t)r->uring.cq.ring_sz;
+        /* ring_entries, not *kring_entries: that one lives in the ring
+         * mapping, which a forked child lacks (io_uring_ring_dontfork). */
+        sz += (size_t)r->uring.sq.ring_entries * sizeof(struct io_uring_sqe);
+    }
+    return sz;
+}
+
+int
+hio_sring_is_open(const struct hio_sring *r)
+{
+    return r->inited;
+}
+
+int
+hio_sring_busy(const struct hio_sring *r)
+{
+    return r->busy;
+}
+
+int
+hio_sring_wedged(const struct hio_sring *r)
+{
+    return r->wedged;
+}
+
+int
+hio_sring_fd(const struct hio_sring *r)
+{
+    return r->inited ? r->uring.ring_fd : -1;
+}
+
+const struct hio_owner *
+hio_sring_owner(const struct hio_sring *r)
+{
+    return &r->owner;
+}
+
+const char *
+hio_sring_buf(const struct hio_sring *r)
+{
+    return r->buf;
+}
+
+void
+hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out)
+{
+    out->ops = r->ops;
+    out->waits = r->waits;
+    out->cancels = r->cancels;
+    out->setup_flags = r->flags;
+}
 
 int
 hio_sring_open(struct hio_sring *r, unsigned depth)
@@ -55,7 +152,7 @@ void
 hio_sring_close(struct hio_sring *r)
 {
     if (r->inited) {
-        if (hio_owner_forked(&r->owner)) hio_queue_forget(&r->uring);
+        if (hio_owner_forked(&r->owner)) hio_owner_forget_ring(&r->uring);
         else io_uring_queue_exit(&r->uring); /* nothing is in flight between calls */
         r->inited = 0;
     }
@@ -127,6 +224,8 @@ sring_reap(struct hio_sring *r)
         if (r->op.pending && cqe->user_data == r->op.token) {
             r->op.pending = 0;
             r->op.req->res = cqe->res;
+            if (cqe->res > 0 && !r->op.polling && r->op.req->kind == HIO_SREQ_READ)
+                HIO_MEM_DEFINED(r->buf, (size_t)cqe->res);
         }
         /* else: the CQE of a cancel request; nothing else is in flight. */
     }

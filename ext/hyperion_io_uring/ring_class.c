@@ -1,8 +1,12 @@
 /*
  * ring_class.c: Ruby binding of Hyperion::IOUring::Ring.
  *
+ * Layer: bindings. Calls ring.c's engine API (engine.h), wait.c's
+ * hio_wait_ruby, errors.c and args.c.
+ *
  * Turns Ruby arguments into a struct hio_sreq for ring.c and the result back
- * into Ruby values. Never blocks by itself: ring.c waits through wait.c.
+ * into Ruby values. Never decides how to wait: ring.c describes the wait,
+ * wait.c runs it.
  */
 #include "hyperion_io_uring.h"
 #include <errno.h>
@@ -13,39 +17,43 @@ VALUE hio_cRing;
 static ID id_queue_depth, id_timeout, id_max;
 static VALUE sym_wouldblock;
 
+#define RINGC_CLASS "Hyperion::IOUring::Ring"
+
 /* ---- TypedData ---- */
+
+/* What a Ring object holds: the engine (opaque) and the Ruby object it
+ * waits through under a Fiber scheduler. */
+struct ringc {
+    struct hio_sring *r;
+    VALUE sched_io; /* IO of the eventfd for Fiber scheduler waits */
+};
 
 static void
 ringc_mark(void *p)
 {
-    struct hio_sring *x = p;
-    if (x->sched_io) rb_gc_mark(x->sched_io);
+    struct ringc *rc = p;
+    if (rc->sched_io) rb_gc_mark(rc->sched_io);
 }
 
+/* Never blocks: the engine's close only exits the ring (nothing is in
+ * flight between calls) or, in a forked child, forgets it. */
 static void
 ringc_free(void *p)
 {
-    hio_sring_close((struct hio_sring *)p);
-    ruby_xfree(p);
+    struct ringc *rc = p;
+    if (rc->r) hio_sring_free(rc->r);
+    ruby_xfree(rc);
 }
 
 static size_t
 ringc_memsize(const void *p)
 {
-    const struct hio_sring *r = p;
-    size_t sz = sizeof(*r) + r->buf_cap;
-    if (r->inited) {
-        sz += (size_t)r->uring.sq.ring_sz + (size_t)r->uring.cq.ring_sz;
-        /* ring_entries, not *kring_entries: that one lives in the ring
-         * mapping, which a forked child lacks (io_uring_ring_dontfork), so
-         * ObjectSpace.memsize_of crashed there. */
-        sz += (size_t)r->uring.sq.ring_entries * sizeof(struct io_uring_sqe);
-    }
-    return sz;
+    const struct ringc *rc = p;
+    return sizeof(*rc) + (rc->r ? hio_sring_memsize(rc->r) : 0);
 }
 
 static const rb_data_type_t ringc_type = {
-    "Hyperion::IOUring::Ring",
+    RINGC_CLASS,
     { ringc_mark, ringc_free, ringc_memsize, },
     0, 0,
     RUBY_TYPED_FREE_IMMEDIATELY,
@@ -54,43 +62,47 @@ static const rb_data_type_t ringc_type = {
 static VALUE
 ringc_alloc(VALUE klass)
 {
-    struct hio_sring *r;
-    VALUE obj = TypedData_Make_Struct(klass, struct hio_sring, &ringc_type, r);
-    r->uring.ring_fd = -1; /* safe to free before initialize ran */
+    struct ringc *rc;
+    VALUE obj = TypedData_Make_Struct(klass, struct ringc, &ringc_type, rc);
+
+    rc->sched_io = Qnil;
+    if (!(rc->r = hio_sring_new())) rb_memerror(); /* closed: safe to free before initialize ran */
     return obj;
 }
 
-static struct hio_sring *
+static struct ringc *
 ringc_get(VALUE self)
 {
-    struct hio_sring *r;
-    TypedData_Get_Struct(self, struct hio_sring, &ringc_type, r);
-    return r;
+    struct ringc *rc;
+    TypedData_Get_Struct(self, struct ringc, &ringc_type, rc);
+    return rc;
 }
 
 /* The ring the caller may use now, or an exception saying why not. */
-static struct hio_sring *
+static struct ringc *
 ringc_usable(VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
+    struct ringc *rc = ringc_get(self);
 
-    if (!r->inited) hio_raise_closed();
-    hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
-    if (r->busy)
+    if (!hio_sring_is_open(rc->r)) hio_raise_closed();
+    hio_raise_unless_owner(hio_sring_owner(rc->r), HIO_USE_CALL, RINGC_CLASS);
+    if (hio_sring_busy(rc->r))
         rb_raise(hio_eError, "Ring busy: another fiber is waiting in accept or read on it; "
                              "use one ring per fiber (Hyperion::IOUring.fiber_ring)");
-    if (r->wedged)
+    if (hio_sring_wedged(rc->r))
         rb_raise(hio_eRingError, "ring wedged: a request could not be cancelled; close it and open a new one");
-    return r;
+    return rc;
 }
 
-/* In a forked child only close and closed? may touch the parent's ring;
- * the read-only accessors (fileno, stats) stay usable from other threads. */
-static void
-ringc_check_fork(const struct hio_sring *r)
+/* The read-only accessors (fileno, stats): from any thread, not in a
+ * forked child. */
+static struct hio_sring *
+ringc_inspectable(VALUE self)
 {
-    if (r->inited && hio_owner_forked(&r->owner))
-        hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
+    struct hio_sring *r = ringc_get(self)->r;
+
+    if (hio_sring_is_open(r)) hio_raise_unless_owner(hio_sring_owner(r), HIO_USE_INSPECT, RINGC_CLASS);
+    return r;
 }
 
 /* ---- Methods ---- */
@@ -107,7 +119,7 @@ ringc_check_fork(const struct hio_sring *r)
 static VALUE
 ringc_initialize(int argc, VALUE *argv, VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
+    struct hio_sring *r = ringc_get(self)->r;
     VALUE opts, kw[1] = { Qundef };
     unsigned depth = 256;
     int ret;
@@ -115,7 +127,7 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
     rb_scan_args(argc, argv, "0:", &opts);
     if (!NIL_P(opts)) rb_get_kwargs(opts, &id_queue_depth, 0, 1, kw);
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
-    if (r->inited) rb_raise(rb_eRuntimeError, "ring already initialized");
+    if (hio_sring_is_open(r)) rb_raise(rb_eRuntimeError, "ring already initialized");
     hio_require_supported("io_uring", "supported?", "unsupported_reason");
     ret = hio_sring_open(r, depth);
     if (ret < 0) hio_raise_errno(ret, "io_uring_setup(queue_depth: %u)", depth);
@@ -125,14 +137,15 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
 /* Runs req on the ring; returns :wouldblock or raises when it did not
  * complete, Qundef when req->res is its result. */
 static VALUE
-ringc_run(struct hio_sring *r, struct hio_sreq *req, const char *what)
+ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what)
 {
     struct hio_wait w;
 
-    hio_sring_begin(r, req, &w);
-    hio_wait_ruby(&w, &r->sched_io);
+    hio_sring_begin(rc->r, req, &w);
+    hio_wait_ruby(&w, &rc->sched_io);
     if (req->fatal) hio_raise_errno(req->fatal, "io_uring_enter(%s fd %d)", what, req->fd);
-    if (r->wedged) rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, req->fd);
+    if (hio_sring_wedged(rc->r))
+        rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, req->fd);
     if (!req->done) return sym_wouldblock; /* timed out, request cancelled */
     return Qundef;
 }
@@ -152,7 +165,7 @@ ringc_run(struct hio_sring *r, struct hio_sreq *req, const char *what)
 static VALUE
 ringc_accept(int argc, VALUE *argv, VALUE self)
 {
-    struct hio_sring *r;
+    struct ringc *rc;
     struct hio_sreq req;
     VALUE listener, opts, kw[1] = { Qundef }, res;
     double timeout = -1.0;
@@ -162,10 +175,10 @@ ringc_accept(int argc, VALUE *argv, VALUE self)
     if (kw[0] != Qundef) timeout = hio_timeout_arg(kw[0], "accept");
     memset(&req, 0, sizeof(req));
     req.fd = hio_fd_arg(listener, "accept");
-    r = ringc_usable(self);
+    rc = ringc_usable(self);
     req.kind = HIO_SREQ_ACCEPT;
     req.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
-    res = ringc_run(r, &req, "accept");
+    res = ringc_run(rc, &req, "accept");
     if (res != Qundef) return res;
     if (req.res >= 0) return INT2FIX(req.res);
     switch (-req.res) {
@@ -192,7 +205,7 @@ static VALUE
 ringc_read(int argc, VALUE *argv, VALUE self)
 {
     static ID kw_ids[2];
-    struct hio_sring *r;
+    struct ringc *rc;
     struct hio_sreq req;
     VALUE fdv, opts, kw[2] = { Qundef, Qundef }, res;
     double timeout = -1.0;
@@ -212,16 +225,15 @@ ringc_read(int argc, VALUE *argv, VALUE self)
     if (kw[1] != Qundef) timeout = hio_timeout_arg(kw[1], "read");
     memset(&req, 0, sizeof(req));
     req.fd = hio_fd_arg(fdv, "read");
-    r = ringc_usable(self);
-    ret = hio_sring_reserve(r, (size_t)max);
+    rc = ringc_usable(self);
+    ret = hio_sring_reserve(rc->r, (size_t)max);
     if (ret < 0) hio_raise_errno(ret, "read: buffer of %ld bytes", max);
     req.kind = HIO_SREQ_READ;
     req.len = (unsigned)max;
     req.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
-    res = ringc_run(r, &req, "read");
+    res = ringc_run(rc, &req, "read");
     if (res != Qundef) return res;
-    if (req.res > 0) HIO_MEM_DEFINED(r->buf, (size_t)req.res);
-    if (req.res >= 0) return rb_str_new(r->buf, req.res); /* ASCII-8BIT */
+    if (req.res >= 0) return rb_str_new(hio_sring_buf(rc->r), req.res); /* ASCII-8BIT */
     switch (-req.res) {
       case EAGAIN: case EINTR: case ECANCELED:
         return sym_wouldblock;
@@ -241,15 +253,17 @@ ringc_read(int argc, VALUE *argv, VALUE self)
 static VALUE
 ringc_close(VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
+    struct ringc *rc = ringc_get(self);
+    const struct hio_owner *o = hio_sring_owner(rc->r);
 
-    if (r->inited && !hio_owner_forked(&r->owner) && hio_owner_other_thread(&r->owner))
-        hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
-    if (r->inited && r->busy && !hio_owner_forked(&r->owner))
-        rb_raise(hio_eError, "cannot close a Ring while another fiber waits in accept or read on it "
-                             "(stop that fiber first)");
-    hio_sring_close(r);
-    hio_sched_io_close(&r->sched_io);
+    if (hio_sring_is_open(rc->r)) {
+        hio_raise_unless_owner(o, HIO_USE_CLOSE, RINGC_CLASS);
+        if (hio_sring_busy(rc->r) && !hio_owner_forked(o))
+            rb_raise(hio_eError, "cannot close a Ring while another fiber waits in accept or read on it "
+                                 "(stop that fiber first)");
+    }
+    hio_sring_close(rc->r);
+    hio_sched_io_close(&rc->sched_io);
     return Qnil;
 }
 
@@ -260,7 +274,7 @@ ringc_close(VALUE self)
 static VALUE
 ringc_closed_p(VALUE self)
 {
-    return ringc_get(self)->inited ? Qfalse : Qtrue;
+    return hio_sring_is_open(ringc_get(self)->r) ? Qfalse : Qtrue;
 }
 
 /*
@@ -272,9 +286,8 @@ ringc_closed_p(VALUE self)
 static VALUE
 ringc_fileno(VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
-    ringc_check_fork(r);
-    return r->inited ? INT2FIX(r->uring.ring_fd) : Qnil;
+    struct hio_sring *r = ringc_inspectable(self);
+    return hio_sring_is_open(r) ? INT2FIX(hio_sring_fd(r)) : Qnil;
 }
 
 /*
@@ -290,15 +303,15 @@ ringc_fileno(VALUE self)
 static VALUE
 ringc_stats(VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
+    struct hio_sring_stats st;
     VALUE h;
 
-    ringc_check_fork(r);
+    hio_sring_stats(ringc_inspectable(self), &st);
     h = rb_hash_new();
-    rb_hash_aset(h, ID2SYM(rb_intern("ops")), ULL2NUM(r->ops));
-    rb_hash_aset(h, ID2SYM(rb_intern("waits")), ULL2NUM(r->waits));
-    rb_hash_aset(h, ID2SYM(rb_intern("cancels")), ULL2NUM(r->cancels));
-    rb_hash_aset(h, ID2SYM(rb_intern("setup_flags")), UINT2NUM(r->flags));
+    rb_hash_aset(h, ID2SYM(rb_intern("ops")), ULL2NUM(st.ops));
+    rb_hash_aset(h, ID2SYM(rb_intern("waits")), ULL2NUM(st.waits));
+    rb_hash_aset(h, ID2SYM(rb_intern("cancels")), ULL2NUM(st.cancels));
+    rb_hash_aset(h, ID2SYM(rb_intern("setup_flags")), UINT2NUM(st.setup_flags));
     return h;
 }
 
@@ -318,14 +331,14 @@ ringc_s_leaked_rings(VALUE klass)
 }
 
 void
-hio_init_ring_class(void)
+hio_init_ring_class(VALUE mIOUring)
 {
     id_queue_depth = rb_intern("queue_depth");
     id_timeout = rb_intern("timeout");
     id_max = rb_intern("max");
     sym_wouldblock = ID2SYM(rb_intern("wouldblock"));
 
-    hio_cRing = rb_define_class_under(hio_mIOUring, "Ring", rb_cObject);
+    hio_cRing = rb_define_class_under(mIOUring, "Ring", rb_cObject);
     rb_define_const(hio_cRing, "DEFAULT_QUEUE_DEPTH", INT2FIX(256));
     rb_define_alloc_func(hio_cRing, ringc_alloc);
     rb_define_singleton_method(hio_cRing, "leaked_rings", ringc_s_leaked_rings, 0);

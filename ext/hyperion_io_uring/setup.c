@@ -1,7 +1,7 @@
 /*
  * setup.c: ring setup with the best flags this kernel accepts.
  *
- * Layer: bottom. Calls liburing (and owner.c, for what a fork inherits).
+ * Layer: bottom. Calls liburing, and owner.c for what a fork inherits.
  *
  * Flags, newest first. SINGLE_ISSUER (6.0) + DEFER_TASKRUN (6.1) keep
  * completions from interrupting the Ruby thread with task-work IPIs
@@ -10,6 +10,7 @@
  * process.
  */
 #include "setup.h"
+#include "owner.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,10 +70,7 @@ hio_queue_init(struct io_uring *ring, unsigned entries, unsigned cq_entries, uns
         if (ret == 0) {
             if (setup_first_set < 0) setup_first_set = i;
             *flags_out = p.flags;
-#ifdef HAVE_IO_URING_RING_DONTFORK
-            /* A forked child then has no SQ/CQ mappings to corrupt. */
-            io_uring_ring_dontfork(ring);
-#endif
+            hio_owner_dontfork_ring(ring);
             return 0;
         }
         /* Only an unknown flag is worth another try; EPERM, ENOSYS,

@@ -15,6 +15,7 @@
  * propagates, and the engine's end callback (cancel + drain) consumes it.
  */
 #include "hyperion_io_uring.h"
+#include "hio_valgrind.h"
 #include <errno.h>
 #include <time.h>
 #include <math.h>
