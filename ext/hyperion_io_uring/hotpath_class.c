@@ -137,12 +137,13 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     hio_require_supported("io_uring hotpath", "hotpath_supported?", "hotpath_unsupported_reason");
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
     if (ret < 0)
-        hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", hio_hp_open_error(h), depth, n_bufs, buf_size);
+        hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", hio_hp_open_error(h), depth, n_bufs,
+                        buf_size);
     return self;
 }
 
 static void
-hpc_check_submit(struct hio_hotpath *h, int ret, const char *what, int fd)
+hpc_check_submit(int ret, const char *what, int fd)
 {
     if (ret == 0) return;
     if (ret == -EBADF) rb_raise(rb_eArgError, "%s: fd %d is not open", what, fd);
@@ -150,6 +151,17 @@ hpc_check_submit(struct hio_hotpath *h, int ret, const char *what, int fd)
         rb_raise(rb_eIOError, "%s: fd %d is being closed (submit_close was called for it)", what, fd);
     if (ret == -EALREADY) rb_raise(rb_eIOError, "%s: fd %d is already being closed", what, fd);
     hio_raise_errno(ret, "%s(fd %d)", what, fd);
+}
+
+/* A method that takes one fd (an Integer or an IO) and hands it to op. */
+static VALUE
+hpc_fd_call(VALUE self, VALUE fdv, const char *what, int (*op)(struct hio_hotpath *, int))
+{
+    int fd = hio_fd_arg(fdv, what);
+    struct hio_hotpath *h = hio_hotpath_usable(self);
+
+    hpc_check_submit(op(h, fd), what, fd);
+    return Qnil;
 }
 
 /*
@@ -166,11 +178,7 @@ hpc_check_submit(struct hio_hotpath *h, int ret, const char *what, int fd)
 static VALUE
 hpc_submit_accept(VALUE self, VALUE listener)
 {
-    int fd = hio_fd_arg(listener, "submit_accept_multishot");
-    struct hio_hotpath *h = hio_hotpath_usable(self);
-
-    hpc_check_submit(h, hio_hp_submit_accept(h, fd), "submit_accept_multishot", fd);
-    return Qnil;
+    return hpc_fd_call(self, listener, "submit_accept_multishot", hio_hp_submit_accept);
 }
 
 /*
@@ -186,11 +194,7 @@ hpc_submit_accept(VALUE self, VALUE listener)
 static VALUE
 hpc_submit_recv(VALUE self, VALUE fdv)
 {
-    int fd = hio_fd_arg(fdv, "submit_recv_multishot");
-    struct hio_hotpath *h = hio_hotpath_usable(self);
-
-    hpc_check_submit(h, hio_hp_submit_recv(h, fd), "submit_recv_multishot", fd);
-    return Qnil;
+    return hpc_fd_call(self, fdv, "submit_recv_multishot", hio_hp_submit_recv);
 }
 
 /*
@@ -230,7 +234,7 @@ hpc_submit_send(int argc, VALUE *argv, VALUE self)
         h = hio_hotpath_usable(self);
         ret = hio_hp_submit_sendv(h, fd, iov, iovcnt);
     }
-    hpc_check_submit(h, ret, "submit_send", fd);
+    hpc_check_submit(ret, "submit_send", fd);
     return Qnil;
 }
 
@@ -359,11 +363,7 @@ hpc_each_completion(int argc, VALUE *argv, VALUE self)
 static VALUE
 hpc_cancel(VALUE self, VALUE fdv)
 {
-    int fd = hio_fd_arg(fdv, "cancel");
-    struct hio_hotpath *h = hio_hotpath_usable(self);
-
-    hpc_check_submit(h, hio_hp_cancel(h, fd), "cancel", fd);
-    return Qnil;
+    return hpc_fd_call(self, fdv, "cancel", hio_hp_cancel);
 }
 
 /*
@@ -398,9 +398,10 @@ hpc_cancel(VALUE self, VALUE fdv)
  *
  * An IO is a TypeError: the IO would close the number again later, when it
  * may name another connection; close the IO itself. ArgumentError for a
- * negative fd and for the ring's own (#fileno). Closing the ring (#close, or the GC) still closes every fd
- * given to submit_close: one the kernel did not get yet, or one still
- * waiting for sends (which #close cancels), is closed with close(2).
+ * negative fd and for the ring's own (#fileno). Closing the ring (#close,
+ * or the GC) still closes every fd given to submit_close: one the kernel
+ * did not get yet, or one still waiting for sends (which #close cancels),
+ * is closed with close(2).
  *
  *   ring.submit_send(fd, response)
  *   ring.submit_close(fd) # the response goes out first
@@ -419,7 +420,7 @@ hpc_submit_close(VALUE self, VALUE fdv)
     h = hio_hotpath_usable(self);
     ret = hio_hp_submit_close(h, fd);
     if (ret == -EINVAL) rb_raise(rb_eArgError, "submit_close: fd %d is the ring's own (use #close)", fd);
-    hpc_check_submit(h, ret, "submit_close", fd);
+    hpc_check_submit(ret, "submit_close", fd);
     return Qnil;
 }
 

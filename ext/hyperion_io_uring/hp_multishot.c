@@ -7,7 +7,7 @@
  * (into the provided-buffer ring), each with an arm state per fd entry:
  * NONE, ARMED (in the kernel), PARKED (recv ended for lack of buffers;
  * re-armed when Ruby releases one) or CANCELLING (Ruby cancelled; the final
- * CQE is due). hp_ms_table is the one place that reads IORING_CQE_F_MORE
+ * CQE is due). ms_table is the one place that reads IORING_CQE_F_MORE
  * and decides a transition; this file is the only one that changes a state.
  */
 #include "hp_multishot.h"

@@ -99,7 +99,8 @@ const char *
 hio_owner_explain(const struct hio_owner *o, enum hio_owner_verdict v, const char *cls, char *buf, size_t cap)
 {
     if (v == HIO_OWNER_FORKED)
-        snprintf(buf, cap, "%s was created in process %d and cannot be used in forked child %d; open a new ring in the child",
+        snprintf(buf, cap,
+                 "%s was created in process %d and cannot be used in forked child %d; open a new ring in the child",
                  cls, (int)o->pid, (int)owner_pid_now());
     else
         snprintf(buf, cap, "%s belongs to the thread that created it; open one ring per thread (or per fiber)", cls);
