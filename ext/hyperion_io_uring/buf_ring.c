@@ -1,8 +1,10 @@
 /*
  * buf_ring.c: the provided-buffer ring the kernel picks recv buffers from.
  *
+ * Layer: bottom. Calls liburing and owner.c (what a fork inherits).
+ *
  * Both the ring of buffer descriptors and the buffers are mmap'd here (page
- * aligned, MADV_DONTFORK so a forked child has nothing to free or corrupt),
+ * aligned, not inherited by a forked child: it has nothing to free or corrupt),
  * never Ruby memory: the GC cannot move or free what the kernel writes.
  * liburing 2.3 lacks io_uring_setup_buf_ring, so registration is by hand.
  *
@@ -11,7 +13,9 @@
  * release or a copy from a buffer Ruby does not hold an ArgumentError instead
  * of silent corruption.
  */
-#include "hyperion_io_uring.h"
+#include "buf_ring.h"
+#include "hio_valgrind.h"
+#include "owner.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +26,7 @@ bufr_map(size_t bytes)
 {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;
-    madvise(p, bytes, MADV_DONTFORK);
+    hio_owner_dontfork_mem(p, bytes);
     return p;
 }
 
@@ -104,6 +108,33 @@ hio_bufring_release(struct hio_bufring *b, unsigned bid)
     b->in_use--;
     bufr_add(b, bid, 0);
     io_uring_buf_ring_advance(b->br, 1);
+}
+
+/* A buffer Ruby never saw (a stale recv's) goes back to the kernel. */
+void
+hio_bufring_recycle(struct hio_bufring *b, unsigned bid)
+{
+    if (bid >= b->n || b->held[bid]) return;
+    bufr_add(b, bid, 0);
+    io_uring_buf_ring_advance(b->br, 1);
+}
+
+unsigned
+hio_bufring_available(const struct hio_bufring *b)
+{
+    return b->n - b->in_use;
+}
+
+unsigned
+hio_bufring_len(const struct hio_bufring *b, unsigned bid)
+{
+    return b->len[bid];
+}
+
+size_t
+hio_bufring_bytes(const struct hio_bufring *b)
+{
+    return b->mem_bytes + b->br_bytes + (size_t)b->n * (sizeof(*b->held) + sizeof(*b->len));
 }
 
 const unsigned char *

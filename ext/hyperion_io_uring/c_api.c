@@ -4,55 +4,19 @@
  * Upstream's ext/hyperion_http/response_writer.c looks the symbol up with
  * dlsym(RTLD_DEFAULT, "hyperion_io_uring_hotpath_submit_send") and calls it,
  * GVL held, with the value of HotpathRing#ptr. Ruby loads extensions with
- * RTLD_GLOBAL, so exporting it with default visibility is enough.
+ * RTLD_GLOBAL, so exporting it with default visibility is enough (the rest
+ * of the extension is built with -fvisibility=hidden).
  *
  * The handle is never dereferenced before it is found in the registry of
  * live rings: a bogus or stale pointer gets -EINVAL, never a crash.
+ *
+ * Layer: above hotpath.c. Calls registry.c and hotpath.c.
  */
-#include "hyperion_io_uring.h"
+#include "engine.h"
+#include "registry.h"
 #include <errno.h>
 #include <limits.h>
-#include <stdlib.h>
 #include <sys/uio.h>
-
-static struct hio_hotpath **capi_live;
-static size_t capi_nlive, capi_cap;
-
-void
-hio_registry_add(struct hio_hotpath *h)
-{
-    if (capi_nlive == capi_cap) {
-        size_t cap = capi_cap ? capi_cap * 2 : 8;
-        struct hio_hotpath **n = realloc(capi_live, cap * sizeof(*n));
-        if (!n) return; /* unregistered: the entry point then refuses it */
-        capi_live = n;
-        capi_cap = cap;
-    }
-    capi_live[capi_nlive++] = h;
-}
-
-void
-hio_registry_remove(struct hio_hotpath *h)
-{
-    size_t i;
-
-    for (i = 0; i < capi_nlive; i++) {
-        if (capi_live[i] == h) {
-            capi_live[i] = capi_live[--capi_nlive];
-            return;
-        }
-    }
-}
-
-static int
-capi_live_p(const void *p)
-{
-    size_t i;
-
-    for (i = 0; i < capi_nlive; i++)
-        if ((const void *)capi_live[i] == p) return 1;
-    return 0;
-}
 
 /*
  * int hyperion_io_uring_hotpath_submit_send(void *ring, int fd,
@@ -65,15 +29,13 @@ capi_live_p(const void *p)
  * and thread, or iovcnt above IOV_MAX; -EBADF for a closed fd;
  * -ESHUTDOWN for a fd HotpathRing#submit_close is closing.
  */
-RUBY_FUNC_EXPORTED int
+__attribute__((visibility("default"))) int
 hyperion_io_uring_hotpath_submit_send(void *ring, int fd, const void *iov, unsigned iovcnt)
 {
     struct hio_hotpath *h = ring;
     int ret;
 
-    if (!ring || !capi_live_p(ring) || h->magic != HIO_HOTPATH_MAGIC || !h->inited ||
-        hio_owner_forked(&h->owner) || hio_owner_other_thread(&h->owner) || iovcnt > IOV_MAX ||
-        (iovcnt && !iov) || fd < 0) {
+    if (!ring || !hio_registry_live(ring) || !hio_hp_callable(h) || iovcnt > IOV_MAX || (iovcnt && !iov) || fd < 0) {
         errno = EINVAL;
         return -EINVAL;
     }

@@ -1,24 +1,24 @@
 /*
- * ext.c: Init_hyperion_io_uring. Defines the module, classes and constants;
- * nothing else lives here.
+ * ext.c: Init_hyperion_io_uring. Defines the module, its classes and
+ * constants (through each binding's Init); nothing else lives here.
+ *
+ * Layer: bindings (the entry Ruby calls). Calls the bindings' Init
+ * functions and owner.c's process setup.
  */
 #include "hyperion_io_uring.h"
-
-VALUE hio_mIOUring;
-VALUE hio_eError;
-VALUE hio_eUnsupported;
-VALUE hio_eForkError;
-VALUE hio_eThreadError;
-VALUE hio_eRingError;
 
 RUBY_FUNC_EXPORTED void
 Init_hyperion_io_uring(void)
 {
-    VALUE mHyperion = rb_define_module("Hyperion");
+    VALUE mIOUring = rb_define_module_under(rb_define_module("Hyperion"), "IOUring");
 
-    hio_mIOUring = rb_define_module_under(mHyperion, "IOUring");
-    hio_init_errors();
-    hio_init_probe();
-    hio_init_ring_class();
-    hio_init_hotpath_class();
+    hio_owner_process_init();
+    rb_define_const(mIOUring, "NATIVE_LIBURING", Qtrue);
+    rb_define_const(mIOUring, "LIBURING_VERSION", rb_obj_freeze(rb_str_new_cstr(HIO_LIBURING_VERSION)));
+    rb_define_const(mIOUring, "STUB_REASON", Qnil);
+    hio_init_errors(mIOUring);
+    hio_init_module(mIOUring);
+    hio_init_ring_class(mIOUring);
+    hio_init_hotpath_class(mIOUring);
+    hio_init_hotpath_buffers(hio_cHotpathRing);
 }

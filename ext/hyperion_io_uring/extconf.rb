@@ -93,7 +93,10 @@ else
 end
 
 # After the checks: a -Werror there would turn a warning in mkmf's test
-# programs into a silently missing feature.
+# programs into a silently missing feature. The engine files include no
+# ruby.h, whose config.h defines _GNU_SOURCE for the bindings: the same
+# feature set for every file (IOV_MAX, for one).
+$defs << "-D_GNU_SOURCE=1"
 $CFLAGS << " -std=gnu11 -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers"
 $CFLAGS << " -Werror" if ENV["HYPERION_IO_URING_WERROR"] == "1"
 

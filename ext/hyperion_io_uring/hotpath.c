@@ -1,582 +1,118 @@
 /*
- * hotpath.c: engine of HotpathRing.
+ * hotpath.c: the hot-path core of HotpathRing's engine: open, claim and
+ * retire, reap, dispatch, submit, wait, close.
  *
- * One ring per worker: a multishot accept per listener, a multishot recv per
- * connection into the provided-buffer ring, and sends, all reaped in batches.
- * Completions are copied out of the CQ into h->q (ring-owned) and the CQ is
- * advanced before Ruby sees any of them, so an exception in a block, a
- * Thread#raise or a Timeout loses nothing: what was not yielded is still
- * queued for the next call.
+ * Layer: top of the hot path (hp.h shows the layers). Calls hp_send.c,
+ * hp_multishot.c, hp_conn.c, hp_slots.c, hp_queue.c, buf_ring.c, setup.c,
+ * owner.c, registry.c, wait.c.
  *
- * Lifetimes: every request the kernel holds is counted in h->inflight until
- * its final CQE (one without IORING_CQE_F_MORE). Payloads of sends are
- * ring-owned copies; recv buffers are the buffer ring's. close() cancels and
+ * One ring per worker: a multishot accept per listener, a multishot recv
+ * per connection into the provided-buffer ring, and sends, all reaped in
+ * batches. Lifetimes: every request the kernel holds is counted in
+ * h->inflight until its final CQE. Payloads of sends are ring-owned copies
+ * (hp_slots.c); recv buffers are the buffer ring's. close() cancels and
  * drains until inflight is 0, and leaks (never frees) memory the kernel may
  * still write if that fails.
- *
- * submit_close: the fd's multishot requests are cancelled at once; the
- * IORING_OP_CLOSE waits (conn->closing QUEUED) until the fd's queued sends
- * have their final CQEs, then goes into the SQ (ISSUED) with
- * IOSQE_CQE_SKIP_SUCCESS. Until the kernel takes that SQE the number is
- * still the connection's, so Ruby's submits on it are refused; once taken,
- * the number is free, and its next owner (an accept, a submit on another
- * socket) retires the entry as for any reused number.
  */
-#include "hyperion_io_uring.h"
-#include <arpa/inet.h>
+#include "hp.h"
+#include "registry.h"
+#include "setup.h"
+#include "hp_conn.h"
+#include "hp_multishot.h"
+#include "hp_queue.h"
+#include "hp_send.h"
+#include "hp_slots.h"
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/uio.h>
-#include <limits.h>
 #include <unistd.h>
 
-#define HP_BGID 0
 #define HP_CLOSE_DRAIN_SECONDS 1.0
-#define HP_GEN_MASK 0xffffffu
 #define HP_MAX_CQ 65536u
 
-/* ---- user_data: kind (8 bits) | generation (24 bits) | fd or send slot (32 bits) ---- */
+/* ---- claim and retire ---- */
 
-static inline uint64_t
-hp_ud(unsigned kind, uint32_t gen, uint32_t idx)
-{
-    return ((uint64_t)kind << 56) | ((uint64_t)(gen & HP_GEN_MASK) << 32) | idx;
-}
-static inline unsigned hp_ud_kind(uint64_t ud) { return (unsigned)(ud >> 56); }
-static inline uint32_t hp_ud_gen(uint64_t ud) { return (uint32_t)(ud >> 32) & HP_GEN_MASK; }
-static inline uint32_t hp_ud_idx(uint64_t ud) { return (uint32_t)ud; }
-
-/* ---- tables ---- */
-
-static struct hio_conn *
-hp_conn(struct hio_hotpath *h, int fd)
-{
-    if (fd < 0) return NULL;
-    if ((unsigned)fd >= h->nconns) {
-        unsigned n = h->nconns ? h->nconns : 64, i;
-        struct hio_conn *nc;
-        while (n <= (unsigned)fd) n *= 2;
-        nc = realloc(h->conns, (size_t)n * sizeof(*nc));
-        if (!nc) return NULL;
-        for (i = h->nconns; i < n; i++) {
-            memset(&nc[i], 0, sizeof(nc[i]));
-            nc[i].send_head = nc[i].send_tail = -1;
-        }
-        h->conns = nc;
-        h->nconns = n;
-    }
-    return &h->conns[fd];
-}
-
-/* Queue a completion for Ruby. Only malloc here (never Ruby's allocator:
- * it may raise in the middle of a reap). */
-static void
-hp_push(struct hio_hotpath *h, int op, int fd, int64_t res, int32_t bid, uint32_t flags)
-{
-    struct hio_completion *c;
-
-    if (h->q_count == h->q_cap) {
-        unsigned cap = h->q_cap ? h->q_cap * 2 : 64, i;
-        struct hio_completion *nq = malloc((size_t)cap * sizeof(*nq));
-        if (!nq) { h->healthy = 0; return; }
-        for (i = 0; i < h->q_count; i++) nq[i] = h->q[(h->q_head + i) % h->q_cap];
-        free(h->q);
-        h->q = nq;
-        h->q_cap = cap;
-        h->q_head = 0;
-    }
-    c = &h->q[(h->q_head + h->q_count) % h->q_cap];
-    c->op_kind = op;
-    c->fd = fd;
-    c->result = res;
-    c->buf_id = bid;
-    c->flags = flags;
-    h->q_count++;
-}
-
-int
-hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out)
-{
-    if (h->q_count == 0) return 0;
-    *out = h->q[h->q_head];
-    h->q_head = (h->q_head + 1) % h->q_cap;
-    h->q_count--;
-    return 1;
-}
-
-static void
-hp_park(struct hio_hotpath *h, int fd)
-{
-    if (h->parked_count == h->parked_cap) {
-        unsigned cap = h->parked_cap ? h->parked_cap * 2 : 16, i;
-        int *np = malloc((size_t)cap * sizeof(*np));
-        if (!np) { h->healthy = 0; return; }
-        for (i = 0; i < h->parked_count; i++) np[i] = h->parked[(h->parked_head + i) % h->parked_cap];
-        free(h->parked);
-        h->parked = np;
-        h->parked_cap = cap;
-        h->parked_head = 0;
-    }
-    h->parked[(h->parked_head + h->parked_count) % h->parked_cap] = fd;
-    h->parked_count++;
-}
-
-/* ---- closes the kernel may not have taken yet ---- */
-
-static int
-hp_closes_reserve(struct hio_hotpath *h)
-{
-    if (h->closes_count == h->closes_cap) {
-        unsigned cap = h->closes_cap ? h->closes_cap * 2 : 16, i;
-        struct hio_close_pending *nc = malloc((size_t)cap * sizeof(*nc));
-        if (!nc) return -ENOMEM;
-        for (i = 0; i < h->closes_count; i++) nc[i] = h->closes[(h->closes_head + i) % h->closes_cap];
-        free(h->closes);
-        h->closes = nc;
-        h->closes_cap = cap;
-        h->closes_head = 0;
-    }
-    return 0;
-}
-
-/* Whether the kernel has taken the SQE at free-running SQ position pos
- * (io_uring_get_sqe handed it out at sq.sqe_tail - 1; the kernel advances
- * the SQ head past what it consumed, in order). */
-static int
-hp_sq_taken(const struct hio_hotpath *h, uint32_t pos)
-{
-    return (int32_t)(io_uring_smp_load_acquire(h->uring.sq.khead) - pos) > 0;
-}
-
-/* Forgets the closes the kernel has taken: their numbers are free now. Run
- * after every submission that may have taken them (reap, flush), so a
- * position is never compared after the u32 counter wrapped. */
-static void
-hp_sweep_closes(struct hio_hotpath *h)
-{
-    while (h->closes_count > 0) {
-        struct hio_close_pending *p = &h->closes[h->closes_head];
-        struct hio_conn *c;
-        if (!hp_sq_taken(h, p->pos)) break;
-        c = &h->conns[p->fd];
-        if (c->closing == HIO_CLOSE_ISSUED && c->close_pos == p->pos) c->closing = HIO_CLOSE_NONE;
-        h->closes_head = (h->closes_head + 1) % h->closes_cap;
-        h->closes_count--;
-    }
-}
-
-/* ---- SQEs ---- */
-
-static struct io_uring_sqe *
-hp_sqe(struct hio_hotpath *h)
-{
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&h->uring);
-
-    if (!sqe) {
-        /* SQ full: push it to the kernel now. With the CQ overflowing the
-         * kernel may refuse (EBUSY) until the next reap; the caller then
-         * gets NULL (-EBUSY). Never reap here: handlers call this. */
-        h->st.submits++;
-        io_uring_submit(&h->uring);
-        sqe = io_uring_get_sqe(&h->uring);
-    }
-    return sqe;
-}
-
-static int
-hp_prep_cancel(struct hio_hotpath *h, uint64_t target)
-{
-    struct io_uring_sqe *sqe = hp_sqe(h);
-
-    if (!sqe) return -EBUSY;
-    io_uring_prep_cancel64(sqe, target, 0);
-    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
-    h->inflight++;
-    return 0;
-}
-
-/* Closes fd through the ring: no syscall of its own, the SQE goes with the
- * next enter. c is NULL for a number the ring keeps no entry for (not
- * open). Where no SQE can be had (the SQ full and the kernel refusing
- * submissions while the CQ overflows) or no memory to track it, closes it
- * now with close(2): the fd is never leaked. */
-static void
-hp_issue_close(struct hio_hotpath *h, int fd, struct hio_conn *c)
-{
-    struct io_uring_sqe *sqe = NULL;
-    uint32_t pos;
-
-    h->st.closes++;
-    if (!c || hp_closes_reserve(h) == 0) sqe = hp_sqe(h);
-    if (!sqe) {
-        int err = close(fd) < 0 ? -errno : 0;
-        if (c) c->closing = HIO_CLOSE_NONE;
-        if (err) hp_push(h, HIO_OP_CLOSE, fd, err, -1, 0);
-        return;
-    }
-    pos = h->uring.sq.sqe_tail - 1;
-    io_uring_prep_close(sqe, fd);
-    /* Without CQE_SKIP (before 5.17) the success CQE is due too: counted,
-     * and dropped in hp_handle. */
-    if (h->close_skip) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-    else h->inflight++;
-    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CLOSE, 0, (uint32_t)fd));
-    if (!c) return;
-    c->closing = HIO_CLOSE_ISSUED;
-    c->close_pos = pos;
-    h->closes[(h->closes_head + h->closes_count) % h->closes_cap] = (struct hio_close_pending){ fd, pos };
-    h->closes_count++;
-}
-
-static int
-hp_arm_accept(struct hio_hotpath *h, int fd, struct hio_conn *c)
-{
-    struct io_uring_sqe *sqe = hp_sqe(h);
-
-    if (!sqe) return -EBUSY;
-    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
-    c->accept = HIO_ARM_ARMED;
-    h->inflight++;
-    return 0;
-}
-
-static int
-hp_arm_recv(struct hio_hotpath *h, int fd, struct hio_conn *c)
-{
-    struct io_uring_sqe *sqe = hp_sqe(h);
-
-    if (!sqe) return -EBUSY;
-    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = HP_BGID;
-    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
-    c->recv = HIO_ARM_ARMED;
-    h->inflight++;
-    return 0;
-}
-
-static int
-hp_send_start(struct hio_hotpath *h, int32_t slot)
-{
-    struct hio_send *s = &h->sends[slot];
-    struct io_uring_sqe *sqe = hp_sqe(h);
-
-    if (!sqe) return -EBUSY;
-    /* MSG_WAITALL: the kernel retries a short stream send by itself (5.18+);
-     * a short result still gets continued in hp_on_send. */
-    io_uring_prep_send(sqe, s->fd, s->data + s->off, s->len - s->off, MSG_NOSIGNAL | MSG_WAITALL);
-    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)slot));
-    s->inflight = 1;
-    h->inflight++;
-    return 0;
-}
-
-static void
-hp_send_free(struct hio_hotpath *h, int32_t slot)
-{
-    struct hio_send *s = &h->sends[slot];
-
-    free(s->data);
-    s->data = NULL;
-    s->fd = -1;
-    s->inflight = s->cancelled = 0;
-    s->next = h->send_free;
-    h->send_free = slot;
-}
-
-static int32_t
-hp_send_alloc(struct hio_hotpath *h)
-{
-    int32_t slot;
-
-    if (h->send_free < 0) {
-        unsigned n = h->nsends ? h->nsends * 2 : 64, i;
-        struct hio_send *ns;
-        if (n > (unsigned)INT32_MAX / 2) return -1;
-        ns = realloc(h->sends, (size_t)n * sizeof(*ns)); /* the kernel holds s->data, never &sends[i] */
-        if (!ns) return -1;
-        for (i = h->nsends; i < n; i++) {
-            memset(&ns[i], 0, sizeof(ns[i]));
-            ns[i].fd = -1;
-            ns[i].next = (i + 1 < n) ? (int32_t)(i + 1) : -1;
-        }
-        h->sends = ns;
-        h->send_free = (int32_t)h->nsends;
-        h->nsends = n;
-    }
-    slot = h->send_free;
-    h->send_free = h->sends[slot].next;
-    h->sends[slot].next = -1;
-    return slot;
-}
-
-/* The fd number now names another connection (it was accepted anew, or a
- * different socket was armed on it). Requests of the previous one are
- * cancelled; their late CQEs no longer match c->gen and are dropped. */
+/* The number now names another connection (it was accepted anew, or a
+ * different socket was claimed for it). Requests of the previous one are
+ * cancelled; their late CQEs no longer match the generation and are
+ * dropped. What Ruby must still hear of it is reported first. */
 static void
 hp_retire(struct hio_hotpath *h, int fd, struct hio_conn *c)
 {
-    int32_t slot = c->send_head;
-
-    if (c->recv == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
-    if (c->accept == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
-    while (slot >= 0) {
-        int32_t next = h->sends[slot].next;
-        if (h->sends[slot].inflight) {
-            hp_prep_cancel(h, hp_ud(HIO_OP_SEND, h->sends[slot].gen, (uint32_t)slot));
-            h->sends[slot].next = -1; /* orphan: freed at its final CQE */
-        } else {
-            /* Never started (queued behind one in flight, possibly one Ruby
-             * cancelled): report it now, before the number's new owner. */
-            hp_push(h, HIO_OP_SEND, fd, -ECANCELED, -1, 0);
-            hp_send_free(h, slot);
-        }
-        slot = next;
-    }
-    /* A close waiting for those sends: the number was closed behind the
-     * ring's back (it is reused now), so it must never be closed for the
-     * old connection. Ruby learns, as close(2) twice would tell it. */
-    if (c->closing == HIO_CLOSE_QUEUED) hp_push(h, HIO_OP_CLOSE, fd, -EBADF, -1, 0);
-    c->closing = HIO_CLOSE_NONE; /* an ISSUED close has run: the number is the new owner's */
-    c->gen = (c->gen + 1) & HP_GEN_MASK;
-    c->recv = c->accept = HIO_ARM_NONE;
-    c->send_head = c->send_tail = -1;
-    c->ino = c->dev = 0;
+    hp_ms_forget(h, fd, c);
+    hp_send_forget(h, fd, c);
+    hp_conn_retire(h, fd, c);
 }
 
-/* ---- completion handlers ---- */
-
-/* Re-arm after a transient end. With no SQE to be had (SQ full and the
- * kernel refusing submissions while the CQ overflows) a recv is parked, to
- * be re-armed by the next reap; an accept reports -EBUSY to Ruby. */
-static void
-hp_rearm_recv(struct hio_hotpath *h, int fd, struct hio_conn *c)
+/* The one way a number is claimed for a submit: learn which socket fd
+ * names now and refuse while submit_close still owns the number. If it
+ * named another socket before (closed without cancel and reused, or
+ * accepted elsewhere), the entry is retired first. Returns 0 with *out, or
+ * -errno. */
+static int
+hp_claim(struct hio_hotpath *h, int fd, struct hio_conn **out)
 {
-    if (hp_arm_recv(h, fd, c) == 0) {
-        h->st.rearms++;
-        return;
+    struct hio_conn *c;
+    uint64_t ino, dev;
+    int ret = hp_conn_identity(fd, &ino, &dev);
+
+    if (ret < 0) return ret;
+    if (!(c = hp_conn_get(h, fd))) return -ENOMEM;
+    if (c->closing && (ret = hp_conn_check_closing(h, c, ino, dev)) < 0) return ret;
+    if (c->ino != ino || c->dev != dev) {
+        /* An entry with no identity has nothing to retire: nothing was
+         * armed or queued on it since it was accepted or retired. */
+        if (c->ino || c->dev) hp_retire(h, fd, c);
+        c->ino = ino;
+        c->dev = dev;
     }
-    c->recv = HIO_ARM_PARKED;
-    hp_park(h, fd);
+    *out = c;
+    return 0;
 }
 
-static void
-hp_rearm_accept(struct hio_hotpath *h, int lfd, struct hio_conn *c)
-{
-    if (hp_arm_accept(h, lfd, c) == 0) {
-        h->st.rearms++;
-        return;
-    }
-    hp_push(h, HIO_OP_ACCEPT, lfd, -EBUSY, -1, 0);
-}
+/* ---- reap and dispatch ---- */
 
-static void
-hp_on_accept(struct hio_hotpath *h, int lfd, uint32_t gen, int res, unsigned flags)
+/* Hands a multishot result to Ruby. An accepted fd retires whatever the
+ * ring still kept for its number, first: completions of that old
+ * connection reach Ruby before the new one's. Returns 0 when the ring
+ * broke instead. */
+static int
+hp_deliver(struct hio_hotpath *h, unsigned kind, int fd, int res, unsigned flags)
 {
-    struct hio_conn *c = &h->conns[lfd];
-    int final = !(flags & IORING_CQE_F_MORE);
-    int state = c->accept;
-
-    if (final) h->inflight--;
-    if (c->gen != gen) {
-        /* The listener's number was reused: nobody wants this connection. */
-        h->st.stale_completions++;
-        if (res >= 0) close(res);
-        return;
-    }
-    if (final) c->accept = HIO_ARM_NONE;
-    if (res >= 0) {
-        struct hio_conn *nc = hp_conn(h, res); /* may move h->conns */
-        if (!nc) { close(res); h->healthy = 0; return; }
-        c = &h->conns[lfd];
+    if (kind == HIO_OP_ACCEPT && res >= 0) {
+        struct hio_conn *nc = hp_conn_get(h, res); /* may move h->conns */
+        if (!nc) { close(res); h->healthy = 0; return 0; }
         hp_retire(h, res, nc);
         h->st.accepts++;
-        hp_push(h, HIO_OP_ACCEPT, lfd, res, -1, flags);
-        /* Ended without an error (a CQ overflow ends multishot): re-arm. */
-        if (final && state == HIO_ARM_ARMED) hp_rearm_accept(h, lfd, c);
-        return;
-    }
-    if (final && res == -ECANCELED && state == HIO_ARM_ARMED) {
-        /* Cancelled by the kernel, not by Ruby: transient, re-arm. */
-        hp_rearm_accept(h, lfd, c);
-        return;
-    }
-    /* Errors reach Ruby. EINVAL, EBADF, ENOTSOCK are final and never re-armed:
-     * that would spin. Errors with F_MORE set leave the accept armed. */
-    hp_push(h, HIO_OP_ACCEPT, lfd, res, -1, flags);
-}
-
-static void
-hp_recycle(struct hio_hotpath *h, unsigned flags)
-{
-    /* A stale recv consumed a buffer Ruby will never see: give it back. */
-    unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-    if (bid < h->bufs.n && !h->bufs.held[bid]) {
-        h->bufs.held[bid] = 1;
-        h->bufs.in_use++;
-        hio_bufring_release(&h->bufs, bid);
-    }
-}
-
-static void
-hp_on_recv(struct hio_hotpath *h, int fd, uint32_t gen, int res, unsigned flags)
-{
-    struct hio_conn *c = &h->conns[fd];
-    int final = !(flags & IORING_CQE_F_MORE);
-    int state = c->recv;
-
-    if (final) h->inflight--;
-    if (c->gen != gen) {
-        h->st.stale_completions++;
-        if (res > 0 && (flags & IORING_CQE_F_BUFFER)) hp_recycle(h, flags);
-        return;
-    }
-    if (final) c->recv = HIO_ARM_NONE;
-    if (res > 0) {
+    } else if (kind == HIO_OP_RECV && res > 0) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
         if (!(flags & IORING_CQE_F_BUFFER) || hio_bufring_take(&h->bufs, bid, (unsigned)res) < 0) {
             /* The kernel handed us a buffer we think it does not have. */
             h->healthy = 0;
             hp_push(h, HIO_OP_RECV, fd, -EFAULT, -1, flags);
-            return;
+            return 0;
         }
         h->st.recvs++;
         h->st.recv_bytes += (uint64_t)res;
         hp_push(h, HIO_OP_RECV, fd, res, (int32_t)bid, flags);
-        if (final && state == HIO_ARM_ARMED) hp_rearm_recv(h, fd, c);
-        return;
+        return 1;
     }
-    /* res <= 0. F_BUFFER on an error CQE (one stable kernel did that) is
-     * ignored: re-adding a buffer the kernel may still list would corrupt. */
-    if (!final) {
-        hp_push(h, HIO_OP_RECV, fd, res, -1, flags);
-        return;
-    }
-    if (res == -ENOBUFS) {
-        /* The buffer ring ran dry; the bytes stay in the socket. Park the
-         * connection and re-arm it when Ruby releases a buffer. */
-        h->st.enobufs++;
-        if (state == HIO_ARM_CANCELLING) {
-            hp_push(h, HIO_OP_RECV, fd, -ECANCELED, -1, flags);
-            return;
-        }
-        c->recv = HIO_ARM_PARKED;
-        hp_park(h, fd);
-        return;
-    }
-    if (res == -ECANCELED && state == HIO_ARM_ARMED) {
-        hp_rearm_recv(h, fd, c);
-        return;
-    }
-    hp_push(h, HIO_OP_RECV, fd, res, -1, flags); /* EOF (0) or a final error */
+    /* F_BUFFER on an error CQE (one stable kernel did that) is ignored:
+     * re-adding a buffer the kernel may still list would corrupt. */
+    hp_push(h, (int)kind, fd, res, -1, flags);
+    return 1;
 }
 
 static void
-hp_fail_sends(struct hio_hotpath *h, struct hio_conn *c, int fd, int64_t err)
-{
-    while (c->send_head >= 0) {
-        int32_t slot = c->send_head;
-        c->send_head = h->sends[slot].next;
-        hp_push(h, HIO_OP_SEND, fd, err, -1, 0);
-        hp_send_free(h, slot);
-    }
-    c->send_tail = -1;
-}
-
-static int hp_fd_identity(int fd, uint64_t *ino, uint64_t *dev);
-
-/* Sends started while reaping (a short send's continuation, the next one
- * queued on the fd) name the socket by fd number. If Ruby closed the number
- * without cancel() and it now names another socket, the old connection's
- * bytes must not go there: compare with the socket submit_send recorded. */
-static int
-hp_same_socket(int fd, const struct hio_conn *c)
-{
-    uint64_t ino, dev;
-
-    if (hp_fd_identity(fd, &ino, &dev) < 0) return 0;
-    return ino == c->ino && dev == c->dev;
-}
-
-/* submit_close's close, once the fd's last queued send has ended (sent,
- * failed or cancelled). The number is checked first, as for a send started
- * while reaping: if Ruby closed it meanwhile and it names another socket
- * now, closing it would close that one. */
-static void
-hp_close_after_sends(struct hio_hotpath *h, int fd, struct hio_conn *c)
-{
-    if (c->closing != HIO_CLOSE_QUEUED || c->send_head >= 0) return;
-    if ((c->ino || c->dev) && !hp_same_socket(fd, c)) {
-        c->closing = HIO_CLOSE_NONE;
-        hp_push(h, HIO_OP_CLOSE, fd, -EBADF, -1, 0);
-        return;
-    }
-    hp_issue_close(h, fd, c);
-}
-
-static void
-hp_on_send(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned flags)
-{
-    struct hio_send *s;
-    struct hio_conn *c;
-    int fd, cancelled;
-    int64_t result;
-
-    h->inflight--;
-    if (slot < 0 || (unsigned)slot >= h->nsends) return;
-    s = &h->sends[slot];
-    s->inflight = 0;
-    fd = s->fd;
-    c = hp_conn(h, fd);
-    if (!c || c->gen != gen || s->gen != gen) {
-        h->st.stale_completions++;
-        hp_send_free(h, slot);
-        return;
-    }
-    /* Bytes the kernel sent count even when Ruby cancelled meanwhile: a
-     * send that finished before the cancel reached it reports its length. */
-    if (res > 0) s->off += (size_t)res;
-    if (!s->cancelled && ((res > 0 && s->off < s->len) || res == -EAGAIN || res == -EINTR)) {
-        if (res > 0) h->st.short_sends++;
-        if (!hp_same_socket(fd, c)) res = -EBADF;
-        else if (hp_send_start(h, slot) == 0) return;
-        else res = -EBUSY;
-    }
-    cancelled = s->cancelled;
-    if (s->off == s->len) {
-        result = (int64_t)s->len;
-        h->st.sends++;
-        h->st.send_bytes += s->len;
-    } else {
-        result = res < 0 ? res : -ECANCELED;
-    }
-    hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
-    c->send_head = s->next;
-    if (c->send_head < 0) c->send_tail = -1;
-    hp_send_free(h, slot);
-    if (result < 0 || cancelled) {
-        /* Later sends on a failed or cancelled stream cannot succeed in
-         * order; they report after this one, in the order they were queued. */
-        hp_fail_sends(h, c, fd, result < 0 ? result : -ECANCELED);
-    } else if (c->send_head >= 0) {
-        if (!hp_same_socket(fd, c)) hp_fail_sends(h, c, fd, -EBADF);
-        else if (hp_send_start(h, c->send_head) < 0) hp_fail_sends(h, c, fd, -EBUSY);
-    }
-    hp_close_after_sends(h, fd, c);
-}
-
-static void
-hp_handle(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
+hp_dispatch(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
 {
     unsigned kind = hp_ud_kind(ud);
     uint32_t gen = hp_ud_gen(ud), idx = hp_ud_idx(ud);
+    struct hp_ms_verdict v;
 
     if (h->closing) {
         /* Tearing down: only account for what the kernel gave back. A close
@@ -585,19 +121,22 @@ hp_handle(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
             if (!h->close_skip) h->inflight--;
             return;
         }
-        if (kind >= HIO_OP_ACCEPT && kind <= HIO_OP_CANCEL && !(flags & IORING_CQE_F_MORE)) h->inflight--;
-        if (kind == HIO_OP_CANCEL && res == -EINVAL) h->cancel_any_failed = 1;
+        if (kind == HIO_OP_SEND || kind == HIO_OP_CANCEL ||
+            ((kind == HIO_OP_ACCEPT || kind == HIO_OP_RECV) && hp_ms_final(kind, res, flags)))
+            h->inflight--;
+        if (kind == HIO_OP_CANCEL && res == -EINVAL && !h->cancel_fallback) h->cancel_fallback = 1;
         return;
     }
     switch (kind) {
       case HIO_OP_ACCEPT:
-        if (idx < h->nconns) hp_on_accept(h, (int)idx, gen, res, flags);
-        break;
       case HIO_OP_RECV:
-        if (idx < h->nconns) hp_on_recv(h, (int)idx, gen, res, flags);
+        if (idx >= h->nconns) break;
+        v = hp_ms_complete(h, kind, (int)idx, gen, res, flags);
+        if (v.act == HP_MS_DELIVER && hp_deliver(h, kind, (int)idx, res, flags))
+            hp_ms_delivered(h, kind, (int)idx, v);
         break;
       case HIO_OP_SEND:
-        hp_on_send(h, (int32_t)idx, gen, res, flags);
+        hp_send_complete(h, (int32_t)idx, gen, res);
         break;
       case HIO_OP_CLOSE:
         /* Under CQE_SKIP_SUCCESS only a failure posts a CQE; without it the
@@ -619,7 +158,7 @@ hp_reap(struct hio_hotpath *h)
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
 
-    if (h->closes_count) hp_sweep_closes(h);
+    if (h->closes.count) hp_conn_sweep_closes(h);
     if (io_uring_cq_has_overflow(&h->uring)) h->st.cq_overflows++;
     /* Copy each CQE out and advance before handling: handlers may queue
      * SQEs, and nothing here calls into Ruby. */
@@ -633,34 +172,48 @@ hp_reap(struct hio_hotpath *h)
         }
         if (n == 0) break;
         io_uring_cq_advance(&h->uring, n);
-        for (i = 0; i < n; i++) hp_handle(h, batch[i].user_data, batch[i].res, batch[i].flags);
+        for (i = 0; i < n; i++) hp_dispatch(h, batch[i].user_data, batch[i].res, batch[i].flags);
     }
 }
 
-/* Re-arm parked recvs, at most one per buffer the kernel has back. This can
- * overestimate (a buffer filled but not reaped yet counts as free, and one
- * multishot recv may take several), so some re-armed recvs end in ENOBUFS
- * again; counting only buffers released since the last park would be
- * cheaper but can stall: a re-armed recv whose socket has nothing left to
- * read uses no buffer, and no further release comes to re-arm the rest. */
-static void
-hp_unpark(struct hio_hotpath *h)
+/* ---- open ---- */
+
+struct hio_hotpath *
+hio_hp_new(void)
 {
-    unsigned avail = h->bufs.n - h->bufs.in_use;
+    struct hio_hotpath *h = calloc(1, sizeof(*h));
 
-    while (h->parked_count > 0 && avail > 0) {
-        int fd = h->parked[h->parked_head];
-        struct hio_conn *c = &h->conns[fd];
-        h->parked_head = (h->parked_head + 1) % h->parked_cap;
-        h->parked_count--;
-        if (c->recv != HIO_ARM_PARKED) continue; /* cancelled or replaced meanwhile */
-        if (hp_arm_recv(h, fd, c) < 0) { hp_park(h, fd); c->recv = HIO_ARM_PARKED; break; }
-        h->st.rearms++;
-        avail--;
-    }
+    if (!h) return NULL;
+    h->uring.ring_fd = -1;
+    h->send_free = -1;
+    return h;
 }
 
-/* ---- public engine API ---- */
+void
+hio_hp_free(struct hio_hotpath *h)
+{
+    free(h);
+}
+
+size_t
+hio_hp_memsize(const struct hio_hotpath *h)
+{
+    size_t sz = sizeof(*h);
+
+    if (h->inited) {
+        sz += hio_bufring_bytes(&h->bufs);
+        sz += (size_t)h->nconns * sizeof(struct hio_conn) + (size_t)h->nsends * sizeof(struct hio_send);
+        sz += (size_t)h->done.cap * sizeof(struct hio_completion) + (size_t)h->parked.cap * sizeof(int);
+        sz += (size_t)h->closes.cap * sizeof(struct hio_close_pending);
+    }
+    return sz;
+}
+
+const char *
+hio_hp_open_error(const struct hio_hotpath *h)
+{
+    return h->err;
+}
 
 int
 hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size)
@@ -699,7 +252,6 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
         const char *env = getenv("HYPERION_IO_URING_MIN_WAIT");
         h->batch_wait = hio_batch_wait_supported(&h->uring) && !(env && strcmp(env, "0") == 0);
     }
-    h->depth = depth;
     h->inited = 1;
     h->healthy = 1;
     h->magic = HIO_HOTPATH_MAGIC;
@@ -707,89 +259,32 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
     return 0;
 }
 
-static int
-hp_fd_identity(int fd, uint64_t *ino, uint64_t *dev)
-{
-    struct stat st;
-    if (fstat(fd, &st) < 0) return -errno;
-    *ino = (uint64_t)st.st_ino;
-    *dev = (uint64_t)st.st_dev;
-    return 0;
-}
-
-/* A submit on a number submit_close is closing: -ESHUTDOWN while the number
- * is still that connection's (the close waits for sends, or is still in
- * the SQ). A close the kernel took has run: forgotten, and the number
- * (open again, since fstat found it) is treated as reused by the caller. */
-static int
-hp_check_closing(struct hio_hotpath *h, struct hio_conn *c, uint64_t ino, uint64_t dev)
-{
-    if (c->closing == HIO_CLOSE_QUEUED) {
-        /* Sends are queued, so the identity is known; another socket on the
-         * number means Ruby closed it itself: the caller retires it. */
-        return ino == c->ino && dev == c->dev ? -ESHUTDOWN : 0;
-    }
-    if (c->closing == HIO_CLOSE_ISSUED) {
-        if (!hp_sq_taken(h, c->close_pos)) return -ESHUTDOWN;
-        c->closing = HIO_CLOSE_NONE;
-    }
-    return 0;
-}
+/* ---- submit ---- */
 
 int
 hio_hp_submit_accept(struct hio_hotpath *h, int fd)
 {
     struct hio_conn *c;
-    uint64_t ino, dev;
-    int ret = hp_fd_identity(fd, &ino, &dev);
+    int ret = hp_claim(h, fd, &c);
 
-    if (ret < 0) return ret;
-    if (!(c = hp_conn(h, fd))) return -ENOMEM;
-    if (c->closing && (ret = hp_check_closing(h, c, ino, dev)) < 0) return ret;
-    if (c->ino != ino || c->dev != dev) {
-        if (c->accept != HIO_ARM_NONE || c->recv != HIO_ARM_NONE || c->send_head >= 0) hp_retire(h, fd, c);
-        c->ino = ino;
-        c->dev = dev;
-    }
-    if (c->accept == HIO_ARM_ARMED) return 0; /* already armed: a second would double every accept */
-    return hp_arm_accept(h, fd, c);
+    return ret < 0 ? ret : hp_ms_submit(h, HIO_OP_ACCEPT, fd, c);
 }
 
 int
 hio_hp_submit_recv(struct hio_hotpath *h, int fd)
 {
     struct hio_conn *c;
-    uint64_t ino, dev;
-    int ret = hp_fd_identity(fd, &ino, &dev);
+    int ret = hp_claim(h, fd, &c);
 
-    if (ret < 0) return ret;
-    if (!(c = hp_conn(h, fd))) return -ENOMEM;
-    if (c->closing && (ret = hp_check_closing(h, c, ino, dev)) < 0) return ret;
-    if (c->ino != ino || c->dev != dev) {
-        /* Another socket than the one armed before (closed without cancel,
-         * number reused by a socket accepted elsewhere). */
-        if (c->ino || c->dev) hp_retire(h, fd, c);
-        c->ino = ino;
-        c->dev = dev;
-    }
-    if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_PARKED) return 0;
-    if (c->recv == HIO_ARM_CANCELLING) {
-        /* Re-armed before the cancel's final CQE: that CQE belongs to the
-         * old request; a new generation keeps it from ending this one. */
-        c->gen = (c->gen + 1) & HP_GEN_MASK;
-    }
-    return hp_arm_recv(h, fd, c);
+    return ret < 0 ? ret : hp_ms_submit(h, HIO_OP_RECV, fd, c);
 }
 
 int
 hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt)
 {
     struct hio_conn *c;
-    struct hio_send *s;
-    size_t len = 0, off = 0;
-    uint64_t ino, dev;
+    size_t len = 0;
     unsigned i;
-    int32_t slot;
     int ret;
 
     if (iovcnt > IOV_MAX) return -EINVAL;
@@ -800,55 +295,13 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
     }
     if (fd < 0) return -EBADF;
     c = (unsigned)fd < h->nconns ? &h->conns[fd] : NULL;
-    if (!c || (!c->ino && !c->dev) || c->send_head >= 0 || c->closing) {
-        /* Learn which socket the number names: on its first use since it
-         * was accepted or armed, when sends are still pending on it (if
-         * it names another socket now, closed without cancel and reused, the
-         * new send must not queue behind the old connection's), and after
-         * submit_close. Otherwise no syscall: an idle keep-alive
-         * connection's send costs none. */
-        if ((ret = hp_fd_identity(fd, &ino, &dev)) < 0) return ret;
-        if (!(c = hp_conn(h, fd))) return -ENOMEM;
-        if (c->closing && (ret = hp_check_closing(h, c, ino, dev)) < 0) return ret;
-        if (c->ino != ino || c->dev != dev) {
-            if (c->ino || c->dev) hp_retire(h, fd, c);
-            c->ino = ino;
-            c->dev = dev;
-        }
-    }
-    if (len == 0) {
-        hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
-        return 0;
-    }
-    slot = hp_send_alloc(h);
-    if (slot < 0) return -ENOMEM;
-    s = &h->sends[slot];
-    /* The caller's memory may be freed or moved the moment we return. */
-    s->data = malloc(len);
-    if (!s->data) { hp_send_free(h, slot); return -ENOMEM; }
-    for (i = 0; i < iovcnt; i++) {
-        memcpy(s->data + off, iov[i].iov_base, iov[i].iov_len);
-        off += iov[i].iov_len;
-    }
-    s->len = len;
-    s->off = 0;
-    s->fd = fd;
-    s->gen = c->gen;
-    s->next = -1;
-    if (c->send_tail < 0) {
-        c->send_head = c->send_tail = slot;
-        ret = hp_send_start(h, slot);
-        if (ret < 0) {
-            c->send_head = c->send_tail = -1;
-            hp_send_free(h, slot);
-            return ret;
-        }
-    } else {
-        /* Queued behind the one in flight: sends on one fd stay in order. */
-        h->sends[c->send_tail].next = slot;
-        c->send_tail = slot;
-    }
-    return 0;
+    /* Claimed on its first use since it was accepted or armed, when sends
+     * are still pending on it (if it names another socket now, the new send
+     * must not queue behind the old connection's), and after submit_close.
+     * Otherwise no syscall: an idle keep-alive connection's send costs none. */
+    if ((!c || (!c->ino && !c->dev) || hp_send_pending(c) || c->closing) && (ret = hp_claim(h, fd, &c)) < 0)
+        return ret;
+    return hp_send_submit(h, fd, c, iov, iovcnt, len);
 }
 
 int
@@ -861,24 +314,6 @@ hio_hp_submit_send(struct hio_hotpath *h, int fd, const void *data, size_t len)
     return hio_hp_submit_sendv(h, fd, &iov, 1);
 }
 
-/* Cancels fd's multishot recv and accept; their final completions reach
- * Ruby with -ECANCELED (or are dropped as stale once the number is reused). */
-static void
-hp_cancel_multishot(struct hio_hotpath *h, int fd, struct hio_conn *c)
-{
-    if (c->recv == HIO_ARM_ARMED) {
-        hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
-        c->recv = HIO_ARM_CANCELLING;
-    } else if (c->recv == HIO_ARM_PARKED) {
-        c->recv = HIO_ARM_NONE; /* its parked entry is skipped when popped */
-        hp_push(h, HIO_OP_RECV, fd, -ECANCELED, -1, 0);
-    }
-    if (c->accept == HIO_ARM_ARMED) {
-        hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
-        c->accept = HIO_ARM_CANCELLING;
-    }
-}
-
 int
 hio_hp_cancel(struct hio_hotpath *h, int fd)
 {
@@ -887,20 +322,8 @@ hio_hp_cancel(struct hio_hotpath *h, int fd)
     if (fd < 0) return -EINVAL;
     if ((unsigned)fd >= h->nconns) return 0;
     c = &h->conns[fd];
-    hp_cancel_multishot(h, fd, c);
-    if (c->send_head >= 0) {
-        int32_t head = c->send_head;
-        struct hio_send *s = &h->sends[head];
-        if (s->inflight) {
-            /* The sends queued behind it fail when its final CQE arrives
-             * (hp_on_send), so completions keep the order of the calls. */
-            s->cancelled = 1;
-            hp_prep_cancel(h, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)head));
-        } else {
-            hp_fail_sends(h, c, fd, -ECANCELED);
-            hp_close_after_sends(h, fd, c); /* cancel after submit_close: close now */
-        }
-    }
+    hp_ms_cancel(h, fd, c);
+    hp_send_cancel(h, fd, c);
     return 0;
 }
 
@@ -908,6 +331,7 @@ int
 hio_hp_submit_close(struct hio_hotpath *h, int fd)
 {
     struct hio_conn *c;
+    int ret;
 
     if (fd < 0) return -EBADF;
     /* The kernel refuses to close a ring through a ring, but the close(2)
@@ -918,26 +342,17 @@ hio_hp_submit_close(struct hio_hotpath *h, int fd)
          * (Ruby may pass any Integer); a number that is not open gets its
          * -EBADF from the kernel like any other. */
         if (fcntl(fd, F_GETFD) < 0) {
-            hp_issue_close(h, fd, NULL);
+            hp_conn_issue_close(h, fd, NULL);
             return 0;
         }
-        if (!(c = hp_conn(h, fd))) return -ENOMEM;
+        if (!(c = hp_conn_get(h, fd))) return -ENOMEM;
     } else {
         c = &h->conns[fd];
     }
-    if (c->closing == HIO_CLOSE_QUEUED) return -EALREADY;
-    if (c->closing == HIO_CLOSE_ISSUED) {
-        if (!hp_sq_taken(h, c->close_pos)) return -EALREADY;
-        /* The first close has run: the number is closed, or names whatever
-         * was opened since; closing it again is what close(2) twice does. */
-        c->closing = HIO_CLOSE_NONE;
-    }
-    hp_cancel_multishot(h, fd, c);
-    if (c->send_head >= 0) {
-        c->closing = HIO_CLOSE_QUEUED; /* hp_close_after_sends, at the last send's end */
-        return 0;
-    }
-    hp_issue_close(h, fd, c);
+    if ((ret = hp_conn_check_close_again(h, c)) < 0) return ret;
+    hp_ms_cancel(h, fd, c);
+    if (hp_send_pending(c)) hp_conn_close_after_sends(c);
+    else hp_conn_issue_close(h, fd, c);
     return 0;
 }
 
@@ -949,7 +364,7 @@ hio_hp_flush(struct hio_hotpath *h)
     if (io_uring_sq_ready(&h->uring) == 0) return 0;
     h->st.submits++;
     ret = io_uring_submit(&h->uring);
-    if (h->closes_count) hp_sweep_closes(h);
+    if (h->closes.count) hp_conn_sweep_closes(h);
     return ret == -EBUSY || ret == -EAGAIN ? 0 : ret;
 }
 
@@ -960,172 +375,127 @@ hio_hp_release(struct hio_hotpath *h, unsigned bid)
 
     if (ret < 0) return ret;
     hio_bufring_release(&h->bufs, bid);
-    if (h->parked_count) hp_unpark(h);
+    if (h->parked.count) hp_ms_unpark(h);
     return 0;
 }
 
-int
-hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible, unsigned min_wait_us)
+/* ---- wait ---- */
+
+static int
+hp_wait_reap(void *ctx)
 {
-    double deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    struct hio_hotpath *h = ctx;
 
-    for (;;) {
-        double left = -1.0;
-        unsigned nr;
-        int ret;
+    hp_reap(h);
+    hp_ms_unpark(h);
+    return 0;
+}
 
-        if (io_uring_cq_ready(&h->uring)) { hp_reap(h); hp_unpark(h); }
-        if (h->q_count >= want && want > 0) return 0;
-        if (timeout == 0 || want == 0) {
-            /* min_complete: 0 (upstream's polling form) or timeout_ms: 0:
-             * do not wait; submit, let the kernel run deferred work, peek. */
-            if (io_uring_sq_ready(&h->uring)) h->st.submits++;
-            ret = hio_submit_get_events(&h->uring);
-            hp_reap(h);
-            hp_unpark(h);
-            return ret;
-        }
-        if (deadline >= 0) {
-            left = deadline - hio_now();
-            if (left <= 0) return 0;
-        }
-        /* Wake for the first CQE, not for want - q_count of them: requests
-         * the ring starts itself while reaping (a send queued behind
-         * another on its fd, a short send's continuation, a re-arm) cannot
-         * complete before that reap, so the kernel alone may never see
-         * enough CQEs (min_complete: 2 with two sends on one fd waited for
-         * the whole timeout, or forever). The loop re-checks q_count. */
-        nr = 1;
-        h->st.waits++;
-        if (io_uring_sq_ready(&h->uring)) h->st.submits++;
-        if (interruptible) {
-            if (hio_wait_scheduler(&h->uring, left, &h->sched_io)) {
-                ret = hio_submit_get_events(&h->uring);
-            } else if (min_wait_us && want > h->q_count + 1 && h->batch_wait) {
-                /* A batch wait ends at min_wait_us with whatever is there
-                 * (at least one), so the ring's own late requests cannot
-                 * stall it; the caller gets what it brought, even if less
-                 * than want. */
-                h->st.batch_waits++;
-                ret = hio_wait_batch_nogvl(&h->uring, want - h->q_count, left, min_wait_us);
-                if (ret < 0) { h->healthy = 0; return ret; }
-                hp_reap(h);
-                hp_unpark(h);
-                if (h->q_count > 0) return 0;
-                rb_thread_check_ints();
-                continue;
-            } else {
-                ret = hio_wait_nogvl(&h->uring, nr, left);
-            }
-        } else {
-            ret = hio_wait_held(&h->uring, nr, left < 0 || left > 0.05 ? 0.05 : left);
-        }
-        if (ret < 0) { h->healthy = 0; return ret; }
-        hp_reap(h);
-        hp_unpark(h);
-        /* A batch wait the kernel cannot make (no IORING_FEAT_MIN_TIMEOUT,
-         * valgrind, a Fiber scheduler) ends at the first completion, as the
-         * batch wait would once min_wait_us passed. */
-        if (h->q_count >= want || (min_wait_us && h->q_count > 0)) return 0;
-        if (interruptible) rb_thread_check_ints();
-    }
+static unsigned
+hp_wait_ready(void *ctx)
+{
+    return ((struct hio_hotpath *)ctx)->done.count;
+}
+
+static void
+hp_wait_broken(void *ctx, int err)
+{
+    ((struct hio_hotpath *)ctx)->healthy = 0;
+}
+
+void
+hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, double timeout, unsigned min_wait_us,
+                 unsigned how)
+{
+    memset(w, 0, sizeof(*w));
+    w->ring = &h->uring;
+    w->flags = how | (h->batch_wait ? HIO_WAIT_BATCH : 0);
+    /* min_complete: 0 (upstream's polling form) or timeout_ms: 0: do not
+     * wait; submit, let the kernel run deferred work, peek. */
+    if (timeout == 0 || want == 0) w->flags |= HIO_WAIT_POLL;
+    w->want = want;
+    w->deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    w->min_wait_us = min_wait_us;
+    w->ctx = h;
+    w->reap = hp_wait_reap;
+    w->ready = hp_wait_ready;
+    w->broken = hp_wait_broken;
+    w->waits = &h->st.waits;
+    w->batch_waits = &h->st.batch_waits;
+    w->submits = &h->st.submits;
+}
+
+/* ---- close ---- */
+
+/* Rings closed while the kernel might still write their memory, which was
+ * leaked instead of freed. */
+static unsigned long hp_leaked_rings;
+
+unsigned long
+hio_hp_leaked_rings(void)
+{
+    return hp_leaked_rings;
 }
 
 static void
 hp_free_tables(struct hio_hotpath *h, int kernel_may_write)
 {
-    unsigned i;
-
-    for (i = 0; i < h->nsends; i++) {
-        /* A send the kernel may still read from keeps its payload (leaked). */
-        if (h->sends[i].data && !(kernel_may_write && h->sends[i].inflight)) free(h->sends[i].data);
-    }
-    free(h->sends);
-    free(h->conns);
-    free(h->q);
-    free(h->parked);
-    free(h->closes);
-    h->sends = NULL;
-    h->conns = NULL;
-    h->q = NULL;
-    h->parked = NULL;
-    h->closes = NULL;
-    h->nsends = h->nconns = h->q_cap = h->q_count = h->parked_cap = h->parked_count = 0;
-    h->closes_cap = h->closes_count = 0;
-    h->send_free = -1;
+    hp_slots_teardown(h, kernel_may_write);
+    hp_conns_teardown(h);
+    hp_ms_teardown(h);
+    hp_queue_teardown(h);
 }
 
-/* Cancel everything in flight and reap until the kernel holds nothing of
- * ours, for at most HP_CLOSE_DRAIN_SECONDS with the GVL held. */
-static void
-hp_drain_all(struct hio_hotpath *h)
+static int
+hp_drain_step(void *ctx)
 {
-    double deadline = hio_now() + HP_CLOSE_DRAIN_SECONDS;
-    int fallback_done = 0;
+    struct hio_hotpath *h = ctx;
+
+    hp_reap(h);
+    if (h->cancel_fallback == 1) {
+        /* Older kernel (no IORING_ASYNC_CANCEL_ANY): request by request. */
+        h->cancel_fallback = 2;
+        hp_ms_cancel_every(h);
+        hp_send_cancel_every(h);
+    }
+    return h->inflight <= 0;
+}
+
+/* Cancels everything in flight and reaps until the kernel holds nothing of
+ * ours, blocking for at most budget seconds (0: never). */
+static void
+hp_drain_all(struct hio_hotpath *h, double budget)
+{
+    struct io_uring_sqe *sqe;
+    struct hio_drain d;
 
     h->closing = 1;
     if (h->inflight <= 0) return;
-    {
-        /* IORING_ASYNC_CANCEL_ANY (5.19): one SQE cancels every request. */
-        struct io_uring_sqe *sqe = hp_sqe(h);
-        if (sqe) {
-            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
-            io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
-            h->inflight++;
-        }
+    /* IORING_ASYNC_CANCEL_ANY (5.19): one SQE cancels every request. */
+    if ((sqe = hp_sqe(h))) {
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
+        h->inflight++;
     }
-    while (h->inflight > 0) {
-        double left = deadline - hio_now();
-        if (left <= 0) break;
-        hio_wait_held(&h->uring, 1, left < 0.05 ? left : 0.05);
-        hp_reap(h);
-        if (h->cancel_any_failed && !fallback_done) {
-            /* Older kernel: cancel request by request. */
-            unsigned i;
-            fallback_done = 1;
-            for (i = 0; i < h->nconns; i++) {
-                struct hio_conn *c = &h->conns[i];
-                if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_CANCELLING)
-                    hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, i));
-                if (c->accept == HIO_ARM_ARMED || c->accept == HIO_ARM_CANCELLING)
-                    hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, i));
-            }
-            for (i = 0; i < h->nsends; i++)
-                if (h->sends[i].inflight) hp_prep_cancel(h, hp_ud(HIO_OP_SEND, h->sends[i].gen, i));
-        }
-    }
+    d.ring = &h->uring;
+    d.budget = budget;
+    d.ctx = h;
+    d.step = hp_drain_step;
+    hio_drain(&d);
 }
 
-/* At ring close, the closes submit_close asked for that the kernel never
- * got: still waiting for sends (which the drain cancelled), or still in the
- * SQ (never submitted, or refused). Done with close(2): never leaked. */
-static void
-hp_close_leftovers(struct hio_hotpath *h)
-{
-    unsigned i;
-
-    hp_sweep_closes(h);
-    for (i = 0; i < h->closes_count; i++) {
-        const struct hio_close_pending *p = &h->closes[(h->closes_head + i) % h->closes_cap];
-        struct hio_conn *c = &h->conns[p->fd];
-        if (c->closing != HIO_CLOSE_ISSUED || c->close_pos != p->pos) continue;
-        c->closing = HIO_CLOSE_NONE;
-        close(p->fd); /* counted in closes when it was issued */
-    }
-    h->closes_count = 0;
-    for (i = 0; i < h->nconns; i++) {
-        struct hio_conn *c = &h->conns[i];
-        if (c->closing != HIO_CLOSE_QUEUED) continue;
-        c->closing = HIO_CLOSE_NONE;
-        if (!(c->ino || c->dev) || hp_same_socket((int)i, c)) {
-            h->st.closes++;
-            close((int)i);
-        }
-    }
-}
-
+/*
+ * #close drains for at most HP_CLOSE_DRAIN_SECONDS. The GC (from_gc) never
+ * waits: a finalizer must not block, and it may run on any thread. It
+ * cancels and reaps what the kernel gives back at once (cancels of
+ * poll-armed accepts, recvs and sends complete inline); whatever is still
+ * in flight after that keeps its memory: the buffer ring and those send
+ * payloads are leaked, never freed under the kernel, and counted in
+ * hio_hp_leaked_rings. Closing the ring fd then makes the kernel cancel the
+ * rest on its own.
+ */
 void
-hio_hp_close(struct hio_hotpath *h)
+hio_hp_close(struct hio_hotpath *h, int from_gc)
 {
     int kernel_may_write;
 
@@ -1136,7 +506,7 @@ hio_hp_close(struct hio_hotpath *h)
         /* The child never submits to, cancels on or unregisters from the
          * parent's ring; its buffer memory was never mapped here (DONTFORK). */
         hio_bufring_teardown(&h->bufs, NULL, 1);
-        hio_queue_forget(&h->uring);
+        hio_owner_forget_ring(&h->uring);
         hp_free_tables(h, 1);
         h->inited = 0;
         h->closed = 1;
@@ -1149,11 +519,11 @@ hio_hp_close(struct hio_hotpath *h)
          * synchronously, so what it may still write is leaked. */
         kernel_may_write = h->inflight > 0;
     } else {
-        hp_drain_all(h);
+        hp_drain_all(h, from_gc ? 0 : HP_CLOSE_DRAIN_SECONDS);
         kernel_may_write = h->inflight > 0;
     }
-    hp_close_leftovers(h);
-    if (kernel_may_write) h->leaked = 1;
+    hp_conn_close_leftovers(h);
+    if (kernel_may_write) hp_leaked_rings++;
     hio_bufring_teardown(&h->bufs, &h->uring, kernel_may_write);
     io_uring_queue_exit(&h->uring);
     hp_free_tables(h, kernel_may_write);
@@ -1161,92 +531,87 @@ hio_hp_close(struct hio_hotpath *h)
     h->closed = 1;
 }
 
-/* ---- probe ---- */
+/* ---- what the bindings read ---- */
 
-static int
-hp_probe_listener(int *lfd_out, struct sockaddr_in *addr)
+int
+hio_hp_is_open(const struct hio_hotpath *h)
 {
-    socklen_t alen = sizeof(*addr);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-
-    if (fd < 0) return -errno;
-    memset(addr, 0, sizeof(*addr));
-    addr->sin_family = AF_INET;
-    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)addr, sizeof(*addr)) < 0 || listen(fd, 8) < 0 ||
-        getsockname(fd, (struct sockaddr *)addr, &alen) < 0) {
-        int err = -errno;
-        close(fd);
-        return err;
-    }
-    *lfd_out = fd;
-    return 0;
+    return h->inited;
 }
 
-/* Waits (GVL held, at most 1 s) for the next completion of op. */
-static int
-hp_probe_next(struct hio_hotpath *h, int op, struct hio_completion *out)
+int
+hio_hp_was_opened(const struct hio_hotpath *h)
 {
-    double deadline = hio_now() + 1.0;
-
-    while (hio_now() < deadline) {
-        while (hio_hp_pop(h, out)) if (out->op_kind == op) return 0;
-        if (hio_hp_wait(h, 1, 0.05, 0, 0) < 0) return -EIO;
-    }
-    return -ETIMEDOUT;
+    return h->inited || h->closed;
 }
 
-/*
- * A functional probe: a small ring with a buffer ring really completes a
- * multishot accept and a multishot recv on a loopback connection. Returns
- * NULL when it worked, else reason (filled in).
- */
-const char *
-hio_hp_probe(char *reason, size_t cap)
+int
+hio_hp_healthy(const struct hio_hotpath *h)
 {
-    struct hio_hotpath h;
-    struct hio_completion c;
-    struct sockaddr_in addr;
-    int lfd = -1, cfd = -1, sfd = -1, ret;
-    const char *step = "";
+    return h->inited && h->healthy;
+}
 
-    memset(&h, 0, sizeof(h));
-    ret = hio_hp_open(&h, 8, 4, 256);
-    if (ret < 0) {
-        snprintf(reason, cap, "%s failed: %s%s", h.err, strerror(-ret),
-                 ret == -EINVAL ? " (provided buffer rings need Linux 5.19+)" : "");
-        return reason;
-    }
-    step = "loopback listener";
-    if ((ret = hp_probe_listener(&lfd, &addr)) < 0) goto fail;
-    step = "multishot accept";
-    if ((ret = hio_hp_submit_accept(&h, lfd)) < 0) goto fail;
-    hio_hp_flush(&h);
-    cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (cfd < 0 || connect(cfd, (struct sockaddr *)&addr, sizeof(addr)) < 0) { ret = -errno; step = "loopback connect"; goto fail; }
-    if ((ret = hp_probe_next(&h, HIO_OP_ACCEPT, &c)) < 0) goto fail;
-    if (c.result < 0) { ret = (int)c.result; goto fail; }
-    sfd = (int)c.result;
-    step = "multishot recv";
-    if ((ret = hio_hp_submit_recv(&h, sfd)) < 0) goto fail;
-    if (write(cfd, "hyperion", 8) != 8) { ret = -errno; step = "loopback write"; goto fail; }
-    if ((ret = hp_probe_next(&h, HIO_OP_RECV, &c)) < 0) goto fail;
-    if (c.result != 8 || c.buf_id < 0 || memcmp(hio_bufring_data(&h.bufs, (unsigned)c.buf_id), "hyperion", 8) != 0) {
-        ret = c.result < 0 ? (int)c.result : -EIO;
-        goto fail;
-    }
-    hio_hp_release(&h, (unsigned)c.buf_id);
-    hio_hp_close(&h);
-    close(sfd);
-    close(cfd);
-    close(lfd);
-    return NULL;
-fail:
-    snprintf(reason, cap, "%s failed: %s%s", step, strerror(-ret),
-             ret == -EINVAL ? " (multishot accept needs Linux 5.19+, multishot recv 6.0+)" : "");
-    hio_hp_close(&h);
-    if (sfd >= 0) close(sfd);
-    if (cfd >= 0) close(cfd);
-    if (lfd >= 0) close(lfd);
-    return reason;
+void
+hio_hp_set_unhealthy(struct hio_hotpath *h)
+{
+    h->healthy = 0;
+}
+
+int
+hio_hp_fd(const struct hio_hotpath *h)
+{
+    return h->inited ? h->uring.ring_fd : -1;
+}
+
+int
+hio_hp_batch_wait(const struct hio_hotpath *h)
+{
+    return h->batch_wait;
+}
+
+const struct hio_owner *
+hio_hp_owner(const struct hio_hotpath *h)
+{
+    return &h->owner;
+}
+
+unsigned
+hio_hp_queued(const struct hio_hotpath *h)
+{
+    return h->done.count;
+}
+
+void
+hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out)
+{
+    out->st = h->st;
+    out->buffers_in_use = h->bufs.in_use;
+    out->inflight = h->inflight < 0 ? 0 : (uint64_t)h->inflight;
+    out->queued = h->done.count;
+    out->setup_flags = h->flags;
+}
+
+int
+hio_hp_callable(const struct hio_hotpath *h)
+{
+    return h->magic == HIO_HOTPATH_MAGIC && h->inited && hio_owner_may(&h->owner, HIO_USE_CALL) == HIO_OWNER_OK;
+}
+
+int
+hio_hp_buffer_held(const struct hio_hotpath *h, long bid)
+{
+    return hio_bufring_check(&h->bufs, bid);
+}
+
+unsigned
+hio_hp_buffer_count(const struct hio_hotpath *h)
+{
+    return h->bufs.n;
+}
+
+const unsigned char *
+hio_hp_buffer(const struct hio_hotpath *h, unsigned bid, unsigned *len)
+{
+    *len = hio_bufring_len(&h->bufs, bid);
+    return hio_bufring_data(&h->bufs, bid);
 }

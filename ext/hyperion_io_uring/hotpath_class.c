@@ -1,8 +1,12 @@
 /*
- * hotpath_class.c: Ruby binding of Hyperion::IOUring::HotpathRing.
+ * hotpath_class.c: Ruby binding of Hyperion::IOUring::HotpathRing (its
+ * buffer methods are in hotpath_buffers.c).
  *
- * Argument checks and conversions only; hotpath.c does the work and wait.c
- * the blocking.
+ * Layer: bindings. Calls the hot path's engine API (engine.h: hotpath.c,
+ * hp_queue.c, hp_probe.c), wait.c's hio_wait_ruby, errors.c and args.c.
+ *
+ * Argument checks and conversions only: hotpath.c does the work and
+ * describes the waits, wait.c decides how to wait.
  */
 #include "hyperion_io_uring.h"
 #include <errno.h>
@@ -20,33 +24,40 @@ static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags;
 
 /* ---- TypedData ---- */
 
+/* What a HotpathRing object holds: the engine (opaque) and the Ruby state
+ * around it. */
+struct hpc {
+    struct hio_hotpath *h;
+    VALUE sched_io; /* IO of the eventfd for Fiber scheduler waits */
+    int in_each;    /* each_completion runs (its block, or a fiber parked in it) */
+};
+
 static void
 hpc_mark(void *p)
 {
-    struct hio_hotpath *x = p;
-    if (x->sched_io) rb_gc_mark(x->sched_io);
+    struct hpc *hc = p;
+    if (hc->sched_io) rb_gc_mark(hc->sched_io);
 }
 
+/* The GC's close never blocks and never raises (hio_hp_close says what it
+ * does with what the kernel still holds). */
 static void
 hpc_free(void *p)
 {
-    hio_hp_close((struct hio_hotpath *)p); /* bounded drain; never raises */
-    ruby_xfree(p);
+    struct hpc *hc = p;
+
+    if (hc->h) {
+        hio_hp_close(hc->h, 1);
+        hio_hp_free(hc->h);
+    }
+    ruby_xfree(hc);
 }
 
 static size_t
 hpc_memsize(const void *p)
 {
-    const struct hio_hotpath *h = p;
-    size_t sz = sizeof(*h);
-
-    if (h->inited) {
-        sz += h->bufs.mem_bytes + h->bufs.br_bytes + h->bufs.n * 5u;
-        sz += (size_t)h->nconns * sizeof(struct hio_conn) + (size_t)h->nsends * sizeof(struct hio_send);
-        sz += (size_t)h->q_cap * sizeof(struct hio_completion) + (size_t)h->parked_cap * sizeof(int);
-        sz += (size_t)h->closes_cap * sizeof(struct hio_close_pending);
-    }
-    return sz;
+    const struct hpc *hc = p;
+    return sizeof(*hc) + (hc->h ? hio_hp_memsize(hc->h) : 0);
 }
 
 static const rb_data_type_t hpc_type = {
@@ -59,57 +70,36 @@ static const rb_data_type_t hpc_type = {
 static VALUE
 hpc_alloc(VALUE klass)
 {
-    struct hio_hotpath *h;
-    VALUE obj = TypedData_Make_Struct(klass, struct hio_hotpath, &hpc_type, h);
-    h->uring.ring_fd = -1;
-    h->send_free = -1;
+    struct hpc *hc;
+    VALUE obj = TypedData_Make_Struct(klass, struct hpc, &hpc_type, hc);
+
+    hc->sched_io = Qnil;
+    if (!(hc->h = hio_hp_new())) rb_memerror(); /* not open: safe to free before initialize ran */
     return obj;
 }
 
-static struct hio_hotpath *
+static struct hpc *
 hpc_get(VALUE self)
 {
-    struct hio_hotpath *h;
-    TypedData_Get_Struct(self, struct hio_hotpath, &hpc_type, h);
-    return h;
+    struct hpc *hc;
+    TypedData_Get_Struct(self, struct hpc, &hpc_type, hc);
+    return hc;
 }
 
-static struct hio_hotpath *
+static struct hpc *
 hpc_usable(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
+    struct hpc *hc = hpc_get(self);
 
-    if (!h->inited) hio_raise_closed();
-    hio_owner_check(&h->owner, HP_CLASS);
-    return h;
+    if (!hio_hp_is_open(hc->h)) hio_raise_closed();
+    hio_raise_unless_owner(hio_hp_owner(hc->h), HIO_USE_CALL, HP_CLASS);
+    return hc;
 }
 
-static unsigned
-hpc_uint_arg(VALUE v, const char *what, unsigned lo, unsigned hi, int pow2)
+struct hio_hotpath *
+hio_hotpath_usable(VALUE self)
 {
-    long n;
-
-    if (!RB_INTEGER_TYPE_P(v)) rb_raise(rb_eTypeError, "%s must be an Integer, got %s", what, rb_obj_classname(v));
-    n = FIXNUM_P(v) ? FIX2LONG(v) : -1;
-    if (n < (long)lo || n > (long)hi || (pow2 && (n & (n - 1))))
-        rb_raise(rb_eArgError, "%s must be %sin %u..%u (got %"PRIsVALUE")", what,
-                 pow2 ? "a power of two " : "", lo, hi, v);
-    return (unsigned)n;
-}
-
-/* Unsupported with the hot path's own reason. hio_require_supported asks
- * unsupported_reason, which is nil when io_uring works but the hot path
- * does not: the message then said "unknown reason". */
-static void
-hpc_require_supported(void)
-{
-    VALUE reason;
-
-    if (!rb_respond_to(hio_mIOUring, rb_intern("hotpath_supported?"))) return;
-    if (RTEST(rb_funcall(hio_mIOUring, rb_intern("hotpath_supported?"), 0))) return;
-    reason = rb_funcall(hio_mIOUring, rb_intern("hotpath_unsupported_reason"), 0);
-    rb_raise(hio_eUnsupported, "io_uring hotpath not supported on this host: %"PRIsVALUE,
-             NIL_P(reason) ? rb_str_new_cstr("unknown reason") : reason);
+    return hpc_usable(self)->h;
 }
 
 /* ---- Methods ---- */
@@ -130,7 +120,7 @@ static VALUE
 hpc_initialize(int argc, VALUE *argv, VALUE self)
 {
     static ID kw_ids[3];
-    struct hio_hotpath *h = hpc_get(self);
+    struct hio_hotpath *h = hpc_get(self)->h;
     VALUE opts, kw[3] = { Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
     unsigned depth = 1024, n_bufs, buf_size;
     int ret;
@@ -141,18 +131,19 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
     if (kw[1] == Qundef) kw[1] = rb_respond_to(klass, id_default_n_bufs) ? rb_funcall(klass, id_default_n_bufs, 0) : INT2FIX(512);
     if (kw[2] == Qundef) kw[2] = rb_respond_to(klass, id_default_buf_size) ? rb_funcall(klass, id_default_buf_size, 0) : INT2FIX(8192);
-    n_bufs = hpc_uint_arg(kw[1], "n_bufs", 1, 32768, 1);
-    buf_size = hpc_uint_arg(kw[2], "buf_size", 1, HP_MAX_BUF_SIZE, 0);
-    if (h->inited || h->closed) rb_raise(rb_eRuntimeError, "ring already initialized");
-    hpc_require_supported();
+    n_bufs = hio_uint_arg(kw[1], "n_bufs", 1, 32768, 1);
+    buf_size = hio_uint_arg(kw[2], "buf_size", 1, HP_MAX_BUF_SIZE, 0);
+    if (hio_hp_was_opened(h)) rb_raise(rb_eRuntimeError, "ring already initialized");
+    hio_require_supported("io_uring hotpath", "hotpath_supported?", "hotpath_unsupported_reason");
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
     if (ret < 0)
-        hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", h->err, depth, n_bufs, buf_size);
+        hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", hio_hp_open_error(h), depth, n_bufs,
+                        buf_size);
     return self;
 }
 
 static void
-hpc_check_submit(struct hio_hotpath *h, int ret, const char *what, int fd)
+hpc_check_submit(int ret, const char *what, int fd)
 {
     if (ret == 0) return;
     if (ret == -EBADF) rb_raise(rb_eArgError, "%s: fd %d is not open", what, fd);
@@ -160,6 +151,17 @@ hpc_check_submit(struct hio_hotpath *h, int ret, const char *what, int fd)
         rb_raise(rb_eIOError, "%s: fd %d is being closed (submit_close was called for it)", what, fd);
     if (ret == -EALREADY) rb_raise(rb_eIOError, "%s: fd %d is already being closed", what, fd);
     hio_raise_errno(ret, "%s(fd %d)", what, fd);
+}
+
+/* A method that takes one fd (an Integer or an IO) and hands it to op. */
+static VALUE
+hpc_fd_call(VALUE self, VALUE fdv, const char *what, int (*op)(struct hio_hotpath *, int))
+{
+    int fd = hio_fd_arg(fdv, what);
+    struct hio_hotpath *h = hio_hotpath_usable(self);
+
+    hpc_check_submit(op(h, fd), what, fd);
+    return Qnil;
 }
 
 /*
@@ -176,11 +178,7 @@ hpc_check_submit(struct hio_hotpath *h, int ret, const char *what, int fd)
 static VALUE
 hpc_submit_accept(VALUE self, VALUE listener)
 {
-    int fd = hio_fd_arg(listener, "submit_accept_multishot");
-    struct hio_hotpath *h = hpc_usable(self);
-
-    hpc_check_submit(h, hio_hp_submit_accept(h, fd), "submit_accept_multishot", fd);
-    return Qnil;
+    return hpc_fd_call(self, listener, "submit_accept_multishot", hio_hp_submit_accept);
 }
 
 /*
@@ -196,25 +194,7 @@ hpc_submit_accept(VALUE self, VALUE listener)
 static VALUE
 hpc_submit_recv(VALUE self, VALUE fdv)
 {
-    int fd = hio_fd_arg(fdv, "submit_recv_multishot");
-    struct hio_hotpath *h = hpc_usable(self);
-
-    hpc_check_submit(h, hio_hp_submit_recv(h, fd), "submit_recv_multishot", fd);
-    return Qnil;
-}
-
-/* A Fiddle::Pointer (without loading Fiddle: no pointer exists unless it is). */
-static int
-hpc_fiddle_pointer_p(VALUE v)
-{
-    ID id_fiddle = rb_intern("Fiddle"), id_pointer = rb_intern("Pointer");
-    VALUE fiddle, pointer;
-
-    if (!rb_const_defined(rb_cObject, id_fiddle)) return 0;
-    fiddle = rb_const_get(rb_cObject, id_fiddle);
-    if (!RB_TYPE_P(fiddle, T_MODULE) || !rb_const_defined(fiddle, id_pointer)) return 0;
-    pointer = rb_const_get(fiddle, id_pointer);
-    return RB_TYPE_P(pointer, T_CLASS) && RTEST(rb_obj_is_kind_of(v, pointer));
+    return hpc_fd_call(self, fdv, "submit_recv_multishot", hio_hp_submit_recv);
 }
 
 /*
@@ -245,46 +225,22 @@ hpc_submit_send(int argc, VALUE *argv, VALUE self)
     fd = hio_fd_arg(fdv, "submit_send");
     if (NIL_P(count)) {
         StringValue(data);
-        h = hpc_usable(self);
+        h = hio_hotpath_usable(self);
         ret = hio_hp_submit_send(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data));
         RB_GC_GUARD(data);
     } else {
-        /* Upstream's legacy form: the address of iov_count struct iovec, a
-         * Fiddle::Pointer or an Integer. Nothing else: anything went
-         * through #to_i before, so submit_send(fd, "4096", 1) read iovecs
-         * at address 4096 and segfaulted. What a raw address points at
-         * cannot be checked; a Fiddle::Pointer of known size at least
-         * covers the iovecs. */
-        VALUE addr;
-        long cnt;
-        if (!RB_INTEGER_TYPE_P(count)) rb_raise(rb_eTypeError, "iov_count must be an Integer");
-        cnt = NUM2LONG(count);
-        if (cnt < 0 || cnt > IOV_MAX) rb_raise(rb_eArgError, "iov_count must be in 0..%d (got %ld)", IOV_MAX, cnt);
-        if (RB_INTEGER_TYPE_P(data)) {
-            addr = data;
-        } else if (hpc_fiddle_pointer_p(data)) {
-            VALUE size = rb_funcall(data, rb_intern("size"), 0);
-            addr = rb_funcall(data, rb_intern("to_i"), 0);
-            if (RB_INTEGER_TYPE_P(size) && NUM2LL(size) > 0 && NUM2LL(size) < cnt * (long long)sizeof(struct iovec))
-                rb_raise(rb_eArgError, "submit_send: %ld iovecs need %ld bytes, the pointer has %lld", cnt,
-                         cnt * (long)sizeof(struct iovec), NUM2LL(size));
-        } else {
-            rb_raise(rb_eTypeError, "submit_send: iov_ptr must be a Fiddle::Pointer or an Integer address, got %s",
-                     rb_obj_classname(data));
-        }
-        if (FIXNUM_P(addr) ? FIX2LONG(addr) < 0 : RB_INTEGER_TYPE_P(addr) && RBIGNUM_NEGATIVE_P(addr))
-            rb_raise(rb_eArgError, "submit_send: negative iov pointer");
-        if (cnt > 0 && NUM2ULL(addr) == 0) rb_raise(rb_eArgError, "submit_send: NULL iov pointer");
-        h = hpc_usable(self);
-        ret = hio_hp_submit_sendv(h, fd, (const struct iovec *)(uintptr_t)NUM2ULL(addr), (unsigned)cnt);
+        unsigned iovcnt;
+        const struct iovec *iov = hio_iov_arg(data, count, "submit_send", &iovcnt);
+        h = hio_hotpath_usable(self);
+        ret = hio_hp_submit_sendv(h, fd, iov, iovcnt);
     }
-    hpc_check_submit(h, ret, "submit_send", fd);
+    hpc_check_submit(ret, "submit_send", fd);
     return Qnil;
 }
 
 struct hpc_each {
     VALUE self;
-    struct hio_hotpath *h;
+    struct hpc *hc;
     unsigned want;
     unsigned min_wait_us;
     double timeout;
@@ -296,18 +252,20 @@ static VALUE
 hpc_each_body(VALUE arg)
 {
     struct hpc_each *e = (struct hpc_each *)arg;
-    struct hio_hotpath *h = e->h;
+    struct hio_hotpath *h = e->hc->h;
     struct hio_completion c;
+    struct hio_wait w;
     unsigned limit;
     int ret;
 
-    ret = hio_hp_wait(h, e->want, e->timeout, 1, e->min_wait_us);
+    hio_hp_wait_plan(h, &w, e->want, e->timeout, e->min_wait_us, HIO_WAIT_RUBY);
+    ret = hio_wait_ruby(&w, &e->hc->sched_io);
     if (ret < 0) hio_raise_errno(ret, "io_uring_enter(each_completion)");
     /* Yield what is queued now (not what the block queues meanwhile). Each
      * completion leaves the queue before its block runs: an exception in the
      * block loses none of the others. */
-    limit = h->q_count;
-    while (limit-- > 0 && h->inited && hio_hp_pop(h, &c)) {
+    limit = hio_hp_queued(h);
+    while (limit-- > 0 && hio_hp_is_open(h) && hio_hp_pop(h, &c)) {
         e->yielded++;
         if (e->raw) {
             rb_yield_values(5, INT2FIX(c.op_kind), INT2FIX(c.fd), LL2NUM(c.result), INT2FIX(c.buf_id),
@@ -328,7 +286,7 @@ hpc_each_body(VALUE arg)
 static VALUE
 hpc_each_ensure(VALUE arg)
 {
-    ((struct hpc_each *)arg)->h->in_each = 0;
+    ((struct hpc_each *)arg)->hc->in_each = 0;
     return Qnil;
 }
 
@@ -376,118 +334,20 @@ hpc_each_completion(int argc, VALUE *argv, VALUE self)
     rb_scan_args(argc, argv, "0:", &opts);
     if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 4, kw);
     memset(&e, 0, sizeof(e));
-    e.want = kw[0] == Qundef ? 1 : hpc_uint_arg(kw[0], "min_complete", 0, 65536, 0);
-    e.timeout = 0.1;
-    if (kw[1] != Qundef) {
-        if (NIL_P(kw[1])) e.timeout = -1.0;
-        else if (!RB_INTEGER_TYPE_P(kw[1]) && !RB_FLOAT_TYPE_P(kw[1]))
-            rb_raise(rb_eTypeError, "timeout_ms must be Numeric or nil, got %s", rb_obj_classname(kw[1]));
-        else {
-            double ms = NUM2DBL(kw[1]);
-            if (ms != ms || ms < 0) rb_raise(rb_eArgError, "timeout_ms must be >= 0");
-            /* Capped at 1e9 s, as Ring's timeout: (no limit, in practice). A
-             * bigger one (1e300, Float::INFINITY) overflowed the timespec
-             * conversion in wait.c, undefined behaviour that on x86 gave a
-             * negative tv_sec: every wait returned at once and the loop
-             * spun at 100% CPU. */
-            e.timeout = ms > 1e12 ? 1e9 : ms / 1000.0;
-        }
-    }
+    e.want = kw[0] == Qundef ? 1 : hio_uint_arg(kw[0], "min_complete", 0, 65536, 0);
+    e.timeout = kw[1] == Qundef ? 0.1 : hio_timeout_ms_arg(kw[1]);
     e.raw = kw[2] != Qundef && RTEST(kw[2]);
     /* Up to 1 s: a batch wait is meant to be short (the kernel takes a u32). */
-    if (kw[3] != Qundef && !NIL_P(kw[3])) e.min_wait_us = hpc_uint_arg(kw[3], "min_wait_us", 0, 1000000, 0);
+    if (kw[3] != Qundef && !NIL_P(kw[3])) e.min_wait_us = hio_uint_arg(kw[3], "min_wait_us", 0, 1000000, 0);
     rb_need_block();
     e.self = self;
-    e.h = hpc_usable(self);
-    if (e.h->in_each)
+    e.hc = hpc_usable(self);
+    if (e.hc->in_each)
         rb_raise(hio_eError, "each_completion is not reentrant (called from its own block, or from "
                              "another fiber while it waits under the Fiber scheduler)");
-    e.h->in_each = 1;
+    e.hc->in_each = 1;
     rb_ensure(hpc_each_body, (VALUE)&e, hpc_each_ensure, (VALUE)&e);
     return LONG2NUM(e.yielded);
-}
-
-static unsigned
-hpc_held_buffer(struct hio_hotpath *h, VALUE bidv)
-{
-    long bid;
-    int ret;
-
-    if (!RB_INTEGER_TYPE_P(bidv)) rb_raise(rb_eTypeError, "buf_id must be an Integer, got %s", rb_obj_classname(bidv));
-    bid = FIXNUM_P(bidv) ? FIX2LONG(bidv) : -1;
-    ret = hio_bufring_check(&h->bufs, bid);
-    if (ret == -ERANGE) rb_raise(rb_eArgError, "buf_id %"PRIsVALUE" out of range 0..%u", bidv, h->bufs.n - 1);
-    if (ret < 0)
-        rb_raise(rb_eArgError, "buffer %ld is not held by Ruby (already released, or never delivered by a recv)", bid);
-    return (unsigned)bid;
-}
-
-static long
-hpc_len_arg(struct hio_hotpath *h, unsigned bid, VALUE lenv)
-{
-    long len;
-
-    if (!RB_INTEGER_TYPE_P(lenv)) rb_raise(rb_eTypeError, "len must be an Integer, got %s", rb_obj_classname(lenv));
-    len = FIXNUM_P(lenv) ? FIX2LONG(lenv) : -1;
-    if (len < 0 || len > (long)h->bufs.len[bid])
-        rb_raise(rb_eArgError, "len %"PRIsVALUE" is outside the %u bytes the kernel wrote into buffer %u", lenv,
-                 h->bufs.len[bid], bid);
-    return len;
-}
-
-/*
- * call-seq:
- *   ring.copy_buffer(buf_id, len) -> String
- *
- * A new binary String of the first +len+ bytes of buffer +buf_id+ (one
- * copy, straight from the kernel's buffer). The buffer stays held: give it
- * back with #release_buffer. ArgumentError for an id out of range, a buffer
- * Ruby does not hold, or +len+ beyond what the kernel wrote.
- */
-static VALUE
-hpc_copy_buffer(VALUE self, VALUE bidv, VALUE lenv)
-{
-    struct hio_hotpath *h = hpc_usable(self);
-    unsigned bid = hpc_held_buffer(h, bidv);
-    long len = hpc_len_arg(h, bid, lenv);
-
-    return rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
-}
-
-/*
- * call-seq:
- *   ring.release_buffer(buf_id) -> nil
- *
- * Gives buffer +buf_id+ back to the kernel (and re-arms connections parked
- * for lack of buffers). ArgumentError when Ruby does not hold it (out of
- * range, or released twice).
- */
-static VALUE
-hpc_release_buffer(VALUE self, VALUE bidv)
-{
-    struct hio_hotpath *h = hpc_usable(self);
-    unsigned bid = hpc_held_buffer(h, bidv);
-
-    hio_hp_release(h, bid);
-    return Qnil;
-}
-
-/*
- * call-seq:
- *   ring.take_buffer(buf_id, len) -> String
- *
- * #copy_buffer then #release_buffer, in one call.
- */
-static VALUE
-hpc_take_buffer(VALUE self, VALUE bidv, VALUE lenv)
-{
-    struct hio_hotpath *h = hpc_usable(self);
-    unsigned bid = hpc_held_buffer(h, bidv);
-    long len = hpc_len_arg(h, bid, lenv);
-    VALUE str = rb_str_new((const char *)hio_bufring_data(&h->bufs, bid), len);
-
-    hio_hp_release(h, bid);
-    return str;
 }
 
 /*
@@ -503,11 +363,7 @@ hpc_take_buffer(VALUE self, VALUE bidv, VALUE lenv)
 static VALUE
 hpc_cancel(VALUE self, VALUE fdv)
 {
-    int fd = hio_fd_arg(fdv, "cancel");
-    struct hio_hotpath *h = hpc_usable(self);
-
-    hpc_check_submit(h, hio_hp_cancel(h, fd), "cancel", fd);
-    return Qnil;
+    return hpc_fd_call(self, fdv, "cancel", hio_hp_cancel);
 }
 
 /*
@@ -542,9 +398,10 @@ hpc_cancel(VALUE self, VALUE fdv)
  *
  * An IO is a TypeError: the IO would close the number again later, when it
  * may name another connection; close the IO itself. ArgumentError for a
- * negative fd and for the ring's own (#fileno). Closing the ring (#close, or the GC) still closes every fd
- * given to submit_close: one the kernel did not get yet, or one still
- * waiting for sends (which #close cancels), is closed with close(2).
+ * negative fd and for the ring's own (#fileno). Closing the ring (#close,
+ * or the GC) still closes every fd given to submit_close: one the kernel
+ * did not get yet, or one still waiting for sends (which #close cancels),
+ * is closed with close(2).
  *
  *   ring.submit_send(fd, response)
  *   ring.submit_close(fd) # the response goes out first
@@ -560,10 +417,10 @@ hpc_submit_close(VALUE self, VALUE fdv)
                                 "again later, when it may name another connection; close the IO itself)",
                  rb_obj_classname(fdv));
     fd = hio_fd_arg(fdv, "submit_close");
-    h = hpc_usable(self);
+    h = hio_hotpath_usable(self);
     ret = hio_hp_submit_close(h, fd);
     if (ret == -EINVAL) rb_raise(rb_eArgError, "submit_close: fd %d is the ring's own (use #close)", fd);
-    hpc_check_submit(h, ret, "submit_close", fd);
+    hpc_check_submit(ret, "submit_close", fd);
     return Qnil;
 }
 
@@ -577,7 +434,7 @@ hpc_submit_close(VALUE self, VALUE fdv)
 static VALUE
 hpc_flush(VALUE self)
 {
-    struct hio_hotpath *h = hpc_usable(self);
+    struct hio_hotpath *h = hio_hotpath_usable(self);
     int ret = hio_hp_flush(h);
 
     if (ret < 0) hio_raise_errno(ret, "io_uring_submit(flush)");
@@ -597,15 +454,15 @@ hpc_flush(VALUE self)
 static VALUE
 hpc_close(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
+    struct hpc *hc = hpc_get(self);
 
-    if (!h->inited) return Qnil;
-    if (!hio_owner_forked(&h->owner)) hio_owner_check(&h->owner, HP_CLASS);
-    if (h->in_each)
+    if (!hio_hp_is_open(hc->h)) return Qnil;
+    hio_raise_unless_owner(hio_hp_owner(hc->h), HIO_USE_CLOSE, HP_CLASS);
+    if (hc->in_each)
         rb_raise(hio_eError, "cannot close a ring while each_completion runs (from its block, or "
                              "from another fiber while it waits under the Fiber scheduler)");
-    hio_hp_close(h);
-    hio_sched_io_close(&h->sched_io);
+    hio_hp_close(hc->h, 0);
+    hio_sched_io_close(&hc->sched_io);
     return Qnil;
 }
 
@@ -616,7 +473,7 @@ hpc_close(VALUE self)
 static VALUE
 hpc_closed_p(VALUE self)
 {
-    return hpc_get(self)->inited ? Qfalse : Qtrue;
+    return hio_hp_is_open(hpc_get(self)->h) ? Qfalse : Qtrue;
 }
 
 /*
@@ -630,8 +487,7 @@ hpc_closed_p(VALUE self)
 static VALUE
 hpc_healthy_p(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
-    return h->inited && h->healthy ? Qtrue : Qfalse;
+    return hio_hp_healthy(hpc_get(self)->h) ? Qtrue : Qfalse;
 }
 
 /*
@@ -643,7 +499,7 @@ hpc_healthy_p(VALUE self)
 static VALUE
 hpc_force_unhealthy(VALUE self)
 {
-    hpc_get(self)->healthy = 0;
+    hio_hp_set_unhealthy(hpc_get(self)->h);
     return Qnil;
 }
 
@@ -654,8 +510,8 @@ hpc_force_unhealthy(VALUE self)
 static VALUE
 hpc_fileno(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
-    return h->inited ? INT2FIX(h->uring.ring_fd) : Qnil;
+    struct hio_hotpath *h = hpc_get(self)->h;
+    return hio_hp_is_open(h) ? INT2FIX(hio_hp_fd(h)) : Qnil;
 }
 
 /*
@@ -671,8 +527,8 @@ hpc_fileno(VALUE self)
 static VALUE
 hpc_ptr(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
-    return h->inited ? ULL2NUM((unsigned long long)(uintptr_t)h) : Qnil;
+    struct hio_hotpath *h = hpc_get(self)->h;
+    return hio_hp_is_open(h) ? ULL2NUM((unsigned long long)(uintptr_t)h) : Qnil;
 }
 
 /*
@@ -689,8 +545,7 @@ hpc_ptr(VALUE self)
 static VALUE
 hpc_batch_wait_supported_p(VALUE self)
 {
-    struct hio_hotpath *h = hpc_usable(self);
-    return h->batch_wait ? Qtrue : Qfalse;
+    return hio_hp_batch_wait(hio_hotpath_usable(self)) ? Qtrue : Qfalse;
 }
 
 /*
@@ -710,27 +565,29 @@ hpc_batch_wait_supported_p(VALUE self)
 static VALUE
 hpc_stats(VALUE self)
 {
-    struct hio_hotpath *h = hpc_get(self);
+    struct hio_hp_stats st;
     VALUE s = rb_hash_new();
+
+    hio_hp_stats(hpc_get(self)->h, &st);
 #define HPC_STAT(name, val) rb_hash_aset(s, ID2SYM(rb_intern(name)), ULL2NUM((unsigned long long)(val)))
-    HPC_STAT("accepts", h->st.accepts);
-    HPC_STAT("recvs", h->st.recvs);
-    HPC_STAT("recv_bytes", h->st.recv_bytes);
-    HPC_STAT("sends", h->st.sends);
-    HPC_STAT("send_bytes", h->st.send_bytes);
-    HPC_STAT("short_sends", h->st.short_sends);
-    HPC_STAT("enobufs", h->st.enobufs);
-    HPC_STAT("rearms", h->st.rearms);
-    HPC_STAT("cq_overflows", h->st.cq_overflows);
-    HPC_STAT("stale_completions", h->st.stale_completions);
-    HPC_STAT("buffers_in_use", h->bufs.in_use);
-    HPC_STAT("submits", h->st.submits);
-    HPC_STAT("waits", h->st.waits);
-    HPC_STAT("batch_waits", h->st.batch_waits);
-    HPC_STAT("closes", h->st.closes);
-    HPC_STAT("inflight", h->inflight < 0 ? 0 : h->inflight);
-    HPC_STAT("queued", h->q_count);
-    HPC_STAT("setup_flags", h->flags);
+    HPC_STAT("accepts", st.st.accepts);
+    HPC_STAT("recvs", st.st.recvs);
+    HPC_STAT("recv_bytes", st.st.recv_bytes);
+    HPC_STAT("sends", st.st.sends);
+    HPC_STAT("send_bytes", st.st.send_bytes);
+    HPC_STAT("short_sends", st.st.short_sends);
+    HPC_STAT("enobufs", st.st.enobufs);
+    HPC_STAT("rearms", st.st.rearms);
+    HPC_STAT("cq_overflows", st.st.cq_overflows);
+    HPC_STAT("stale_completions", st.st.stale_completions);
+    HPC_STAT("buffers_in_use", st.buffers_in_use);
+    HPC_STAT("submits", st.st.submits);
+    HPC_STAT("waits", st.st.waits);
+    HPC_STAT("batch_waits", st.st.batch_waits);
+    HPC_STAT("closes", st.st.closes);
+    HPC_STAT("inflight", st.inflight);
+    HPC_STAT("queued", st.queued);
+    HPC_STAT("setup_flags", st.setup_flags);
 #undef HPC_STAT
     return s;
 }
@@ -750,8 +607,24 @@ hpc_s_probe(VALUE klass)
     return r ? rb_str_new_cstr(r) : Qnil;
 }
 
+/*
+ * call-seq:
+ *   HotpathRing.leaked_rings -> Integer
+ *
+ * How many rings of this process were closed while the kernel might still
+ * write into their memory (buffer ring, send payloads), which was then
+ * leaked rather than freed: #close gives the kernel a second to hand
+ * everything back; the GC never waits, and a ring collected by another
+ * thread than its own cannot cancel at all. 0 in a healthy process.
+ */
+static VALUE
+hpc_s_leaked_rings(VALUE klass)
+{
+    return ULONG2NUM(hio_hp_leaked_rings());
+}
+
 void
-hio_init_hotpath_class(void)
+hio_init_hotpath_class(VALUE mIOUring)
 {
     id_queue_depth = rb_intern("queue_depth");
     id_n_bufs = rb_intern("n_bufs");
@@ -768,7 +641,7 @@ hio_init_hotpath_class(void)
     sym_buf_id = ID2SYM(rb_intern("buf_id"));
     sym_flags = ID2SYM(rb_intern("flags"));
 
-    hio_cHotpathRing = rb_define_class_under(hio_mIOUring, "HotpathRing", rb_cObject);
+    hio_cHotpathRing = rb_define_class_under(mIOUring, "HotpathRing", rb_cObject);
     rb_define_const(hio_cHotpathRing, "DEFAULT_QUEUE_DEPTH", INT2FIX(1024));
     rb_define_const(hio_cHotpathRing, "DEFAULT_N_BUFS", INT2FIX(512));
     rb_define_const(hio_cHotpathRing, "DEFAULT_BUF_SIZE", INT2FIX(8192));
@@ -780,14 +653,12 @@ hio_init_hotpath_class(void)
     rb_define_const(hio_cHotpathRing, "OP_CLOSE", INT2FIX(HIO_OP_CLOSE));
     rb_define_alloc_func(hio_cHotpathRing, hpc_alloc);
     rb_define_singleton_method(hio_cHotpathRing, "native_probe", hpc_s_probe, 0);
+    rb_define_singleton_method(hio_cHotpathRing, "leaked_rings", hpc_s_leaked_rings, 0);
     rb_define_method(hio_cHotpathRing, "initialize", hpc_initialize, -1);
     rb_define_method(hio_cHotpathRing, "submit_accept_multishot", hpc_submit_accept, 1);
     rb_define_method(hio_cHotpathRing, "submit_recv_multishot", hpc_submit_recv, 1);
     rb_define_method(hio_cHotpathRing, "submit_send", hpc_submit_send, -1);
     rb_define_method(hio_cHotpathRing, "each_completion", hpc_each_completion, -1);
-    rb_define_method(hio_cHotpathRing, "copy_buffer", hpc_copy_buffer, 2);
-    rb_define_method(hio_cHotpathRing, "release_buffer", hpc_release_buffer, 1);
-    rb_define_method(hio_cHotpathRing, "take_buffer", hpc_take_buffer, 2);
     rb_define_method(hio_cHotpathRing, "cancel", hpc_cancel, 1);
     rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, 1);
     rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);

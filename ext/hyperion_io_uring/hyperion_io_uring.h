@@ -1,39 +1,28 @@
 /*
- * hyperion_io_uring.h: private types and prototypes shared by the .c files.
+ * hyperion_io_uring.h: the bindings' header: the Ruby classes, errors,
+ * argument helpers and wait.c's Ruby side. Only binding files include it
+ * (ext.c, module.c, ring_class.c, hotpath_class.c, hotpath_buffers.c,
+ * errors.c, args.c) and wait.c; engine files never do, and see no Ruby.
  *
- * Engine files (ring.c, hotpath.c, buf_ring.c, wait.c, probe.c) own C state
- * only; binding files (ring_class.c, hotpath_class.c) turn Ruby values into
- * C values and back. wait.c is the one place that blocks.
+ * Layers, each calling only the ones below it:
+ *   bindings   ext.c module.c ring_class.c hotpath_class.c hotpath_buffers.c
+ *              (with errors.c, args.c)
+ *   engines    c_api.c hp_probe.c > hotpath.c (hp.h has its layers); ring.c;
+ *              probe.c (engine.h is what the bindings see of them)
+ *   below      wait.c setup.c owner.c registry.c buf_ring.c fifo.c
  */
 #ifndef HYPERION_IO_URING_H
 #define HYPERION_IO_URING_H 1
 
 #include <ruby.h>
 #include <ruby/thread.h>
-#include <liburing.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <sys/types.h>
+#include "engine.h"
 
 #ifndef HIO_LIBURING_VERSION
 #define HIO_LIBURING_VERSION "unknown"
 #endif
 
-#ifdef HAVE_VALGRIND_MEMCHECK_H
-#include <valgrind/memcheck.h>
-/* Memcheck cannot see what the kernel writes through io_uring. */
-#define HIO_MEM_DEFINED(p, n) VALGRIND_MAKE_MEM_DEFINED((p), (n))
-#define HIO_ON_VALGRIND() RUNNING_ON_VALGRIND
-#else
-#define HIO_MEM_DEFINED(p, n) ((void)(p), (void)(n))
-#define HIO_ON_VALGRIND() 0
-#endif
-
-#define HIO_MAX_QUEUE_DEPTH 32768u
-#define HIO_MAX_READ (16u * 1024u * 1024u)
-
-/* ---- module and classes (ext.c) ---- */
-extern VALUE hio_mIOUring;
+/* ---- classes (ring_class.c, hotpath_class.c) and errors (errors.c) ---- */
 extern VALUE hio_cRing;
 extern VALUE hio_cHotpathRing;
 extern VALUE hio_eError;
@@ -45,232 +34,41 @@ extern VALUE hio_eRingError;
 /* ---- errors.c ---- */
 NORETURN(void hio_raise_errno(int err, const char *fmt, ...));
 NORETURN(void hio_raise_closed(void));
+/* Raises ForkError / ThreadError unless the caller may use (use) a ring of
+ * class cls owned by o. */
+void hio_raise_unless_owner(const struct hio_owner *o, enum hio_owner_use use, const char *cls);
+/* Raises Unsupported unless IOUring.<probe> is true (reason_method says why). */
+void hio_require_supported(const char *what, const char *probe, const char *reason_method);
+void hio_init_errors(VALUE mIOUring);
+
+/* ---- args.c: argument helpers of the bindings ---- */
 int hio_fd_arg(VALUE io_or_fd, const char *what);
 double hio_timeout_arg(VALUE timeout, const char *what);
-void hio_init_errors(void);
-
-/* ---- owner: the process and OS thread a ring belongs to ---- */
-struct hio_owner {
-    pid_t pid;
-    pthread_t tid;
-};
-void hio_owner_init(struct hio_owner *o);
-int hio_owner_forked(const struct hio_owner *o);
-int hio_owner_other_thread(const struct hio_owner *o);
-/* Raises ForkError / ThreadError when the caller may not use the ring. */
-void hio_owner_check(const struct hio_owner *o, const char *cls);
-
-/* ---- probe.c: ring setup with the best flags this kernel takes ---- */
-int hio_queue_init(struct io_uring *ring, unsigned entries, unsigned cq_entries, unsigned *flags_out);
-void hio_queue_forget(struct io_uring *ring);
-void hio_init_probe(void);
-
-/* ---- wait.c: the only place that blocks ---- */
-double hio_now(void);
-/*
- * Submits what is queued and waits, with the GVL released, until wait_nr
- * completions are ready or timeout seconds pass (timeout < 0: no limit).
- * Returns 0 or a fatal -errno; EINTR, ETIME, EAGAIN, EBUSY mean "nothing
- * yet" and return 0. The caller reaps with the GVL held and then calls
- * rb_thread_check_ints() (or lets the scheduler path do so).
- */
-int hio_wait_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout);
-/*
- * The same, as a batch wait when min_wait_us > 0: returns once wait_nr are
- * ready, or once min_wait_us has passed and at least one is. Only for rings
- * where hio_batch_wait_supported() (IORING_FEAT_MIN_TIMEOUT, Linux 6.12;
- * not under valgrind); HotpathRing checks it once, at open.
- */
-int hio_wait_batch_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, unsigned min_wait_us);
-int hio_batch_wait_supported(const struct io_uring *ring);
-/* Submits and flushes completions without blocking (GVL held). */
-int hio_submit_get_events(struct io_uring *ring);
-/* Waits with the GVL held: only for short bounded drains in cleanup. */
-int hio_wait_held(struct io_uring *ring, unsigned wait_nr, double timeout);
-/*
- * When the calling fiber is non-blocking under a Fiber scheduler, submits
- * what is queued, runs deferred work and, unless a CQE is then ready, waits
- * through the scheduler's io_wait on an eventfd registered with the ring
- * (created on first use, owned by the IO cached in *io_slot). May raise
- * (the scheduler cancelling the fiber, Timeout): nothing is reaped here.
- * Returns 1 when it waited that way, 0 when there is no scheduler.
- */
-int hio_wait_scheduler(struct io_uring *ring, double timeout, VALUE *io_slot);
-/* Closes the eventfd IO of *io_slot (if any) and clears the slot. */
-void hio_sched_io_close(VALUE *io_slot);
-
-/* ---- ring.c: the single-shot Ring engine ---- */
-struct hio_sring {
-    struct io_uring uring;
-    int inited;       /* io_uring_queue_init succeeded */
-    int wedged;       /* a request could not be drained: leak its buffer */
-    unsigned flags;   /* setup flags in force */
-    struct hio_owner owner;
-    uint64_t seq;     /* request tokens */
-    char *buf;        /* read scratch, owned here, never moved by the GC */
-    size_t buf_cap;
-    uint64_t ops, waits, cancels;
-    int busy;         /* a call is running; under a scheduler its fiber may be parked */
-    unsigned char direct[3]; /* per hio_sop_kind: calls left that submit and wait in one enter */
-    VALUE sched_io;   /* IO of the eventfd for Fiber scheduler waits (marked) */
-};
-
-enum hio_sop_kind { HIO_SOP_ACCEPT = 1, HIO_SOP_READ = 2 };
-
-struct hio_sop {
-    struct hio_sring *r;
-    enum hio_sop_kind kind;
-    int fd;
-    unsigned len;
-    double deadline;   /* < 0: none */
-    uint64_t token;
-    int pending;       /* an SQE of ours is in the kernel */
-    int polling;       /* the pending SQE is the EAGAIN poll fallback */
-    int res;           /* final result of the op */
-    int done;
-    int timed_out;
-    int fatal;         /* -errno from the wait itself */
-};
-
-int hio_sring_open(struct hio_sring *r, unsigned depth);
-void hio_sring_close(struct hio_sring *r);
-int hio_sring_reserve(struct hio_sring *r, size_t len);
-/* Runs op to its end; raises only after the request is drained. */
-void hio_sring_run(struct hio_sop *op);
-
-
-/* ---- buf_ring.c: the provided-buffer ring ---- */
-struct hio_bufring {
-    struct io_uring_buf_ring *br; /* descriptors, mmap'd */
-    size_t br_bytes;
-    unsigned char *mem;           /* n * size bytes, mmap'd */
-    size_t mem_bytes;
-    unsigned n, size;
-    unsigned short bgid;
-    int registered;
-    uint8_t *held;                /* 1: held by Ruby */
-    uint32_t *len;                /* bytes the kernel wrote into a held buffer */
-    unsigned in_use;
-};
-int hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsigned size, unsigned short bgid);
-int hio_bufring_take(struct hio_bufring *b, unsigned bid, unsigned len);
-int hio_bufring_check(const struct hio_bufring *b, long bid);
-void hio_bufring_release(struct hio_bufring *b, unsigned bid);
-const unsigned char *hio_bufring_data(const struct hio_bufring *b, unsigned bid);
-void hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, int kernel_may_write);
-
-/* ---- hotpath.c: the HotpathRing engine ---- */
-enum hio_op_kind {
-    HIO_OP_ACCEPT = 1,
-    HIO_OP_RECV = 2,
-    HIO_OP_SEND = 3,
-    HIO_OP_CLOSE = 4,
-    HIO_OP_CANCEL = 5 /* internal: never reaches Ruby */
-};
-
-/* What Ruby sees of one completion (upstream's 24-byte Completion). */
-struct hio_completion {
-    int32_t op_kind;
-    int32_t fd;
-    int64_t result;
-    int32_t buf_id;
-    uint32_t flags;
-};
-
-enum hio_arm_state { HIO_ARM_NONE = 0, HIO_ARM_ARMED, HIO_ARM_PARKED, HIO_ARM_CANCELLING };
-
-/* submit_close: QUEUED waits for the fd's queued sends to end; ISSUED has
- * its IORING_OP_CLOSE in the SQ, not yet taken by the kernel (the number is
- * still this connection's until then). */
-enum hio_close_state { HIO_CLOSE_NONE = 0, HIO_CLOSE_QUEUED, HIO_CLOSE_ISSUED };
-
-/* Per fd number. gen changes whenever the number starts naming another
- * connection, so late completions of the previous one are dropped. */
-struct hio_conn {
-    uint32_t gen;
-    uint8_t recv;     /* enum hio_arm_state */
-    uint8_t accept;   /* enum hio_arm_state */
-    uint8_t closing;  /* enum hio_close_state */
-    int32_t send_head, send_tail; /* queue of send slots, -1: empty */
-    uint32_t close_pos; /* ISSUED: SQ position of the close SQE */
-    uint64_t ino, dev; /* identity of the socket the recv was armed on */
-};
-
-/* A close SQE the kernel may not have taken yet (FIFO in SQ order). */
-struct hio_close_pending {
-    int fd;
-    uint32_t pos;
-};
-
-struct hio_send {
-    int fd;
-    uint32_t gen;
-    char *data;       /* ring-owned copy of the payload */
-    size_t len, off;
-    int32_t next;     /* next in the fd's queue, or in the free list */
-    uint8_t inflight;
-    uint8_t cancelled;
-};
-
-struct hio_stats {
-    uint64_t accepts, recvs, recv_bytes, sends, send_bytes, short_sends, enobufs, rearms,
-        cq_overflows, stale_completions, submits, waits, batch_waits, closes;
-};
-
-#define HIO_HOTPATH_MAGIC 0x48494f55u /* "HIOU" */
-
-struct hio_hotpath {
-    uint32_t magic;              /* HIO_HOTPATH_MAGIC while open (C entry point) */
-    struct io_uring uring;
-    int inited, closed, healthy, leaked, in_each, closing, cancel_any_failed;
-    int batch_wait;              /* each_completion(min_wait_us:) makes kernel batch waits */
-    unsigned flags, depth;
-    struct hio_owner owner;
-    struct hio_bufring bufs;
-    struct hio_conn *conns;
-    unsigned nconns;
-    struct hio_send *sends;
-    unsigned nsends;
-    int32_t send_free;
-    struct hio_completion *q;    /* completions reaped, not yet yielded */
-    unsigned q_head, q_count, q_cap;
-    int *parked;                 /* fds whose recv ended with ENOBUFS (FIFO) */
-    unsigned parked_head, parked_count, parked_cap;
-    struct hio_close_pending *closes; /* ISSUED closes, until the kernel takes them (FIFO) */
-    unsigned closes_head, closes_count, closes_cap;
-    int close_skip;              /* closes use IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP) */
-    long inflight;               /* requests whose final CQE is still due */
-    struct hio_stats st;
-    char err[160];               /* what failed, for probe reasons */
-    VALUE sched_io;              /* IO of the eventfd for Fiber scheduler waits (marked) */
-};
-
-int hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size);
-int hio_hp_submit_accept(struct hio_hotpath *h, int fd);
-int hio_hp_submit_recv(struct hio_hotpath *h, int fd);
-int hio_hp_submit_send(struct hio_hotpath *h, int fd, const void *data, size_t len);
-struct iovec;
-int hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt);
-int hio_hp_cancel(struct hio_hotpath *h, int fd);
-/* Cancels fd's multishot requests and closes it through the ring once its
- * queued sends have ended. -EALREADY: a close of it is still pending. */
-int hio_hp_submit_close(struct hio_hotpath *h, int fd);
-int hio_hp_flush(struct hio_hotpath *h);
-int hio_hp_release(struct hio_hotpath *h, unsigned bid);
-/* Reaps into h->q until want are queued or timeout passes; blocks without
- * the GVL; may raise (interrupts) with nothing lost. Returns 0 or -errno. */
-int hio_hp_wait(struct hio_hotpath *h, unsigned want, double timeout, int interruptible, unsigned min_wait_us);
-int hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out);
-void hio_hp_close(struct hio_hotpath *h);
-const char *hio_hp_probe(char *reason, size_t cap);
-
-/* ---- c_api.c: live rings for the exported C entry point ---- */
-void hio_registry_add(struct hio_hotpath *h);
-void hio_registry_remove(struct hio_hotpath *h);
-
-void hio_require_supported(const char *what, const char *probe);
+double hio_timeout_ms_arg(VALUE timeout_ms);
 unsigned hio_depth_arg(VALUE v, const char *what);
-void hio_init_ring_class(void);
-void hio_init_hotpath_class(void);
+unsigned hio_uint_arg(VALUE v, const char *what, unsigned lo, unsigned hi, int pow2);
+struct iovec;
+const struct iovec *hio_iov_arg(VALUE ptr, VALUE count, const char *what, unsigned *iovcnt);
+
+/* ---- wait.c: the bindings' side (the engines' side is wait.h) ---- */
+/*
+ * Runs a wait an engine described, for a Ruby method: without the GVL,
+ * through the Fiber scheduler when the calling fiber has one (its eventfd
+ * IO cached in *sched_io, which the binding marks). May raise (interrupts)
+ * once the engine has reaped what completed; w->end (if any) runs first.
+ * Returns w->err: 0 or -errno.
+ */
+int hio_wait_ruby(struct hio_wait *w, VALUE *sched_io);
+/* Closes the eventfd IO of *sched_io (if any) and clears the slot. */
+void hio_sched_io_close(VALUE *sched_io);
+
+/* ---- the bindings' Init functions and shared lookups ---- */
+void hio_init_module(VALUE mIOUring);
+void hio_init_ring_class(VALUE mIOUring);
+void hio_init_hotpath_class(VALUE mIOUring);
+void hio_init_hotpath_buffers(VALUE cHotpathRing);
+/* hotpath_class.c: the engine of a HotpathRing the caller may use now, or
+ * an exception saying why not (closed, forked, another thread). */
+struct hio_hotpath *hio_hotpath_usable(VALUE self);
 
 #endif

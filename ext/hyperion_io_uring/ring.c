@@ -1,14 +1,19 @@
 /*
  * ring.c: engine of the single-shot Ring.
  *
- * One request at a time: prep, submit (the ready case completes inline, so
- * a connection already in the backlog costs one io_uring_enter), wait with
- * the GVL released, reap with it held. Whatever ends the call early (timeout,
- * Thread#raise, Timeout, Ctrl-C) cancels the request and reaps its final
- * CQE before the method returns, so the next call never sees a stale
- * completion and the kernel never writes into memory that is gone.
+ * Layer: engine. Calls setup.c, wait.c, owner.c and liburing.
+ *
+ * One request at a time: prep, then a wait wait.c runs (a peek first: the
+ * ready case completes inline, so a connection already in the backlog costs
+ * one io_uring_enter), reaped through sring_wait_reap. Whatever ends the
+ * call early (timeout, Thread#raise, Timeout, Ctrl-C) cancels the request
+ * and reaps its final CQE before the method returns (sring_wait_end), so
+ * the next call never sees a stale completion and the kernel never writes
+ * into memory that is gone.
  */
-#include "hyperion_io_uring.h"
+#include "engine.h"
+#include "hio_valgrind.h"
+#include "setup.h"
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -19,6 +24,101 @@
 #define SRING_CANCEL_TOKEN 0u
 #define SRING_DRAIN_SECONDS 2.0
 #define SRING_DIRECT_STREAK 16
+
+struct hio_sring {
+    struct io_uring uring;
+    int inited;       /* io_uring_queue_init succeeded */
+    int wedged;       /* a request could not be drained: leak its buffer */
+    unsigned flags;   /* setup flags in force */
+    struct hio_owner owner;
+    uint64_t seq;     /* request tokens */
+    char *buf;        /* read scratch, owned here, never moved by the GC */
+    size_t buf_cap;
+    uint64_t ops, waits, cancels;
+    int busy;         /* a call is running; under a scheduler its fiber may be parked */
+    unsigned char direct[3]; /* per hio_sreq_kind: calls left that submit and wait in one enter */
+    struct {          /* the call in progress */
+        struct hio_sreq *req;
+        uint64_t token;
+        int pending;  /* an SQE of ours is in the kernel */
+        int polling;  /* the pending SQE is the EAGAIN poll fallback */
+    } op;
+};
+
+struct hio_sring *
+hio_sring_new(void)
+{
+    struct hio_sring *r = calloc(1, sizeof(*r));
+
+    if (r) r->uring.ring_fd = -1;
+    return r;
+}
+
+void
+hio_sring_free(struct hio_sring *r)
+{
+    hio_sring_close(r);
+    free(r);
+}
+
+size_t
+hio_sring_memsize(const struct hio_sring *r)
+{
+    size_t sz = sizeof(*r) + r->buf_cap;
+
+    if (r->inited) {
+        sz += (size_t)r->uring.sq.ring_sz + (size_t)r->uring.cq.ring_sz;
+        /* ring_entries, not *kring_entries: that one lives in the ring
+         * mapping, which a forked child lacks (io_uring_ring_dontfork). */
+        sz += (size_t)r->uring.sq.ring_entries * sizeof(struct io_uring_sqe);
+    }
+    return sz;
+}
+
+int
+hio_sring_is_open(const struct hio_sring *r)
+{
+    return r->inited;
+}
+
+int
+hio_sring_busy(const struct hio_sring *r)
+{
+    return r->busy;
+}
+
+int
+hio_sring_wedged(const struct hio_sring *r)
+{
+    return r->wedged;
+}
+
+int
+hio_sring_fd(const struct hio_sring *r)
+{
+    return r->inited ? r->uring.ring_fd : -1;
+}
+
+const struct hio_owner *
+hio_sring_owner(const struct hio_sring *r)
+{
+    return &r->owner;
+}
+
+const char *
+hio_sring_buf(const struct hio_sring *r)
+{
+    return r->buf;
+}
+
+void
+hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out)
+{
+    out->ops = r->ops;
+    out->waits = r->waits;
+    out->cancels = r->cancels;
+    out->setup_flags = r->flags;
+}
 
 int
 hio_sring_open(struct hio_sring *r, unsigned depth)
@@ -34,20 +134,30 @@ hio_sring_open(struct hio_sring *r, unsigned depth)
     return 0;
 }
 
+/* Rings closed while the kernel might still write their read buffer, which
+ * was leaked instead of freed. */
+static unsigned long sring_leaked_rings;
+
+unsigned long
+hio_sring_leaked_rings(void)
+{
+    return sring_leaked_rings;
+}
+
+/* Never blocks (the GC calls it too). A wedged ring had a read the kernel
+ * might still finish: its buffer is leaked, and counted. So is a busy
+ * one's: only the GC closes a ring mid-call, when the fiber parked in that
+ * call (under a scheduler) was dropped without resuming. */
 void
 hio_sring_close(struct hio_sring *r)
 {
     if (r->inited) {
-        if (hio_owner_forked(&r->owner)) hio_queue_forget(&r->uring);
+        if (hio_owner_forked(&r->owner)) hio_owner_forget_ring(&r->uring);
         else io_uring_queue_exit(&r->uring); /* nothing is in flight between calls */
         r->inited = 0;
     }
-    /* A wedged ring had a read the kernel might still finish: leak it. So
-     * does a busy one: only the GC closes a ring mid-call, when the fiber
-     * parked in that call (under a scheduler) was dropped without resuming. */
-    if (!r->wedged && !r->busy) {
-        free(r->buf);
-    }
+    if (!r->wedged && !r->busy) free(r->buf);
+    else if (r->buf) sring_leaked_rings++;
     r->buf = NULL;
     r->buf_cap = 0;
 }
@@ -82,38 +192,40 @@ sring_sqe(struct hio_sring *r)
 }
 
 static void
-sring_prep(struct hio_sop *op)
+sring_prep(struct hio_sring *r)
 {
-    struct hio_sring *r = op->r;
+    struct hio_sreq *req = r->op.req;
     struct io_uring_sqe *sqe = sring_sqe(r);
 
-    if (op->polling) {
-        io_uring_prep_poll_add(sqe, op->fd, POLLIN);
-    } else if (op->kind == HIO_SOP_ACCEPT) {
-        io_uring_prep_accept(sqe, op->fd, NULL, NULL, SOCK_CLOEXEC);
+    if (r->op.polling) {
+        io_uring_prep_poll_add(sqe, req->fd, POLLIN);
+    } else if (req->kind == HIO_SREQ_ACCEPT) {
+        io_uring_prep_accept(sqe, req->fd, NULL, NULL, SOCK_CLOEXEC);
     } else {
         /* offset -1: the file position, as read(2); ignored on sockets. */
-        io_uring_prep_read(sqe, op->fd, r->buf, op->len, (uint64_t)-1);
+        io_uring_prep_read(sqe, req->fd, r->buf, req->len, (uint64_t)-1);
     }
-    op->token = ++r->seq;
-    if (op->token == SRING_CANCEL_TOKEN || op->token == LIBURING_UDATA_TIMEOUT) op->token = r->seq = 1;
-    io_uring_sqe_set_data64(sqe, op->token);
-    op->pending = 1;
+    r->op.token = ++r->seq;
+    if (r->op.token == SRING_CANCEL_TOKEN || r->op.token == LIBURING_UDATA_TIMEOUT) r->op.token = r->seq = 1;
+    io_uring_sqe_set_data64(sqe, r->op.token);
+    r->op.pending = 1;
     r->ops++;
 }
 
 static void
-sring_reap(struct hio_sop *op)
+sring_reap(struct hio_sring *r)
 {
-    struct io_uring *ring = &op->r->uring;
+    struct io_uring *ring = &r->uring;
     struct io_uring_cqe *cqe;
     unsigned head, n = 0;
 
     io_uring_for_each_cqe(ring, head, cqe) {
         n++;
-        if (op->pending && cqe->user_data == op->token) {
-            op->pending = 0;
-            op->res = cqe->res;
+        if (r->op.pending && cqe->user_data == r->op.token) {
+            r->op.pending = 0;
+            r->op.req->res = cqe->res;
+            if (cqe->res > 0 && !r->op.polling && r->op.req->kind == HIO_SREQ_READ)
+                HIO_MEM_DEFINED(r->buf, (size_t)cqe->res);
         }
         /* else: the CQE of a cancel request; nothing else is in flight. */
     }
@@ -125,137 +237,132 @@ sring_reap(struct hio_sop *op)
  * on an O_NONBLOCK fd with -EAGAIN (6.x polls by itself): then poll for
  * POLLIN and try again. */
 static void
-sring_step(struct hio_sop *op)
+sring_step(struct hio_sring *r)
 {
-    if (op->polling) {
-        op->polling = 0;
-        if (op->res < 0) { op->done = 1; return; }
-        sring_prep(op);
+    struct hio_sreq *req = r->op.req;
+
+    if (r->op.polling) {
+        r->op.polling = 0;
+        if (req->res < 0) { req->done = 1; return; }
+        sring_prep(r);
         return;
     }
-    if (op->res == -EAGAIN) {
-        op->polling = 1;
-        sring_prep(op);
+    if (req->res == -EAGAIN) {
+        r->op.polling = 1;
+        sring_prep(r);
         return;
     }
-    op->done = 1;
+    req->done = 1;
 }
 
-/* Reap; if our request finished, take the step it calls for. Returns
- * SRING_PENDING (still in the kernel), SRING_STEPPED (a new request of the
- * EAGAIN fallback is queued) or SRING_DONE. */
-enum { SRING_PENDING, SRING_STEPPED, SRING_DONE };
+/* wait.c's reap: reap; if our request finished, take the step it calls
+ * for. A new request of the EAGAIN fallback is worth a peek. */
+static int
+sring_wait_reap(void *ctx)
+{
+    struct hio_sring *r = ctx;
+
+    sring_reap(r);
+    if (r->op.pending) return 0;
+    sring_step(r);
+    return r->op.req->done ? 0 : HIO_REAP_AGAIN;
+}
+
+static unsigned
+sring_wait_ready(void *ctx)
+{
+    return (unsigned)((struct hio_sring *)ctx)->op.req->done;
+}
 
 static int
-sring_advance(struct hio_sop *op)
+sring_drain_step(void *ctx)
 {
-    sring_reap(op);
-    if (op->pending) return SRING_PENDING;
-    sring_step(op);
-    return op->done ? SRING_DONE : SRING_STEPPED;
+    struct hio_sring *r = ctx;
+
+    sring_reap(r);
+    return !r->op.pending;
 }
 
-static VALUE
-sring_body(VALUE arg)
-{
-    struct hio_sop *op = (struct hio_sop *)arg;
-    struct hio_sring *r = op->r;
-
-    /* A kind whose last calls had to wait (an idle listener, a socket
-     * without data) will likely wait again: then submit and wait in one
-     * io_uring_enter, without the GVL, rather than peek first and wait in a
-     * second enter. Every SRING_DIRECT_STREAK direct calls the peek is
-     * tried again, so a ring whose requests turn ready goes back to it.
-     * A call with no time left (timeout: 0) always peeks. */
-    int direct = r->direct[op->kind] > 0 && (op->deadline < 0 || op->deadline > hio_now());
-
-    if (direct) r->direct[op->kind]--;
-    sring_prep(op);
-    for (;;) {
-        double timeout = -1.0;
-        int ret, step;
-
-        if (!direct) {
-            /* Fast path: submit and collect what completed inline. */
-            ret = hio_submit_get_events(&r->uring);
-            if (ret < 0) { op->fatal = ret; return Qnil; }
-            step = sring_advance(op);
-            if (step == SRING_DONE) return Qnil;
-            if (step == SRING_STEPPED) continue;
-            r->direct[op->kind] = SRING_DIRECT_STREAK;
-        }
-        direct = 0;
-        if (op->deadline >= 0) {
-            timeout = op->deadline - hio_now();
-            if (timeout <= 0) { op->timed_out = 1; return Qnil; }
-        }
-        r->waits++;
-        if (!hio_wait_scheduler(&r->uring, timeout, &r->sched_io)) {
-            ret = hio_wait_nogvl(&r->uring, 1, timeout);
-            if (ret < 0) { op->fatal = ret; return Qnil; }
-        }
-        step = sring_advance(op);
-        if (step == SRING_DONE) return Qnil;
-        if (step == SRING_STEPPED) continue;
-        /* Raises Thread#raise / Timeout / Interrupt; runs trap handlers. */
-        rb_thread_check_ints();
-    }
-}
-
-/* Cancel the pending request and reap its final CQE, waiting at most
- * SRING_DRAIN_SECONDS with the GVL held (a cancel of an accept, read or
- * poll completes at once). If the kernel still holds it, the ring is
- * wedged: its read buffer is leaked rather than freed under the kernel. */
+/* Cancel the pending request and reap its final CQE, within
+ * SRING_DRAIN_SECONDS (a cancel of an accept, read or poll completes at
+ * once). If the kernel still holds it, the ring is wedged: its read buffer
+ * is leaked rather than freed under the kernel. */
 static void
-sring_cancel_and_drain(struct hio_sop *op)
+sring_cancel_and_drain(struct hio_sring *r)
 {
-    struct hio_sring *r = op->r;
     struct io_uring_sqe *sqe = sring_sqe(r);
-    double deadline = hio_now() + SRING_DRAIN_SECONDS;
+    struct hio_drain d;
 
     r->cancels++;
-    io_uring_prep_cancel64(sqe, op->token, 0);
+    io_uring_prep_cancel64(sqe, r->op.token, 0);
     io_uring_sqe_set_data64(sqe, SRING_CANCEL_TOKEN);
-    while (op->pending) {
-        double left = deadline - hio_now();
-        if (left <= 0) break;
-        hio_wait_held(&r->uring, 1, left < 0.05 ? left : 0.05);
-        sring_reap(op);
-    }
-    if (op->pending) {
+    d.ring = &r->uring;
+    d.budget = SRING_DRAIN_SECONDS;
+    d.ctx = r;
+    d.step = sring_drain_step;
+    if (hio_drain(&d) < 0) {
         r->wedged = 1;
         return;
     }
     /* Drain the cancel's own CQE too, so the CQ is empty for the next call. */
     hio_submit_get_events(&r->uring);
-    sring_reap(op);
+    sring_reap(r);
+}
+
+/* wait.c's end: runs however the wait ended (an exception included), so
+ * the request never outlives the call. */
+static void
+sring_wait_end(void *ctx, const struct hio_wait *w)
+{
+    struct hio_sring *r = ctx;
+    struct hio_sreq *req = r->op.req;
+
+    if (w->err < 0) req->fatal = w->err;
+    /* A kind whose last calls had to wait (an idle listener, a socket
+     * without data) will likely wait again: its next SRING_DIRECT_STREAK
+     * calls submit and wait in one io_uring_enter rather than peek first.
+     * Then the peek is tried again, so a ring whose requests turn ready
+     * goes back to it. */
+    if (w->peek_missed) r->direct[req->kind] = SRING_DIRECT_STREAK;
+    if (r->op.pending) {
+        int was_polling = r->op.polling;
+        sring_cancel_and_drain(r);
+        if (!r->op.pending) {
+            /* It may have completed before the cancel reached it. */
+            if (was_polling || req->res == -ECANCELED || req->res == -EINTR) req->res = -ECANCELED;
+            else req->done = 1;
+        }
+    }
+    r->busy = 0;
+    /* An exception ends the call: an fd accepted in the race would leak. */
+    if (w->raised && req->done && req->kind == HIO_SREQ_ACCEPT && req->res >= 0) close(req->res);
 }
 
 void
-hio_sring_run(struct hio_sop *op)
+hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w)
 {
-    int state = 0;
+    /* A call with no time left (timeout: 0) always peeks. */
+    int direct = r->direct[req->kind] > 0 && (req->deadline < 0 || req->deadline > hio_now());
 
-    op->pending = op->polling = op->done = op->timed_out = op->fatal = 0;
-    op->res = 0;
+    req->res = req->done = req->fatal = 0;
+    r->op.req = req;
+    r->op.pending = r->op.polling = 0;
     /* Under a Fiber scheduler the call can park its fiber; until it ends,
      * other fibers must not submit, reap (they would eat our CQE) or
      * reallocate the read buffer on this ring (ring_class.c checks). */
-    op->r->busy = 1;
-    rb_protect(sring_body, (VALUE)op, &state);
-    if (op->pending) {
-        int was_polling = op->polling;
-        sring_cancel_and_drain(op);
-        if (!op->pending) {
-            /* It may have completed before the cancel reached it. */
-            if (was_polling || op->res == -ECANCELED || op->res == -EINTR) op->res = -ECANCELED;
-            else op->done = 1;
-        }
-    }
-    op->r->busy = 0;
-    if (state) {
-        /* An exception ends the call: an fd accepted in the race would leak. */
-        if (op->done && op->kind == HIO_SOP_ACCEPT && op->res >= 0) close(op->res);
-        rb_jump_tag(state);
-    }
+    r->busy = 1;
+    if (direct) r->direct[req->kind]--;
+    sring_prep(r);
+    memset(w, 0, sizeof(*w));
+    w->ring = &r->uring;
+    /* Submit and collect what completed inline (a connection already in
+     * the backlog costs one io_uring_enter), then wait. */
+    w->flags = HIO_WAIT_RUBY | HIO_WAIT_PEEK | (direct ? HIO_WAIT_NO_FIRST_PEEK : 0);
+    w->want = 1;
+    w->deadline = req->deadline;
+    w->ctx = r;
+    w->reap = sring_wait_reap;
+    w->ready = sring_wait_ready;
+    w->end = sring_wait_end;
+    w->waits = &r->waits;
 }

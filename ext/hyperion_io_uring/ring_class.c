@@ -1,8 +1,12 @@
 /*
  * ring_class.c: Ruby binding of Hyperion::IOUring::Ring.
  *
- * Turns Ruby arguments into a struct hio_sop for ring.c and the result back
- * into Ruby values. Never blocks by itself: ring.c waits through wait.c.
+ * Layer: bindings. Calls ring.c's engine API (engine.h), wait.c's
+ * hio_wait_ruby, errors.c and args.c.
+ *
+ * Turns Ruby arguments into a struct hio_sreq for ring.c and the result back
+ * into Ruby values. Never decides how to wait: ring.c describes the wait,
+ * wait.c runs it.
  */
 #include "hyperion_io_uring.h"
 #include <errno.h>
@@ -10,42 +14,46 @@
 #include <unistd.h>
 
 VALUE hio_cRing;
-static ID id_queue_depth, id_timeout, id_max, id_supported_p, id_unsupported_reason;
+static ID id_queue_depth, id_timeout, id_max;
 static VALUE sym_wouldblock;
 
+#define RINGC_CLASS "Hyperion::IOUring::Ring"
+
 /* ---- TypedData ---- */
+
+/* What a Ring object holds: the engine (opaque) and the Ruby object it
+ * waits through under a Fiber scheduler. */
+struct ringc {
+    struct hio_sring *r;
+    VALUE sched_io; /* IO of the eventfd for Fiber scheduler waits */
+};
 
 static void
 ringc_mark(void *p)
 {
-    struct hio_sring *x = p;
-    if (x->sched_io) rb_gc_mark(x->sched_io);
+    struct ringc *rc = p;
+    if (rc->sched_io) rb_gc_mark(rc->sched_io);
 }
 
+/* Never blocks: the engine's close only exits the ring (nothing is in
+ * flight between calls) or, in a forked child, forgets it. */
 static void
 ringc_free(void *p)
 {
-    hio_sring_close((struct hio_sring *)p);
-    ruby_xfree(p);
+    struct ringc *rc = p;
+    if (rc->r) hio_sring_free(rc->r);
+    ruby_xfree(rc);
 }
 
 static size_t
 ringc_memsize(const void *p)
 {
-    const struct hio_sring *r = p;
-    size_t sz = sizeof(*r) + r->buf_cap;
-    if (r->inited) {
-        sz += (size_t)r->uring.sq.ring_sz + (size_t)r->uring.cq.ring_sz;
-        /* ring_entries, not *kring_entries: that one lives in the ring
-         * mapping, which a forked child lacks (io_uring_ring_dontfork), so
-         * ObjectSpace.memsize_of crashed there. */
-        sz += (size_t)r->uring.sq.ring_entries * sizeof(struct io_uring_sqe);
-    }
-    return sz;
+    const struct ringc *rc = p;
+    return sizeof(*rc) + (rc->r ? hio_sring_memsize(rc->r) : 0);
 }
 
 static const rb_data_type_t ringc_type = {
-    "Hyperion::IOUring::Ring",
+    RINGC_CLASS,
     { ringc_mark, ringc_free, ringc_memsize, },
     0, 0,
     RUBY_TYPED_FREE_IMMEDIATELY,
@@ -54,72 +62,47 @@ static const rb_data_type_t ringc_type = {
 static VALUE
 ringc_alloc(VALUE klass)
 {
-    struct hio_sring *r;
-    VALUE obj = TypedData_Make_Struct(klass, struct hio_sring, &ringc_type, r);
-    r->uring.ring_fd = -1; /* safe to free before initialize ran */
+    struct ringc *rc;
+    VALUE obj = TypedData_Make_Struct(klass, struct ringc, &ringc_type, rc);
+
+    rc->sched_io = Qnil;
+    if (!(rc->r = hio_sring_new())) rb_memerror(); /* closed: safe to free before initialize ran */
     return obj;
 }
 
-static struct hio_sring *
+static struct ringc *
 ringc_get(VALUE self)
 {
-    struct hio_sring *r;
-    TypedData_Get_Struct(self, struct hio_sring, &ringc_type, r);
-    return r;
+    struct ringc *rc;
+    TypedData_Get_Struct(self, struct ringc, &ringc_type, rc);
+    return rc;
 }
 
 /* The ring the caller may use now, or an exception saying why not. */
-static struct hio_sring *
+static struct ringc *
 ringc_usable(VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
+    struct ringc *rc = ringc_get(self);
 
-    if (!r->inited) hio_raise_closed();
-    hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
-    if (r->busy)
+    if (!hio_sring_is_open(rc->r)) hio_raise_closed();
+    hio_raise_unless_owner(hio_sring_owner(rc->r), HIO_USE_CALL, RINGC_CLASS);
+    if (hio_sring_busy(rc->r))
         rb_raise(hio_eError, "Ring busy: another fiber is waiting in accept or read on it; "
                              "use one ring per fiber (Hyperion::IOUring.fiber_ring)");
-    if (r->wedged)
+    if (hio_sring_wedged(rc->r))
         rb_raise(hio_eRingError, "ring wedged: a request could not be cancelled; close it and open a new one");
+    return rc;
+}
+
+/* The read-only accessors (fileno, stats): from any thread, not in a
+ * forked child. */
+static struct hio_sring *
+ringc_inspectable(VALUE self)
+{
+    struct hio_sring *r = ringc_get(self)->r;
+
+    if (hio_sring_is_open(r)) hio_raise_unless_owner(hio_sring_owner(r), HIO_USE_INSPECT, RINGC_CLASS);
     return r;
-}
-
-/* In a forked child only close and closed? may touch the parent's ring;
- * the read-only accessors (fileno, stats) stay usable from other threads. */
-static void
-ringc_check_fork(const struct hio_sring *r)
-{
-    if (r->inited && hio_owner_forked(&r->owner))
-        hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
-}
-
-/* Raise Unsupported (with the reason) when the policy layer says the host
- * cannot; the lib/ layer defines supported? before it loads us. */
-void
-hio_require_supported(const char *what, const char *probe)
-{
-    ID pid = rb_intern(probe);
-    VALUE reason;
-
-    if (!rb_respond_to(hio_mIOUring, pid)) return;
-    if (RTEST(rb_funcall(hio_mIOUring, pid, 0))) return;
-    reason = rb_funcall(hio_mIOUring, id_unsupported_reason, 0);
-    rb_raise(hio_eUnsupported, "%s not supported on this host: %"PRIsVALUE, what,
-             NIL_P(reason) ? rb_str_new_cstr("unknown reason") : reason);
-}
-
-unsigned
-hio_depth_arg(VALUE v, const char *what)
-{
-    long d;
-
-    if (!RB_INTEGER_TYPE_P(v))
-        rb_raise(rb_eTypeError, "%s must be an Integer, got %s", what, rb_obj_classname(v));
-    if (!FIXNUM_P(v)) rb_raise(rb_eArgError, "%s must be in 1..%u", what, HIO_MAX_QUEUE_DEPTH);
-    d = FIX2LONG(v);
-    if (d < 1 || d > (long)HIO_MAX_QUEUE_DEPTH)
-        rb_raise(rb_eArgError, "%s must be in 1..%u (got %ld)", what, HIO_MAX_QUEUE_DEPTH, d);
-    return (unsigned)d;
 }
 
 /* ---- Methods ---- */
@@ -136,7 +119,7 @@ hio_depth_arg(VALUE v, const char *what)
 static VALUE
 ringc_initialize(int argc, VALUE *argv, VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
+    struct hio_sring *r = ringc_get(self)->r;
     VALUE opts, kw[1] = { Qundef };
     unsigned depth = 256;
     int ret;
@@ -144,20 +127,26 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
     rb_scan_args(argc, argv, "0:", &opts);
     if (!NIL_P(opts)) rb_get_kwargs(opts, &id_queue_depth, 0, 1, kw);
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
-    if (r->inited) rb_raise(rb_eRuntimeError, "ring already initialized");
-    hio_require_supported("io_uring", "supported?");
+    if (hio_sring_is_open(r)) rb_raise(rb_eRuntimeError, "ring already initialized");
+    hio_require_supported("io_uring", "supported?", "unsupported_reason");
     ret = hio_sring_open(r, depth);
     if (ret < 0) hio_raise_errno(ret, "io_uring_setup(queue_depth: %u)", depth);
     return self;
 }
 
+/* Runs req on the ring; returns :wouldblock or raises when it did not
+ * complete, Qundef when req->res is its result. */
 static VALUE
-ringc_result(struct hio_sop *op, const char *what)
+ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what)
 {
-    if (op->fatal) hio_raise_errno(op->fatal, "io_uring_enter(%s fd %d)", what, op->fd);
-    if (op->r->wedged)
-        rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, op->fd);
-    if (!op->done) return sym_wouldblock; /* timed out, request cancelled */
+    struct hio_wait w;
+
+    hio_sring_begin(rc->r, req, &w);
+    hio_wait_ruby(&w, &rc->sched_io);
+    if (req->fatal) hio_raise_errno(req->fatal, "io_uring_enter(%s fd %d)", what, req->fd);
+    if (hio_sring_wedged(rc->r))
+        rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, req->fd);
+    if (!req->done) return sym_wouldblock; /* timed out, request cancelled */
     return Qundef;
 }
 
@@ -176,29 +165,27 @@ ringc_result(struct hio_sop *op, const char *what)
 static VALUE
 ringc_accept(int argc, VALUE *argv, VALUE self)
 {
-    struct hio_sring *r;
-    struct hio_sop op;
+    struct ringc *rc;
+    struct hio_sreq req;
     VALUE listener, opts, kw[1] = { Qundef }, res;
     double timeout = -1.0;
 
     rb_scan_args(argc, argv, "1:", &listener, &opts);
     if (!NIL_P(opts)) rb_get_kwargs(opts, &id_timeout, 0, 1, kw);
     if (kw[0] != Qundef) timeout = hio_timeout_arg(kw[0], "accept");
-    memset(&op, 0, sizeof(op));
-    op.fd = hio_fd_arg(listener, "accept");
-    r = ringc_usable(self);
-    op.r = r;
-    op.kind = HIO_SOP_ACCEPT;
-    op.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
-    hio_sring_run(&op);
-    res = ringc_result(&op, "accept");
+    memset(&req, 0, sizeof(req));
+    req.fd = hio_fd_arg(listener, "accept");
+    rc = ringc_usable(self);
+    req.kind = HIO_SREQ_ACCEPT;
+    req.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    res = ringc_run(rc, &req, "accept");
     if (res != Qundef) return res;
-    if (op.res >= 0) return INT2FIX(op.res);
-    switch (-op.res) {
+    if (req.res >= 0) return INT2FIX(req.res);
+    switch (-req.res) {
       case EAGAIN: case EINTR: case ECONNABORTED: case ECANCELED:
         return sym_wouldblock;
       default:
-        hio_raise_errno(op.res, "io_uring accept(fd %d)", op.fd);
+        hio_raise_errno(req.res, "io_uring accept(fd %d)", req.fd);
     }
     UNREACHABLE_RETURN(Qnil);
 }
@@ -218,8 +205,8 @@ static VALUE
 ringc_read(int argc, VALUE *argv, VALUE self)
 {
     static ID kw_ids[2];
-    struct hio_sring *r;
-    struct hio_sop op;
+    struct ringc *rc;
+    struct hio_sreq req;
     VALUE fdv, opts, kw[2] = { Qundef, Qundef }, res;
     double timeout = -1.0;
     long max = 4096;
@@ -236,25 +223,22 @@ ringc_read(int argc, VALUE *argv, VALUE self)
         max = FIX2LONG(kw[0]);
     }
     if (kw[1] != Qundef) timeout = hio_timeout_arg(kw[1], "read");
-    memset(&op, 0, sizeof(op));
-    op.fd = hio_fd_arg(fdv, "read");
-    r = ringc_usable(self);
-    ret = hio_sring_reserve(r, (size_t)max);
+    memset(&req, 0, sizeof(req));
+    req.fd = hio_fd_arg(fdv, "read");
+    rc = ringc_usable(self);
+    ret = hio_sring_reserve(rc->r, (size_t)max);
     if (ret < 0) hio_raise_errno(ret, "read: buffer of %ld bytes", max);
-    op.r = r;
-    op.kind = HIO_SOP_READ;
-    op.len = (unsigned)max;
-    op.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
-    hio_sring_run(&op);
-    res = ringc_result(&op, "read");
+    req.kind = HIO_SREQ_READ;
+    req.len = (unsigned)max;
+    req.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    res = ringc_run(rc, &req, "read");
     if (res != Qundef) return res;
-    if (op.res > 0) HIO_MEM_DEFINED(r->buf, (size_t)op.res);
-    if (op.res >= 0) return rb_str_new(r->buf, op.res); /* ASCII-8BIT */
-    switch (-op.res) {
+    if (req.res >= 0) return rb_str_new(hio_sring_buf(rc->r), req.res); /* ASCII-8BIT */
+    switch (-req.res) {
       case EAGAIN: case EINTR: case ECANCELED:
         return sym_wouldblock;
       default:
-        hio_raise_errno(op.res, "io_uring read(fd %d)", op.fd);
+        hio_raise_errno(req.res, "io_uring read(fd %d)", req.fd);
     }
     UNREACHABLE_RETURN(Qnil);
 }
@@ -269,15 +253,17 @@ ringc_read(int argc, VALUE *argv, VALUE self)
 static VALUE
 ringc_close(VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
+    struct ringc *rc = ringc_get(self);
+    const struct hio_owner *o = hio_sring_owner(rc->r);
 
-    if (r->inited && !hio_owner_forked(&r->owner) && hio_owner_other_thread(&r->owner))
-        hio_owner_check(&r->owner, "Hyperion::IOUring::Ring");
-    if (r->inited && r->busy && !hio_owner_forked(&r->owner))
-        rb_raise(hio_eError, "cannot close a Ring while another fiber waits in accept or read on it "
-                             "(stop that fiber first)");
-    hio_sring_close(r);
-    hio_sched_io_close(&r->sched_io);
+    if (hio_sring_is_open(rc->r)) {
+        hio_raise_unless_owner(o, HIO_USE_CLOSE, RINGC_CLASS);
+        if (hio_sring_busy(rc->r) && !hio_owner_forked(o))
+            rb_raise(hio_eError, "cannot close a Ring while another fiber waits in accept or read on it "
+                                 "(stop that fiber first)");
+    }
+    hio_sring_close(rc->r);
+    hio_sched_io_close(&rc->sched_io);
     return Qnil;
 }
 
@@ -288,7 +274,7 @@ ringc_close(VALUE self)
 static VALUE
 ringc_closed_p(VALUE self)
 {
-    return ringc_get(self)->inited ? Qfalse : Qtrue;
+    return hio_sring_is_open(ringc_get(self)->r) ? Qfalse : Qtrue;
 }
 
 /*
@@ -300,9 +286,8 @@ ringc_closed_p(VALUE self)
 static VALUE
 ringc_fileno(VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
-    ringc_check_fork(r);
-    return r->inited ? INT2FIX(r->uring.ring_fd) : Qnil;
+    struct hio_sring *r = ringc_inspectable(self);
+    return hio_sring_is_open(r) ? INT2FIX(hio_sring_fd(r)) : Qnil;
 }
 
 /*
@@ -318,31 +303,45 @@ ringc_fileno(VALUE self)
 static VALUE
 ringc_stats(VALUE self)
 {
-    struct hio_sring *r = ringc_get(self);
+    struct hio_sring_stats st;
     VALUE h;
 
-    ringc_check_fork(r);
+    hio_sring_stats(ringc_inspectable(self), &st);
     h = rb_hash_new();
-    rb_hash_aset(h, ID2SYM(rb_intern("ops")), ULL2NUM(r->ops));
-    rb_hash_aset(h, ID2SYM(rb_intern("waits")), ULL2NUM(r->waits));
-    rb_hash_aset(h, ID2SYM(rb_intern("cancels")), ULL2NUM(r->cancels));
-    rb_hash_aset(h, ID2SYM(rb_intern("setup_flags")), UINT2NUM(r->flags));
+    rb_hash_aset(h, ID2SYM(rb_intern("ops")), ULL2NUM(st.ops));
+    rb_hash_aset(h, ID2SYM(rb_intern("waits")), ULL2NUM(st.waits));
+    rb_hash_aset(h, ID2SYM(rb_intern("cancels")), ULL2NUM(st.cancels));
+    rb_hash_aset(h, ID2SYM(rb_intern("setup_flags")), UINT2NUM(st.setup_flags));
     return h;
 }
 
+/*
+ * call-seq:
+ *   Ring.leaked_rings -> Integer
+ *
+ * How many rings of this process were closed (by #close or the GC) while
+ * the kernel might still write into their read buffer, which was then
+ * leaked rather than freed: a wedged ring, or one the GC collected while a
+ * fiber was parked in its call. 0 in a healthy process.
+ */
+static VALUE
+ringc_s_leaked_rings(VALUE klass)
+{
+    return ULONG2NUM(hio_sring_leaked_rings());
+}
+
 void
-hio_init_ring_class(void)
+hio_init_ring_class(VALUE mIOUring)
 {
     id_queue_depth = rb_intern("queue_depth");
     id_timeout = rb_intern("timeout");
     id_max = rb_intern("max");
-    id_supported_p = rb_intern("supported?");
-    id_unsupported_reason = rb_intern("unsupported_reason");
     sym_wouldblock = ID2SYM(rb_intern("wouldblock"));
 
-    hio_cRing = rb_define_class_under(hio_mIOUring, "Ring", rb_cObject);
+    hio_cRing = rb_define_class_under(mIOUring, "Ring", rb_cObject);
     rb_define_const(hio_cRing, "DEFAULT_QUEUE_DEPTH", INT2FIX(256));
     rb_define_alloc_func(hio_cRing, ringc_alloc);
+    rb_define_singleton_method(hio_cRing, "leaked_rings", ringc_s_leaked_rings, 0);
     rb_define_method(hio_cRing, "initialize", ringc_initialize, -1);
     rb_define_method(hio_cRing, "accept", ringc_accept, -1);
     rb_define_method(hio_cRing, "read", ringc_read, -1);

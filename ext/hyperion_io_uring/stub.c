@@ -2,6 +2,9 @@
  * stub.c: the extension built where io_uring cannot work (not Linux, or
  * liburing missing, or forced with HYPERION_IO_URING_FORCE_STUB=1). It only
  * says why, so that `require` works and supported? is false with a reason.
+ *
+ * Layer: the whole extension of a stub build (extconf.rb compiles no other
+ * file then). Calls Ruby's C API only.
  */
 #include <ruby.h>
 

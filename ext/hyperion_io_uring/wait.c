@@ -1,13 +1,21 @@
 /*
- * wait.c: the one place that blocks.
+ * wait.c: the one place that decides how to wait, and waits.
  *
- * The function that runs without the GVL only submits and waits; it never
- * reaps. Completions are reaped by the caller after the GVL is back, so a
- * Thread#raise, Timeout or signal that arrives during the wait can never
- * lose a CQE: it is still in the CQ when the exception propagates, and the
- * caller's cleanup (cancel + drain) consumes it.
+ * Layer: beside the engines' bottom layer; calls liburing, Ruby's thread
+ * and Fiber scheduler API, and back into the engine only through the
+ * callbacks of its description (wait.h).
+ *
+ * Engines describe what they want (struct hio_wait, struct hio_drain);
+ * this file picks the mechanism: a peek, the Fiber scheduler, a kernel
+ * batch wait, a wait without the GVL, a bounded slice with it. The function
+ * that runs without the GVL only submits and waits; it never reaps.
+ * Completions are reaped through the engine's callback after the GVL is
+ * back, so a Thread#raise, Timeout or signal that arrives during the wait
+ * can never lose a CQE: it is still in the CQ when the exception
+ * propagates, and the engine's end callback (cancel + drain) consumes it.
  */
 #include "hyperion_io_uring.h"
+#include "hio_valgrind.h"
 #include <errno.h>
 #include <time.h>
 #include <math.h>
@@ -70,20 +78,18 @@ wait_normalize(int ret)
 }
 
 /*
- * valgrind < 3.21 does not treat io_uring_enter as blocking
- * (https://bugs.kde.org/show_bug.cgi?id=463859): a thread waiting in it keeps
- * valgrind's big lock, so no other thread runs meanwhile. Waiting in 10 ms
- * io_uring_enter slices was not enough: the lock is only handed over at the
- * end of a scheduling quantum, by when this thread has taken the GVL back,
- * so a Ruby thread waiting for the GVL (a writer, Timeout's thread) starved
- * for as long as the ring waited. Sleeping in poll(2) on the ring fd instead
- * freed the others, but poll is not woken by a completion queued as
- * DEFER_TASKRUN local work (see hio_wait_scheduler), so every wait took its
- * whole slice. So, under valgrind only: wait in io_uring_enter for at most
- * 1 ms (it runs the deferred work and wakes on a completion), then sleep
- * 1 ms in poll(2), which valgrind knows blocks, so it lets the other
- * threads run; repeat for at most 10 ms. Callers loop until their own
- * deadline. An interrupt (Ruby's UBF, a signal) ends the wait with EINTR.
+ * valgrind before 3.21 does not know that io_uring_enter can block
+ * (https://bugs.kde.org/show_bug.cgi?id=463859): a thread waiting in it
+ * keeps valgrind's big lock, which valgrind hands over only at the end of a
+ * scheduling quantum, so the other Ruby threads (a writer, Timeout's
+ * thread) would starve for as long as the ring waits. poll(2) is a syscall
+ * valgrind knows blocks, but poll on the ring fd is not woken by a
+ * completion queued as DEFER_TASKRUN local work (see wait_scheduler). So,
+ * under valgrind only, a wait alternates: io_uring_enter for at most 1 ms
+ * (it runs the deferred work and wakes on a completion), then poll(2) on
+ * nothing for 1 ms, which lets the other threads run; at most 10 ms in all,
+ * and the caller's loop goes on until its own deadline. An interrupt
+ * (Ruby's UBF, a signal) ends it with EINTR.
  */
 static void
 wait_valgrind(struct wait_args *a)
@@ -199,25 +205,22 @@ wait_fn_nogvl(void *p)
     return NULL;
 }
 
-int
-hio_wait_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout)
-{
-    return hio_wait_batch_nogvl(ring, wait_nr, timeout, 0);
-}
-
-int
-hio_wait_batch_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, unsigned min_wait_us)
+/* Submits and waits without the GVL for wait_nr completions (a batch wait
+ * when min_wait_us > 0) or timeout seconds (< 0: no limit). Only waits:
+ * reaping happens after the GVL is back. */
+static int
+wait_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, unsigned min_wait_us)
 {
     struct wait_args a;
 
     a.ring = ring;
     a.wait_nr = wait_nr;
-    a.min_wait_us = min_wait_us; /* the caller checked hio_batch_wait_supported */
+    a.min_wait_us = min_wait_us;
     a.timeout = timeout;
     a.ret = -EINTR; /* what it means when an interrupt kept the wait from running */
 #ifdef HAVE_RB_NOGVL
     /* RB_NOGVL_INTR_FAIL: with an interrupt already pending, do not enter the
-     * wait at all; the caller's rb_thread_check_ints() then raises it.
+     * wait at all; the loop's rb_thread_check_ints() then raises it.
      * Never RB_NOGVL_OFFLOAD_SAFE (Ruby 3.4): a scheduler may then run the
      * call on a worker thread, and a SINGLE_ISSUER/DEFER_TASKRUN ring can
      * only be entered by its own (EEXIST from any other). */
@@ -228,8 +231,9 @@ hio_wait_batch_nogvl(struct io_uring *ring, unsigned wait_nr, double timeout, un
     return wait_normalize(a.ret);
 }
 
-int
-hio_wait_held(struct io_uring *ring, unsigned wait_nr, double timeout)
+/* The same with the GVL held: only for bounded slices. */
+static int
+wait_held_slice(struct io_uring *ring, unsigned wait_nr, double timeout)
 {
     struct wait_args a;
 
@@ -260,6 +264,8 @@ hio_submit_get_events(struct io_uring *ring)
     return wait_normalize(ret);
 }
 
+/* ---- Fiber scheduler ---- */
+
 /*
  * Under a Fiber scheduler (the calling fiber is non-blocking), wait through
  * the scheduler's io_wait so the other fibers on this thread keep running.
@@ -275,8 +281,8 @@ hio_submit_get_events(struct io_uring *ring)
  * The counter is drained before the last look at the CQ, so a completion
  * that arrives after that look always leaves the eventfd readable.
  *
- * *io_slot caches an IO that owns the eventfd (the ring marks it; the
- * ring's #close closes it through hio_sched_io_close; otherwise the GC).
+ * *io_slot caches an IO that owns the eventfd (the binding marks it and
+ * closes it through hio_sched_io_close; otherwise the GC does).
  */
 #if defined(HAVE_RB_FIBER_SCHEDULER_CURRENT) && defined(HAVE_RB_FIBER_SCHEDULER_IO_WAIT)
 static int
@@ -286,19 +292,22 @@ wait_sched_fd(struct io_uring *ring, VALUE *io_slot)
 
     if (RTEST(*io_slot)) return rb_io_descriptor(*io_slot);
     efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (efd < 0) hio_raise_errno(-errno, "eventfd (for a Fiber scheduler wait on the ring)");
+    if (efd < 0) rb_syserr_fail(errno, "eventfd (for a Fiber scheduler wait on the ring)");
     ret = io_uring_register_eventfd(ring, efd);
     if (ret < 0) {
         close(efd);
-        hio_raise_errno(ret, "io_uring_register_eventfd (for a Fiber scheduler wait on the ring)");
+        rb_syserr_fail(-ret, "io_uring_register_eventfd (for a Fiber scheduler wait on the ring)");
     }
     *io_slot = rb_io_fdopen(efd, O_RDONLY, NULL);
     return efd;
 }
 #endif
 
-int
-hio_wait_scheduler(struct io_uring *ring, double timeout, VALUE *io_slot)
+/* Returns 1 when it waited through the scheduler (which may raise: the
+ * scheduler cancelling the fiber, Timeout; nothing is reaped here), 0 when
+ * there is no scheduler. */
+static int
+wait_scheduler(struct io_uring *ring, double timeout, VALUE *io_slot)
 {
 #if defined(HAVE_RB_FIBER_SCHEDULER_CURRENT) && defined(HAVE_RB_FIBER_SCHEDULER_IO_WAIT)
     VALUE sched = rb_fiber_scheduler_current();
@@ -331,4 +340,161 @@ hio_sched_io_close(VALUE *io_slot)
 
     *io_slot = Qnil;
     if (RTEST(io)) rb_io_close(io); /* a no-op on an IO already closed */
+}
+
+/* ---- Deciding how to wait ---- */
+
+static void
+wait_count_submit(const struct hio_wait *w)
+{
+    if (w->submits && io_uring_sq_ready(w->ring)) (*w->submits)++;
+}
+
+/* One blocking wait for a Ruby method: through the Fiber scheduler when
+ * there is one, else without the GVL, as a kernel batch wait when the
+ * caller has a batch window and wants more than one more completion. */
+static int
+wait_ruby_once(struct hio_wait *w, double left, VALUE *sched_io)
+{
+    unsigned ready;
+
+    if (wait_scheduler(w->ring, left, sched_io)) return hio_submit_get_events(w->ring);
+    ready = w->ready(w->ctx);
+    if (w->min_wait_us && (w->flags & HIO_WAIT_BATCH) && w->want > ready + 1) {
+        if (w->batch_waits) (*w->batch_waits)++;
+        return wait_nogvl(w->ring, w->want - ready, left, w->min_wait_us);
+    }
+    return wait_nogvl(w->ring, 1, left, 0);
+}
+
+/*
+ * The wait: rounds of (peek or look at the CQ, wait, reap) until ready()
+ * reaches want, the deadline passes or the ring fails.
+ *
+ * A blocking wait asks the kernel for the first completion, not for the
+ * number still missing: requests the ring starts itself while reaping (a
+ * send queued behind another on its fd, a short send's continuation, a
+ * re-arm) cannot complete before that reap, so the kernel alone may never
+ * see enough CQEs. A batch window is the exception, since it ends at
+ * min_wait_us with whatever is there.
+ */
+static int
+wait_loop(struct hio_wait *w, VALUE *sched_io)
+{
+    int ruby = (w->flags & HIO_WAIT_RUBY) != 0, first = 1;
+
+    for (;;) {
+        int again = 0, peeked = 0, ret;
+        double left = -1.0;
+
+        if ((w->flags & HIO_WAIT_PEEK) && !(first && (w->flags & HIO_WAIT_NO_FIRST_PEEK))) {
+            if ((ret = hio_submit_get_events(w->ring)) < 0) return ret;
+            again = w->reap(w->ctx) == HIO_REAP_AGAIN;
+            peeked = 1;
+        } else if (io_uring_cq_ready(w->ring)) {
+            again = w->reap(w->ctx) == HIO_REAP_AGAIN;
+        }
+        first = 0;
+        if (w->want > 0 && w->ready(w->ctx) >= w->want) return 0;
+        if (again) continue;
+        if (w->flags & HIO_WAIT_POLL) {
+            if (peeked) return 0;
+            wait_count_submit(w);
+            ret = hio_submit_get_events(w->ring);
+            w->reap(w->ctx);
+            return ret;
+        }
+        if (peeked) w->peek_missed = 1;
+        if (w->deadline >= 0) {
+            left = w->deadline - hio_now();
+            if (left <= 0) {
+                w->timed_out = 1;
+                return 0;
+            }
+        }
+        if (w->waits) (*w->waits)++;
+        wait_count_submit(w);
+        if (ruby) ret = wait_ruby_once(w, left, sched_io);
+        else ret = wait_held_slice(w->ring, 1, left < 0 || left > 0.05 ? 0.05 : left);
+        if (ret < 0) {
+            if (w->broken) w->broken(w->ctx, ret);
+            return ret;
+        }
+        again = w->reap(w->ctx) == HIO_REAP_AGAIN;
+        /* A batch window the kernel cannot make (no IORING_FEAT_MIN_TIMEOUT,
+         * valgrind, a Fiber scheduler) ends at the first completion, as the
+         * kernel's batch wait would once min_wait_us passed. */
+        if (w->ready(w->ctx) >= w->want || (w->min_wait_us && w->ready(w->ctx) > 0)) return 0;
+        if (again) continue;
+        /* Raises Thread#raise / Timeout / Interrupt; runs trap handlers.
+         * Whatever completed is reaped already. */
+        if (ruby) rb_thread_check_ints();
+    }
+}
+
+struct wait_call {
+    struct hio_wait *w;
+    VALUE *sched_io;
+};
+
+static VALUE
+wait_protected(VALUE p)
+{
+    struct wait_call *c = (struct wait_call *)p;
+
+    c->w->err = wait_loop(c->w, c->sched_io);
+    return Qnil;
+}
+
+int
+hio_wait_ruby(struct hio_wait *w, VALUE *sched_io)
+{
+    struct wait_call c;
+    int state = 0;
+
+    if (!w->end) return w->err = wait_loop(w, sched_io);
+    /* The engine's end runs however the wait ends, before an exception
+     * leaves: it cancels and drains what the kernel still holds. */
+    c.w = w;
+    c.sched_io = sched_io;
+    rb_protect(wait_protected, (VALUE)&c, &state);
+    w->raised = state != 0;
+    w->end(w->ctx, w);
+    if (state) rb_jump_tag(state);
+    return w->err;
+}
+
+int
+hio_wait_held(struct hio_wait *w)
+{
+    w->flags &= ~(unsigned)HIO_WAIT_RUBY;
+    w->err = wait_loop(w, NULL);
+    if (w->end) w->end(w->ctx, w);
+    return w->err;
+}
+
+/* A drain that may not block makes a few passes: a cancel of a poll-armed
+ * request (an accept, a recv, a send waiting for room) completes inline,
+ * and its CQE is posted by the deferred work the next enter runs. */
+#define WAIT_DRAIN_PASSES 4
+
+int
+hio_drain(const struct hio_drain *d)
+{
+    double deadline = hio_now() + d->budget;
+    int pass = 0;
+
+    for (;;) {
+        double left;
+
+        if (d->step(d->ctx)) return 0;
+        if (d->budget <= 0) {
+            if (pass++ == WAIT_DRAIN_PASSES) return -ETIME;
+            hio_submit_get_events(d->ring);
+            continue;
+        }
+        left = deadline - hio_now();
+        if (left <= 0) return -ETIME;
+        wait_held_slice(d->ring, 1, left < 0.05 ? left : 0.05);
+    }
 }

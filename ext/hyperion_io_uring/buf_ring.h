@@ -1,0 +1,43 @@
+/*
+ * buf_ring.h: the provided-buffer ring (buf_ring.c). Bottom layer.
+ */
+#ifndef HIO_BUF_RING_H
+#define HIO_BUF_RING_H 1
+
+#include <liburing.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct hio_bufring {
+    struct io_uring_buf_ring *br; /* descriptors, mmap'd */
+    size_t br_bytes;
+    unsigned char *mem;           /* n * size bytes, mmap'd */
+    size_t mem_bytes;
+    unsigned n, size;
+    unsigned short bgid;
+    int registered;
+    uint8_t *held;                /* 1: held by Ruby */
+    uint32_t *len;                /* bytes the kernel wrote into a held buffer */
+    unsigned in_use;
+};
+
+int hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsigned size, unsigned short bgid);
+/* A recv CQE handed buffer bid (len bytes) to Ruby: -EINVAL for a bid the
+ * kernel cannot have given us. */
+int hio_bufring_take(struct hio_bufring *b, unsigned bid, unsigned len);
+/* 0 when Ruby holds bid; -ERANGE (no such buffer), -ENOENT (not held). */
+int hio_bufring_check(const struct hio_bufring *b, long bid);
+/* Ruby gives back a buffer it holds. */
+void hio_bufring_release(struct hio_bufring *b, unsigned bid);
+/* A buffer Ruby never saw (a stale recv's) goes back to the kernel. */
+void hio_bufring_recycle(struct hio_bufring *b, unsigned bid);
+unsigned hio_bufring_available(const struct hio_bufring *b);
+const unsigned char *hio_bufring_data(const struct hio_bufring *b, unsigned bid);
+/* Bytes the kernel wrote into held buffer bid. */
+unsigned hio_bufring_len(const struct hio_bufring *b, unsigned bid);
+/* Memory it holds, for ObjectSpace.memsize_of. */
+size_t hio_bufring_bytes(const struct hio_bufring *b);
+/* Unregisters and unmaps; with kernel_may_write, leaks the memory instead. */
+void hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, int kernel_may_write);
+
+#endif

@@ -1,0 +1,170 @@
+/*
+ * engine.h: what the bindings (and c_api.c, hp_probe.c) may use of the two
+ * engines. Ruby-free. The engines' structs are opaque here: they are
+ * defined in ring.c and hp.h, and reached through these functions.
+ */
+#ifndef HIO_ENGINE_H
+#define HIO_ENGINE_H 1
+
+#include <stddef.h>
+#include <stdint.h>
+#include "owner.h"
+#include "wait.h"
+
+#define HIO_MAX_QUEUE_DEPTH 32768u
+#define HIO_MAX_READ (16u * 1024u * 1024u)
+
+/* ---- probe.c ---- */
+
+/* Sets up and tears down a two-entry ring: 0, or the -errno of the setup. */
+int hio_probe_native(void);
+
+/* ---- ring.c: the single-shot Ring ---- */
+
+struct hio_sring;
+
+enum hio_sreq_kind { HIO_SREQ_ACCEPT = 1, HIO_SREQ_READ = 2 };
+
+/* One call's request: what the binding asks, and what came of it. */
+struct hio_sreq {
+    enum hio_sreq_kind kind;
+    int fd;
+    unsigned len;      /* READ: bytes at most, into the ring's buffer */
+    double deadline;   /* hio_now() seconds; < 0: none */
+    int res;           /* done: the request's result (fd, bytes, -errno) */
+    int done;          /* 0: it timed out or was cancelled */
+    int fatal;         /* -errno of the wait itself */
+};
+
+struct hio_sring_stats {
+    uint64_t ops, waits, cancels;
+    unsigned setup_flags;
+};
+
+/* A ring not open yet (safe to free), or NULL without memory. */
+struct hio_sring *hio_sring_new(void);
+/* Closes (never blocks) and frees. */
+void hio_sring_free(struct hio_sring *r);
+size_t hio_sring_memsize(const struct hio_sring *r);
+int hio_sring_open(struct hio_sring *r, unsigned depth);
+void hio_sring_close(struct hio_sring *r);
+/* A read buffer of at least len bytes: 0, -ENOMEM, or -EBUSY when wedged. */
+int hio_sring_reserve(struct hio_sring *r, size_t len);
+/* Starts req on r and describes its wait in w, for wait.c to run. Its end
+ * callback cancels and drains what the kernel still holds, however the
+ * wait ends, so req is final once hio_wait_ruby returns. */
+void hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w);
+int hio_sring_is_open(const struct hio_sring *r);
+/* A call is running (under a Fiber scheduler its fiber may be parked). */
+int hio_sring_busy(const struct hio_sring *r);
+/* A request could not be cancelled: the ring is unusable. */
+int hio_sring_wedged(const struct hio_sring *r);
+int hio_sring_fd(const struct hio_sring *r);
+const struct hio_owner *hio_sring_owner(const struct hio_sring *r);
+/* The read buffer: a READ's res bytes are there. */
+const char *hio_sring_buf(const struct hio_sring *r);
+void hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out);
+/* Rings of this process closed while the kernel might still write their
+ * read buffer, which was leaked rather than freed. */
+unsigned long hio_sring_leaked_rings(void);
+
+/* ---- hotpath.c: HotpathRing ---- */
+
+struct hio_hotpath;
+
+enum hio_op_kind {
+    HIO_OP_ACCEPT = 1,
+    HIO_OP_RECV = 2,
+    HIO_OP_SEND = 3,
+    HIO_OP_CLOSE = 4,
+    HIO_OP_CANCEL = 5 /* internal: never reaches Ruby */
+};
+
+/* What Ruby sees of one completion (upstream's 24-byte Completion). */
+struct hio_completion {
+    int32_t op_kind;
+    int32_t fd;
+    int64_t result;
+    int32_t buf_id;
+    uint32_t flags;
+};
+
+/* Counters since the ring opened; each is counted by the file of its concern. */
+struct hio_stats {
+    uint64_t accepts, recvs, recv_bytes, sends, send_bytes, short_sends, enobufs, rearms,
+        cq_overflows, stale_completions, submits, waits, batch_waits, closes;
+};
+
+/* The counters and the state, as HotpathRing#stats reports them. */
+struct hio_hp_stats {
+    struct hio_stats st;
+    uint64_t buffers_in_use, inflight, queued;
+    unsigned setup_flags;
+};
+
+/* A ring not open yet (safe to free), or NULL without memory. */
+struct hio_hotpath *hio_hp_new(void);
+/* Frees a ring hio_hp_close closed (or that never opened). */
+void hio_hp_free(struct hio_hotpath *h);
+size_t hio_hp_memsize(const struct hio_hotpath *h);
+/* 0, or -errno with hio_hp_open_error saying which step failed. */
+int hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size);
+const char *hio_hp_open_error(const struct hio_hotpath *h);
+
+int hio_hp_submit_accept(struct hio_hotpath *h, int fd);
+int hio_hp_submit_recv(struct hio_hotpath *h, int fd);
+int hio_hp_submit_send(struct hio_hotpath *h, int fd, const void *data, size_t len);
+struct iovec;
+int hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt);
+int hio_hp_cancel(struct hio_hotpath *h, int fd);
+/* Cancels fd's multishot requests and closes it through the ring once its
+ * queued sends have ended. -EALREADY: a close of it is still pending. */
+int hio_hp_submit_close(struct hio_hotpath *h, int fd);
+int hio_hp_flush(struct hio_hotpath *h);
+/* Ruby gives buffer bid back (it must hold it: see hio_hp_buffer_held). */
+int hio_hp_release(struct hio_hotpath *h, unsigned bid);
+
+/* Describes each_completion's wait for wait.c: until want completions are
+ * queued (min_wait_us: a batch window) or timeout seconds pass (< 0: none;
+ * 0 or want 0: do not block). how: HIO_WAIT_RUBY, or 0 (GVL held). */
+void hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, double timeout, unsigned min_wait_us,
+                      unsigned how);
+/* Completions reaped, not yet yielded: take the first, look at it, count. */
+int hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out);
+int hio_hp_peek(const struct hio_hotpath *h, struct hio_completion *out);
+unsigned hio_hp_queued(const struct hio_hotpath *h);
+
+/* Cancels and drains what is in flight (from_gc: without blocking),
+ * closes the fds submit_close asked for, frees the ring's memory. */
+void hio_hp_close(struct hio_hotpath *h, int from_gc);
+int hio_hp_is_open(const struct hio_hotpath *h);
+/* It was opened once (it may be closed now). */
+int hio_hp_was_opened(const struct hio_hotpath *h);
+int hio_hp_healthy(const struct hio_hotpath *h);
+void hio_hp_set_unhealthy(struct hio_hotpath *h);
+int hio_hp_fd(const struct hio_hotpath *h);
+/* each_completion(min_wait_us:) makes kernel batch waits on this ring. */
+int hio_hp_batch_wait(const struct hio_hotpath *h);
+const struct hio_owner *hio_hp_owner(const struct hio_hotpath *h);
+void hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out);
+/* Whether the C entry point may submit on h from here: open, and this is
+ * its process and thread. Only for a handle known to be live. */
+int hio_hp_callable(const struct hio_hotpath *h);
+
+/* Recv buffers as Ruby holds them: 0 when it holds bid, -ERANGE for no
+ * such buffer, -ENOENT for one it does not hold. */
+int hio_hp_buffer_held(const struct hio_hotpath *h, long bid);
+unsigned hio_hp_buffer_count(const struct hio_hotpath *h);
+/* A held buffer's bytes and how many the kernel wrote. */
+const unsigned char *hio_hp_buffer(const struct hio_hotpath *h, unsigned bid, unsigned *len);
+
+/* Rings of this process closed while the kernel might still write their
+ * memory, which was leaked rather than freed. */
+unsigned long hio_hp_leaked_rings(void);
+
+/* ---- hp_probe.c ---- */
+
+/* The functional hot-path probe: NULL when it worked, else reason. */
+const char *hio_hp_probe(char *reason, size_t cap);
+
+#endif

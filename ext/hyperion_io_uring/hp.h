@@ -1,0 +1,99 @@
+/*
+ * hp.h: the hot path's state (HotpathRing's engine), private to its files.
+ *
+ * Types only: including it calls nothing. Each group of fields names the
+ * file that owns it, which is the only one that writes it. The layers, each
+ * calling only the ones below it (hp_probe.c and c_api.c sit on top):
+ *
+ *   hotpath.c                      open, claim/retire, reap, dispatch, submit, close
+ *   hp_send.c   hp_multishot.c     sends in order per fd; the multishot table
+ *   hp_conn.c                      per-fd entries: identity, generation, pending closes
+ *   hp_queue.c  hp_slots.c         SQEs, user_data, Ruby's completion queue; send slots
+ *   buf_ring.c fifo.c setup.c owner.c registry.c wait.c (below both engines)
+ *
+ * The bindings see none of it: engine.h is their view of the engine.
+ */
+#ifndef HIO_HP_H
+#define HIO_HP_H 1
+
+#include "engine.h"
+#include "buf_ring.h"
+#include "fifo.h"
+#include "owner.h"
+
+#define HP_BGID 0
+#define HP_GEN_MASK 0xffffffu
+
+/* A multishot request's state (hp_multishot.c). */
+enum hio_arm_state { HIO_ARM_NONE = 0, HIO_ARM_ARMED, HIO_ARM_PARKED, HIO_ARM_CANCELLING };
+
+/* submit_close: QUEUED waits for the fd's queued sends to end; ISSUED has
+ * its IORING_OP_CLOSE in the SQ, not yet taken by the kernel (the number is
+ * still this connection's until then). */
+enum hio_close_state { HIO_CLOSE_NONE = 0, HIO_CLOSE_QUEUED, HIO_CLOSE_ISSUED };
+
+/* Per fd number. gen changes whenever the number starts naming another
+ * connection, so late completions of the previous one are dropped. */
+struct hio_conn {
+    /* hp_conn.c */
+    uint32_t gen;
+    uint8_t closing;    /* enum hio_close_state */
+    uint32_t close_pos; /* ISSUED: SQ position of the close SQE */
+    uint64_t ino, dev;  /* identity of the socket claimed for the number; 0: none */
+    /* hp_multishot.c */
+    uint8_t recv;       /* enum hio_arm_state */
+    uint8_t accept;     /* enum hio_arm_state */
+    /* hp_send.c: queue of send slots, -1: empty */
+    int32_t send_head, send_tail;
+};
+
+/* A close SQE the kernel may not have taken yet (hp_conn.c, in SQ order). */
+struct hio_close_pending {
+    int fd;
+    uint32_t pos;
+};
+
+/* A send slot (hp_slots.c holds them; hp_send.c queues and runs them). */
+struct hio_send {
+    int fd;
+    uint32_t gen;
+    char *data;       /* ring-owned copy of the payload */
+    size_t len, off;
+    int32_t next;     /* next in the fd's queue, or in the free list */
+    uint8_t inflight; /* the kernel holds a send SQE of it */
+    uint8_t cancelled;
+};
+
+#define HIO_HOTPATH_MAGIC 0x48494f55u /* "HIOU" */
+
+struct hio_hotpath {
+    /* hotpath.c */
+    uint32_t magic;              /* HIO_HOTPATH_MAGIC while open (C entry point) */
+    struct io_uring uring;
+    int inited, closed, healthy, closing;
+    int cancel_fallback;         /* 1: IORING_ASYNC_CANCEL_ANY failed, cancel one by one; 2: done */
+    int batch_wait;              /* each_completion(min_wait_us:) makes kernel batch waits */
+    unsigned flags;              /* setup flags in force */
+    struct hio_owner owner;
+    char err[160];               /* which step of open failed */
+    /* hp_queue.c */
+    long inflight;               /* requests whose final CQE is still due */
+    struct hio_fifo done;        /* struct hio_completion: reaped, not yet yielded */
+    /* hp_slots.c */
+    struct hio_send *sends;
+    unsigned nsends;
+    int32_t send_free;
+    /* hp_conn.c */
+    struct hio_conn *conns;
+    unsigned nconns;
+    struct hio_fifo closes;      /* struct hio_close_pending: ISSUED closes, until the kernel takes them */
+    int close_skip;              /* closes use IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP) */
+    /* hp_multishot.c */
+    struct hio_fifo parked;      /* int: fds whose recv ended with ENOBUFS */
+    /* buf_ring.c */
+    struct hio_bufring bufs;
+    /* every file counts what its concern does */
+    struct hio_stats st;
+};
+
+#endif

@@ -1,0 +1,244 @@
+/*
+ * hp_multishot.c: multishot accept and recv.
+ *
+ * Layer: above hp_conn.c. Calls hp_conn.c, hp_queue.c, buf_ring.c, fifo.h.
+ *
+ * One multishot accept per listener and one multishot recv per connection
+ * (into the provided-buffer ring), each with an arm state per fd entry:
+ * NONE, ARMED (in the kernel), PARKED (recv ended for lack of buffers;
+ * re-armed when Ruby releases one) or CANCELLING (Ruby cancelled; the final
+ * CQE is due). ms_table is the one place that reads IORING_CQE_F_MORE
+ * and decides a transition; this file is the only one that changes a state.
+ */
+#include "hp_multishot.h"
+#include "hp_conn.h"
+#include "hp_queue.h"
+#include <errno.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/*
+ * The one table of multishot accept and recv: (arm state, completion) ->
+ * verdict. stale says the completion's generation is not the entry's any
+ * more.
+ *
+ * A CQE without IORING_CQE_F_MORE ends the request, whatever res is. Only
+ * transient ends are re-armed: a cancel the kernel made (state still ARMED,
+ * so not Ruby's), a CQ overflow (an end with a result), ENOBUFS (parked
+ * until a buffer comes back). EINVAL, EBADF, ENOTSOCK and the like are
+ * final: re-arming them would spin. An error with F_MORE set leaves the
+ * request armed: re-arming it would stack a duplicate.
+ */
+static struct hp_ms_verdict
+ms_table(unsigned kind, unsigned state, int stale, int res, unsigned flags)
+{
+    struct hp_ms_verdict v = { HP_MS_DELIVER, !(flags & IORING_CQE_F_MORE), 0, (uint8_t)state, res };
+
+    if (stale) {
+        v.act = HP_MS_STALE; /* the entry's state is the new connection's */
+        return v;
+    }
+    if (!v.final) return v;
+    v.next = HIO_ARM_NONE;
+    if (res > 0 || (kind == HIO_OP_ACCEPT && res == 0)) {
+        v.rearm = state == HIO_ARM_ARMED; /* ended with a result: a CQ overflow */
+        return v;
+    }
+    if (res == -ECANCELED && state == HIO_ARM_ARMED) {
+        v.act = HP_MS_REARM;
+    } else if (kind == HIO_OP_RECV && res == -ENOBUFS && state != HIO_ARM_CANCELLING) {
+        /* The bytes stay in the socket; a re-arm after a release gets them. */
+        v.act = HP_MS_PARK;
+        v.next = HIO_ARM_PARKED;
+    } else {
+        /* EOF, a final error, or the end of a cancel Ruby asked for (an
+         * ENOBUFS end while cancelling is that cancel's end too). */
+        v.act = HP_MS_END;
+        if (res == -ENOBUFS) v.res = -ECANCELED;
+    }
+    return v;
+}
+
+static uint8_t *
+ms_state(struct hio_conn *c, unsigned kind)
+{
+    return kind == HIO_OP_ACCEPT ? &c->accept : &c->recv;
+}
+
+static void
+ms_park(struct hio_hotpath *h, int fd)
+{
+    int *slot = hio_fifo_push(&h->parked, sizeof(int), 16);
+
+    if (!slot) { h->healthy = 0; return; }
+    *slot = fd;
+}
+
+/* Arms a multishot accept or recv on fd, for the entry's generation. */
+static int
+ms_arm(struct hio_hotpath *h, unsigned kind, int fd, struct hio_conn *c)
+{
+    struct io_uring_sqe *sqe = hp_sqe(h);
+
+    if (!sqe) return -EBUSY;
+    if (kind == HIO_OP_ACCEPT) {
+        io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    } else {
+        io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = HP_BGID;
+    }
+    io_uring_sqe_set_data64(sqe, hp_ud(kind, c->gen, (uint32_t)fd));
+    *ms_state(c, kind) = HIO_ARM_ARMED;
+    h->inflight++;
+    return 0;
+}
+
+/* Arms again after a transient end. With no SQE to be had (SQ full and the
+ * kernel refusing submissions while the CQ overflows) a recv is parked, to
+ * be re-armed by the next reap; an accept reports -EBUSY to Ruby. */
+static void
+ms_rearm(struct hio_hotpath *h, unsigned kind, int fd)
+{
+    struct hio_conn *c = &h->conns[fd];
+
+    if (ms_arm(h, kind, fd, c) == 0) {
+        h->st.rearms++;
+    } else if (kind == HIO_OP_ACCEPT) {
+        hp_push(h, HIO_OP_ACCEPT, fd, -EBUSY, -1, 0);
+    } else {
+        c->recv = HIO_ARM_PARKED;
+        ms_park(h, fd);
+    }
+}
+
+struct hp_ms_verdict
+hp_ms_complete(struct hio_hotpath *h, unsigned kind, int fd, uint32_t gen, int res, unsigned flags)
+{
+    struct hio_conn *c = &h->conns[fd];
+    struct hp_ms_verdict v = ms_table(kind, *ms_state(c, kind), c->gen != gen, res, flags);
+
+    if (v.final) h->inflight--;
+    if (v.act == HP_MS_STALE) {
+        h->st.stale_completions++;
+        if (kind == HIO_OP_ACCEPT && res >= 0) close(res); /* nobody wants this connection */
+        /* A buffer Ruby will never see goes back to the kernel. */
+        if (kind == HIO_OP_RECV && res > 0 && (flags & IORING_CQE_F_BUFFER))
+            hio_bufring_recycle(&h->bufs, flags >> IORING_CQE_BUFFER_SHIFT);
+        return v;
+    }
+    *ms_state(c, kind) = v.next;
+    if (kind == HIO_OP_RECV && res == -ENOBUFS && v.final) h->st.enobufs++;
+    switch (v.act) {
+      case HP_MS_REARM:
+        ms_rearm(h, kind, fd);
+        break;
+      case HP_MS_PARK:
+        ms_park(h, fd);
+        break;
+      case HP_MS_END:
+        hp_push(h, (int)kind, fd, v.res, -1, flags);
+        break;
+      default:
+        break;
+    }
+    return v;
+}
+
+void
+hp_ms_delivered(struct hio_hotpath *h, unsigned kind, int fd, struct hp_ms_verdict v)
+{
+    if (v.rearm) ms_rearm(h, kind, fd);
+}
+
+int
+hp_ms_final(unsigned kind, int res, unsigned flags)
+{
+    return ms_table(kind, HIO_ARM_NONE, 1, res, flags).final;
+}
+
+int
+hp_ms_submit(struct hio_hotpath *h, unsigned kind, int fd, struct hio_conn *c)
+{
+    unsigned state = *ms_state(c, kind);
+
+    /* Already armed: a second accept would double every accept; a parked
+     * recv is re-armed when buffers come back. */
+    if (state == HIO_ARM_ARMED || (kind == HIO_OP_RECV && state == HIO_ARM_PARKED)) return 0;
+    if (kind == HIO_OP_RECV && state == HIO_ARM_CANCELLING) {
+        /* Re-armed before the cancel's final CQE: that CQE belongs to the
+         * old request; a new generation keeps it from ending this one. */
+        hp_conn_new_generation(c);
+    }
+    return ms_arm(h, kind, fd, c);
+}
+
+/* The final completions reach Ruby with -ECANCELED (or are dropped as stale
+ * once the number is reused). A parked recv has no request in the kernel:
+ * it ends at once. */
+void
+hp_ms_cancel(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    if (c->recv == HIO_ARM_ARMED) {
+        hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
+        c->recv = HIO_ARM_CANCELLING;
+    } else if (c->recv == HIO_ARM_PARKED) {
+        c->recv = HIO_ARM_NONE; /* its parked entry is skipped when popped */
+        hp_push(h, HIO_OP_RECV, fd, -ECANCELED, -1, 0);
+    }
+    if (c->accept == HIO_ARM_ARMED) {
+        hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
+        c->accept = HIO_ARM_CANCELLING;
+    }
+}
+
+/* Late CQEs of the cancelled requests are stale once the generation moves on. */
+void
+hp_ms_forget(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    if (c->recv == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, (uint32_t)fd));
+    if (c->accept == HIO_ARM_ARMED) hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd));
+    c->recv = c->accept = HIO_ARM_NONE;
+}
+
+/* At most one per buffer the kernel has back. This can overestimate (a
+ * buffer filled but not reaped yet counts as free, and one multishot recv
+ * may take several), so some re-armed recvs end in ENOBUFS again; counting
+ * only buffers released since the last park would be cheaper but can
+ * stall: a re-armed recv whose socket has nothing left to read uses no
+ * buffer, and no further release comes to re-arm the rest. */
+void
+hp_ms_unpark(struct hio_hotpath *h)
+{
+    unsigned avail = hio_bufring_available(&h->bufs);
+
+    while (h->parked.count > 0 && avail > 0) {
+        int fd = *(int *)hio_fifo_front(&h->parked, sizeof(int));
+        struct hio_conn *c = &h->conns[fd];
+        hio_fifo_drop(&h->parked);
+        if (c->recv != HIO_ARM_PARKED) continue; /* cancelled or replaced meanwhile */
+        if (ms_arm(h, HIO_OP_RECV, fd, c) < 0) { ms_park(h, fd); c->recv = HIO_ARM_PARKED; break; }
+        h->st.rearms++;
+        avail--;
+    }
+}
+
+void
+hp_ms_cancel_every(struct hio_hotpath *h)
+{
+    unsigned i;
+
+    for (i = 0; i < h->nconns; i++) {
+        struct hio_conn *c = &h->conns[i];
+        if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_CANCELLING)
+            hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, i));
+        if (c->accept == HIO_ARM_ARMED || c->accept == HIO_ARM_CANCELLING)
+            hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, i));
+    }
+}
+
+void
+hp_ms_teardown(struct hio_hotpath *h)
+{
+    hio_fifo_free(&h->parked);
+}

@@ -1,0 +1,95 @@
+/*
+ * hp_queue.c: the hot path's SQE and completion-queue primitives.
+ *
+ * Layer: bottom of the hot path. Calls liburing and fifo.h only.
+ *
+ * Completions are copied out of the kernel's CQ into the ring-owned queue
+ * h->done before Ruby sees any of them, so an exception in a block, a
+ * Thread#raise or a Timeout loses nothing: what was not yielded is still
+ * queued for the next call. Every request the kernel holds is counted in
+ * h->inflight until its final CQE.
+ */
+#include "hp_queue.h"
+#include <errno.h>
+
+struct io_uring_sqe *
+hp_sqe(struct hio_hotpath *h)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&h->uring);
+
+    if (!sqe) {
+        /* SQ full: push it to the kernel now. With the CQ overflowing the
+         * kernel may refuse (EBUSY) until the next reap; the caller then
+         * gets NULL (-EBUSY). Never reap here: handlers call this. */
+        h->st.submits++;
+        io_uring_submit(&h->uring);
+        sqe = io_uring_get_sqe(&h->uring);
+    }
+    return sqe;
+}
+
+int
+hp_prep_cancel(struct hio_hotpath *h, uint64_t target)
+{
+    struct io_uring_sqe *sqe = hp_sqe(h);
+
+    if (!sqe) return -EBUSY;
+    io_uring_prep_cancel64(sqe, target, 0);
+    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
+    h->inflight++;
+    return 0;
+}
+
+/* io_uring_get_sqe handed the last SQE out at sq.sqe_tail - 1; the kernel
+ * advances the SQ head past what it consumed, in order. */
+uint32_t
+hp_sq_last(const struct hio_hotpath *h)
+{
+    return h->uring.sq.sqe_tail - 1;
+}
+
+int
+hp_sq_taken(const struct hio_hotpath *h, uint32_t pos)
+{
+    return (int32_t)(io_uring_smp_load_acquire(h->uring.sq.khead) - pos) > 0;
+}
+
+void
+hp_push(struct hio_hotpath *h, int op, int fd, int64_t res, int32_t bid, uint32_t flags)
+{
+    struct hio_completion *c = hio_fifo_push(&h->done, sizeof(*c), 64);
+
+    if (!c) { h->healthy = 0; return; }
+    c->op_kind = op;
+    c->fd = fd;
+    c->result = res;
+    c->buf_id = bid;
+    c->flags = flags;
+}
+
+int
+hio_hp_pop(struct hio_hotpath *h, struct hio_completion *out)
+{
+    const struct hio_completion *c = hio_fifo_front(&h->done, sizeof(*c));
+
+    if (!c) return 0;
+    *out = *c;
+    hio_fifo_drop(&h->done);
+    return 1;
+}
+
+void
+hp_queue_teardown(struct hio_hotpath *h)
+{
+    hio_fifo_free(&h->done);
+}
+
+int
+hio_hp_peek(const struct hio_hotpath *h, struct hio_completion *out)
+{
+    const struct hio_completion *c = hio_fifo_front(&h->done, sizeof(*c));
+
+    if (!c) return 0;
+    *out = *c;
+    return 1;
+}

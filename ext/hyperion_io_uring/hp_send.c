@@ -1,0 +1,179 @@
+/*
+ * hp_send.c: sends in order per fd.
+ *
+ * Layer: above hp_conn.c. Calls hp_conn.c, hp_slots.c, hp_queue.c.
+ *
+ * Each fd has a queue of send slots; only its head is in the kernel, so
+ * sends on one fd go out in order and a short send is continued before the
+ * next starts. Exactly one OP_SEND completion reaches Ruby per submit, with
+ * the total length or -errno. A send that fails or is cancelled fails the
+ * ones queued behind it (a stream cannot skip bytes), in the order they
+ * were queued. When the last queued send has ended, a close submit_close
+ * held back goes out (hp_conn.c).
+ */
+#include "hp_send.h"
+#include "hp_conn.h"
+#include "hp_queue.h"
+#include "hp_slots.h"
+#include <errno.h>
+#include <sys/socket.h>
+
+static int
+send_start(struct hio_hotpath *h, int32_t slot)
+{
+    struct hio_send *s = &h->sends[slot];
+    struct io_uring_sqe *sqe = hp_sqe(h);
+
+    if (!sqe) return -EBUSY;
+    /* MSG_WAITALL: the kernel retries a short stream send by itself (5.18+);
+     * a short result still gets continued in hp_send_complete. */
+    io_uring_prep_send(sqe, s->fd, s->data + s->off, s->len - s->off, MSG_NOSIGNAL | MSG_WAITALL);
+    io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)slot));
+    s->inflight = 1;
+    h->inflight++;
+    return 0;
+}
+
+static void
+send_fail_all(struct hio_hotpath *h, struct hio_conn *c, int fd, int64_t err)
+{
+    while (c->send_head >= 0) {
+        int32_t slot = c->send_head;
+        c->send_head = h->sends[slot].next;
+        hp_push(h, HIO_OP_SEND, fd, err, -1, 0);
+        hp_slot_free(h, slot);
+    }
+    c->send_tail = -1;
+}
+
+int
+hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct iovec *iov, unsigned iovcnt,
+               size_t len)
+{
+    struct hio_send *s;
+    int32_t slot;
+    int ret;
+
+    if (len == 0) {
+        hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
+        return 0;
+    }
+    slot = hp_slot_new(h, iov, iovcnt, len);
+    if (slot < 0) return -ENOMEM;
+    s = &h->sends[slot];
+    s->fd = fd;
+    s->gen = c->gen;
+    if (c->send_tail < 0) {
+        c->send_head = c->send_tail = slot;
+        ret = send_start(h, slot);
+        if (ret < 0) {
+            c->send_head = c->send_tail = -1;
+            hp_slot_free(h, slot);
+            return ret;
+        }
+    } else {
+        /* Queued behind the one in flight: sends on one fd stay in order. */
+        h->sends[c->send_tail].next = slot;
+        c->send_tail = slot;
+    }
+    return 0;
+}
+
+void
+hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res)
+{
+    struct hio_send *s;
+    struct hio_conn *c;
+    int fd, cancelled;
+    int64_t result;
+
+    h->inflight--;
+    if (slot < 0 || (unsigned)slot >= h->nsends) return;
+    s = &h->sends[slot];
+    s->inflight = 0;
+    fd = s->fd;
+    c = hp_conn_get(h, fd);
+    if (!c || c->gen != gen || s->gen != gen) {
+        h->st.stale_completions++;
+        hp_slot_free(h, slot);
+        return;
+    }
+    /* Bytes the kernel sent count even when Ruby cancelled meanwhile: a
+     * send that finished before the cancel reached it reports its length. */
+    if (res > 0) s->off += (size_t)res;
+    if (!s->cancelled && ((res > 0 && s->off < s->len) || res == -EAGAIN || res == -EINTR)) {
+        if (res > 0) h->st.short_sends++;
+        if (!hp_conn_same_socket(fd, c)) res = -EBADF;
+        else if (send_start(h, slot) == 0) return;
+        else res = -EBUSY;
+    }
+    cancelled = s->cancelled;
+    if (s->off == s->len) {
+        result = (int64_t)s->len;
+        h->st.sends++;
+        h->st.send_bytes += s->len;
+    } else {
+        result = res < 0 ? res : -ECANCELED;
+    }
+    hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
+    c->send_head = s->next;
+    if (c->send_head < 0) c->send_tail = -1;
+    hp_slot_free(h, slot);
+    if (result < 0 || cancelled) {
+        /* Later sends on a failed or cancelled stream cannot succeed in
+         * order; they report after this one, in the order they were queued. */
+        send_fail_all(h, c, fd, result < 0 ? result : -ECANCELED);
+    } else if (c->send_head >= 0) {
+        if (!hp_conn_same_socket(fd, c)) send_fail_all(h, c, fd, -EBADF);
+        else if (send_start(h, c->send_head) < 0) send_fail_all(h, c, fd, -EBUSY);
+    }
+    if (c->send_head < 0) hp_conn_sends_ended(h, fd, c);
+}
+
+void
+hp_send_cancel(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    struct hio_send *s;
+
+    if (c->send_head < 0) return;
+    s = &h->sends[c->send_head];
+    if (s->inflight) {
+        /* The sends queued behind it fail when its final CQE arrives
+         * (hp_send_complete), so completions keep the order of the calls. */
+        s->cancelled = 1;
+        hp_prep_cancel(h, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)c->send_head));
+    } else {
+        send_fail_all(h, c, fd, -ECANCELED);
+        hp_conn_sends_ended(h, fd, c); /* cancel after submit_close: close now */
+    }
+}
+
+void
+hp_send_forget(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    int32_t slot = c->send_head;
+
+    while (slot >= 0) {
+        int32_t next = h->sends[slot].next;
+        if (h->sends[slot].inflight) {
+            hp_prep_cancel(h, hp_ud(HIO_OP_SEND, h->sends[slot].gen, (uint32_t)slot));
+            h->sends[slot].next = -1; /* orphan: freed at its final CQE */
+        } else {
+            /* Never started (queued behind one in flight, possibly one Ruby
+             * cancelled): report it now, before the number's new owner. */
+            hp_push(h, HIO_OP_SEND, fd, -ECANCELED, -1, 0);
+            hp_slot_free(h, slot);
+        }
+        slot = next;
+    }
+    c->send_head = c->send_tail = -1;
+}
+
+void
+hp_send_cancel_every(struct hio_hotpath *h)
+{
+    unsigned i;
+
+    for (i = 0; i < h->nsends; i++)
+        if (h->sends[i].inflight) hp_prep_cancel(h, hp_ud(HIO_OP_SEND, h->sends[i].gen, i));
+}

@@ -1,0 +1,30 @@
+/*
+ * hp_send.h: sends in order per fd (hp_send.c).
+ */
+#ifndef HIO_HP_SEND_H
+#define HIO_HP_SEND_H 1
+
+#include "hp.h"
+
+struct iovec;
+
+/* Whether sends are queued on the entry (one of them may be in flight). */
+static inline int
+hp_send_pending(const struct hio_conn *c)
+{
+    return c->send_head >= 0;
+}
+
+/* Queues a send of the iovecs' len bytes on fd (entry c, claimed). */
+int hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct iovec *iov, unsigned iovcnt,
+                   size_t len);
+/* The CQE of a send (user_data's slot and generation). */
+void hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res);
+/* Ruby cancels fd's sends. */
+void hp_send_cancel(struct hio_hotpath *h, int fd, struct hio_conn *c);
+/* The entry is retired: its sends are cancelled or reported, and forgotten. */
+void hp_send_forget(struct hio_hotpath *h, int fd, struct hio_conn *c);
+/* Closing the ring without IORING_ASYNC_CANCEL_ANY: cancels each send in flight. */
+void hp_send_cancel_every(struct hio_hotpath *h);
+
+#endif

@@ -1,0 +1,85 @@
+/*
+ * hp_slots.c: send slots and their memory.
+ *
+ * Layer: bottom of the hot path. Calls libc only.
+ *
+ * A slot holds one submitted send: its payload, copied into ring-owned
+ * memory before submit_send returns (the caller's String or iovecs may be
+ * freed or moved the moment it does), and where it stands. The kernel holds
+ * s->data while the send is in flight, never &sends[i], so the array may
+ * move when it grows. Free slots form a list through next.
+ */
+#include "hp_slots.h"
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+
+static int
+slots_grow(struct hio_hotpath *h)
+{
+    unsigned n = h->nsends ? h->nsends * 2 : 64, i;
+    struct hio_send *ns;
+
+    if (n > (unsigned)INT32_MAX / 2) return -1;
+    ns = realloc(h->sends, (size_t)n * sizeof(*ns));
+    if (!ns) return -1;
+    for (i = h->nsends; i < n; i++) {
+        memset(&ns[i], 0, sizeof(ns[i]));
+        ns[i].fd = -1;
+        ns[i].next = (i + 1 < n) ? (int32_t)(i + 1) : -1;
+    }
+    h->sends = ns;
+    h->send_free = (int32_t)h->nsends;
+    h->nsends = n;
+    return 0;
+}
+
+int32_t
+hp_slot_new(struct hio_hotpath *h, const struct iovec *iov, unsigned iovcnt, size_t len)
+{
+    struct hio_send *s;
+    size_t off = 0;
+    unsigned i;
+    int32_t slot;
+
+    if (h->send_free < 0 && slots_grow(h) < 0) return -1;
+    slot = h->send_free;
+    s = &h->sends[slot];
+    if (!(s->data = malloc(len))) return -1;
+    h->send_free = s->next;
+    s->next = -1;
+    for (i = 0; i < iovcnt; i++) {
+        memcpy(s->data + off, iov[i].iov_base, iov[i].iov_len);
+        off += iov[i].iov_len;
+    }
+    s->len = len;
+    s->off = 0;
+    return slot;
+}
+
+void
+hp_slot_free(struct hio_hotpath *h, int32_t slot)
+{
+    struct hio_send *s = &h->sends[slot];
+
+    free(s->data);
+    s->data = NULL;
+    s->fd = -1;
+    s->inflight = s->cancelled = 0;
+    s->next = h->send_free;
+    h->send_free = slot;
+}
+
+void
+hp_slots_teardown(struct hio_hotpath *h, int kernel_may_read)
+{
+    unsigned i;
+
+    for (i = 0; i < h->nsends; i++) {
+        if (h->sends[i].data && !(kernel_may_read && h->sends[i].inflight)) free(h->sends[i].data);
+    }
+    free(h->sends);
+    h->sends = NULL;
+    h->nsends = 0;
+    h->send_free = -1;
+}

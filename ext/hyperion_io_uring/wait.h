@@ -1,0 +1,96 @@
+/*
+ * wait.h: how an engine describes a wait or a drain (wait.c decides how to
+ * wait and performs it; it is the one place that blocks).
+ *
+ * Layer: beside the engines' bottom layer. Ruby-free: engines include it.
+ * The binding's entry point, which needs Ruby's types (hio_wait_ruby), is
+ * in hyperion_io_uring.h.
+ */
+#ifndef HIO_WAIT_H
+#define HIO_WAIT_H 1
+
+#include <liburing.h>
+#include <stdint.h>
+
+/* CLOCK_MONOTONIC, in seconds. */
+double hio_now(void);
+
+enum hio_wait_flag {
+    /* A Ruby method waits: without the GVL, Ruby's interrupts (Thread#raise,
+     * Timeout, signals) end the wait and are raised once what is in the CQ
+     * was reaped, and a non-blocking fiber under a Fiber scheduler waits
+     * through the scheduler. Needs hio_wait_ruby. Without this flag the
+     * wait keeps the GVL and is not interruptible: only for bounded waits
+     * (a probe), in slices of at most 50 ms. */
+    HIO_WAIT_RUBY = 1u << 0,
+    /* Never block: submit, let the kernel run deferred work, reap. */
+    HIO_WAIT_POLL = 1u << 1,
+    /* Before each wait, submit and reap without blocking: for requests
+     * that often complete inline (an accept with a connection in the
+     * backlog, a read with data ready). */
+    HIO_WAIT_PEEK = 1u << 2,
+    /* ... except the first time: the caller expects to wait, so the first
+     * enter submits and waits at once. */
+    HIO_WAIT_NO_FIRST_PEEK = 1u << 3,
+    /* The ring can make kernel batch waits (hio_batch_wait_supported). */
+    HIO_WAIT_BATCH = 1u << 4
+};
+
+/* What reap returns when it queued new requests a peek may complete at
+ * once (with HIO_WAIT_PEEK the next round then peeks before it waits). */
+#define HIO_REAP_AGAIN 1
+
+struct hio_wait {
+    struct io_uring *ring;
+    unsigned flags;          /* enum hio_wait_flag */
+    unsigned want;           /* the wait ends once ready() >= want */
+    double deadline;         /* hio_now() seconds; < 0: none */
+    /* > 0: a batch window. With HIO_WAIT_BATCH the kernel waits for want
+     * completions for at most min_wait_us, then returns as soon as one is
+     * there; elsewhere the wait ends at the first completion. Either way
+     * the caller may get fewer than want. */
+    unsigned min_wait_us;
+    /* The engine's side, called with the GVL held; none of them raises. */
+    void *ctx;
+    int (*reap)(void *ctx);              /* reaps the CQ: 0 or HIO_REAP_AGAIN */
+    unsigned (*ready)(void *ctx);        /* how much of what the caller wants is there */
+    void (*broken)(void *ctx, int err);  /* optional: a blocking wait failed (-errno) */
+    /* Optional: runs when the wait is over, also when it ends with an
+     * exception (then raised is set and the exception goes on afterwards). */
+    void (*end)(void *ctx, const struct hio_wait *w);
+    /* Optional counters: waits (enters that may block), batch waits,
+     * submits (enters that hand SQEs to the kernel). */
+    uint64_t *waits, *batch_waits, *submits;
+    /* Results. */
+    int err;                 /* -errno that ended the wait, or 0 */
+    int timed_out;           /* the deadline passed first */
+    int peek_missed;         /* a peek found nothing: the request had to wait */
+    int raised;              /* for end: an exception ends the wait */
+};
+
+/* Runs a wait without HIO_WAIT_RUBY (GVL held). Returns w->err. */
+int hio_wait_held(struct hio_wait *w);
+
+/* A drain with a budget: what is left in flight after a cancel, reaped
+ * until step says it is all back. */
+struct hio_drain {
+    struct io_uring *ring;
+    /* Seconds it may block, GVL held, not interruptible, in slices of at
+     * most 50 ms. 0: it never blocks (a finalizer): a few passes that
+     * submit, let the kernel run deferred work and reap. */
+    double budget;
+    void *ctx;
+    int (*step)(void *ctx);  /* reaps (GVL held, never raises); nonzero once drained */
+};
+
+/* 0 once drained, -ETIME when the budget ran out first. */
+int hio_drain(const struct hio_drain *d);
+
+/* Submits what is queued and flushes completions without blocking (GVL
+ * held). 0 or a fatal -errno. */
+int hio_submit_get_events(struct io_uring *ring);
+/* Whether the kernel can make batch waits on ring (IORING_FEAT_MIN_TIMEOUT,
+ * Linux 6.12; never under valgrind). */
+int hio_batch_wait_supported(const struct io_uring *ring);
+
+#endif
