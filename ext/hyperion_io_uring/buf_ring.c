@@ -91,15 +91,6 @@ hio_bufring_take(struct hio_bufring *b, unsigned bid, unsigned len)
     return 0;
 }
 
-/* 0 when Ruby holds bid, else why not. */
-int
-hio_bufring_check(const struct hio_bufring *b, long bid)
-{
-    if (bid < 0 || bid >= (long)b->n) return -ERANGE;
-    if (!b->held[bid]) return -ENOENT;
-    return 0;
-}
-
 void
 hio_bufring_release(struct hio_bufring *b, unsigned bid)
 {
@@ -119,28 +110,10 @@ hio_bufring_recycle(struct hio_bufring *b, unsigned bid)
     io_uring_buf_ring_advance(b->br, 1);
 }
 
-unsigned
-hio_bufring_available(const struct hio_bufring *b)
-{
-    return b->n - b->in_use;
-}
-
-unsigned
-hio_bufring_len(const struct hio_bufring *b, unsigned bid)
-{
-    return b->len[bid];
-}
-
 size_t
 hio_bufring_bytes(const struct hio_bufring *b)
 {
     return b->mem_bytes + b->br_bytes + (size_t)b->n * (sizeof(*b->held) + sizeof(*b->len));
-}
-
-const unsigned char *
-hio_bufring_data(const struct hio_bufring *b, unsigned bid)
-{
-    return b->mem + (size_t)bid * b->size;
 }
 
 /*

@@ -14,6 +14,14 @@
 #define HIO_MAX_QUEUE_DEPTH 32768u
 #define HIO_MAX_READ (16u * 1024u * 1024u)
 
+/* Why a ring may not be used now: 0 when it may, an owner verdict
+ * (HIO_OWNER_FORKED, HIO_OWNER_OTHER_THREAD), or one of these. */
+enum hio_refusal {
+    HIO_REFUSE_CLOSED = 16, /* not open (never, or no more) */
+    HIO_REFUSE_BUSY,        /* Ring: a call is running (a fiber parked in it) */
+    HIO_REFUSE_WEDGED       /* Ring: a request could not be cancelled */
+};
+
 /* ---- probe.c ---- */
 
 /* Sets up and tears down a two-entry ring: 0, or the -errno of the setup. */
@@ -30,10 +38,12 @@ struct hio_sreq {
     enum hio_sreq_kind kind;
     int fd;
     unsigned len;      /* READ: bytes at most, into the ring's buffer */
-    double deadline;   /* hio_now() seconds; < 0: none */
+    double timeout;    /* seconds it may wait; < 0: no limit */
     int res;           /* done: the request's result (fd, bytes, -errno) */
     int done;          /* 0: it timed out or was cancelled */
     int fatal;         /* -errno of the wait itself */
+    int wedged;        /* it could not be cancelled: the ring is unusable now */
+    const char *data;  /* READ done with res > 0: the bytes, in the ring's buffer */
 };
 
 struct hio_sring_stats {
@@ -55,14 +65,11 @@ int hio_sring_reserve(struct hio_sring *r, size_t len);
  * wait ends, so req is final once hio_wait_ruby returns. */
 void hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w);
 int hio_sring_is_open(const struct hio_sring *r);
-/* A call is running (under a Fiber scheduler its fiber may be parked). */
-int hio_sring_busy(const struct hio_sring *r);
-/* A request could not be cancelled: the ring is unusable. */
-int hio_sring_wedged(const struct hio_sring *r);
+/* Whether the caller may use r for use now: 0, an owner verdict, or an
+ * enum hio_refusal (a call: closed, busy, wedged; a close: busy). */
+int hio_sring_may(const struct hio_sring *r, enum hio_owner_use use);
 int hio_sring_fd(const struct hio_sring *r);
 const struct hio_owner *hio_sring_owner(const struct hio_sring *r);
-/* The read buffer: a READ's res bytes are there. */
-const char *hio_sring_buf(const struct hio_sring *r);
 void hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out);
 /* Rings of this process closed while the kernel might still write their
  * read buffer, which was leaked rather than freed. */
@@ -92,7 +99,8 @@ struct hio_completion {
 /* Counters since the ring opened; each is counted by the file of its concern. */
 struct hio_stats {
     uint64_t accepts, recvs, recv_bytes, sends, send_bytes, short_sends, enobufs, rearms,
-        cq_overflows, stale_completions, submits, waits, batch_waits, closes;
+        cq_overflows, stale_completions, closes;
+    struct hio_wait_counts io; /* submits, waits, batch_waits */
 };
 
 /* The counters and the state, as HotpathRing#stats reports them. */
@@ -121,8 +129,8 @@ int hio_hp_cancel(struct hio_hotpath *h, int fd);
  * queued sends have ended. -EALREADY: a close of it is still pending. */
 int hio_hp_submit_close(struct hio_hotpath *h, int fd);
 int hio_hp_flush(struct hio_hotpath *h);
-/* Ruby gives buffer bid back (it must hold it: see hio_hp_buffer_held). */
-int hio_hp_release(struct hio_hotpath *h, unsigned bid);
+/* Ruby gives buffer bid back: 0, or -ERANGE / -ENOENT as hio_hp_buffer. */
+int hio_hp_release(struct hio_hotpath *h, long bid);
 
 /* Describes each_completion's wait for wait.c: until want completions are
  * queued (min_wait_us: a batch window) or timeout seconds pass (< 0: none;
@@ -138,6 +146,9 @@ unsigned hio_hp_queued(const struct hio_hotpath *h);
  * closes the fds submit_close asked for, frees the ring's memory. */
 void hio_hp_close(struct hio_hotpath *h, int from_gc);
 int hio_hp_is_open(const struct hio_hotpath *h);
+/* Whether the caller may use h for use now: 0, an owner verdict, or
+ * HIO_REFUSE_CLOSED. */
+int hio_hp_may(const struct hio_hotpath *h, enum hio_owner_use use);
 /* It was opened once (it may be closed now). */
 int hio_hp_was_opened(const struct hio_hotpath *h);
 int hio_hp_healthy(const struct hio_hotpath *h);
@@ -151,12 +162,10 @@ void hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out);
  * its process and thread. Only for a handle known to be live. */
 int hio_hp_callable(const struct hio_hotpath *h);
 
-/* Recv buffers as Ruby holds them: 0 when it holds bid, -ERANGE for no
- * such buffer, -ENOENT for one it does not hold. */
-int hio_hp_buffer_held(const struct hio_hotpath *h, long bid);
+/* A recv buffer Ruby holds: 0 with its bytes and how many the kernel
+ * wrote, -ERANGE for no such buffer, -ENOENT for one Ruby does not hold. */
+int hio_hp_buffer(const struct hio_hotpath *h, long bid, const unsigned char **data, unsigned *len);
 unsigned hio_hp_buffer_count(const struct hio_hotpath *h);
-/* A held buffer's bytes and how many the kernel wrote. */
-const unsigned char *hio_hp_buffer(const struct hio_hotpath *h, unsigned bid, unsigned *len);
 
 /* Rings of this process closed while the kernel might still write their
  * memory, which was leaked rather than freed. */

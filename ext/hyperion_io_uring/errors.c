@@ -57,12 +57,10 @@ hio_require_supported(const char *what, const char *probe, const char *reason_me
 /* The owner rules are owner.c's; this only turns its verdict into the
  * exception. */
 void
-hio_raise_unless_owner(const struct hio_owner *o, enum hio_owner_use use, const char *cls)
+hio_raise_owner(const struct hio_owner *o, enum hio_owner_verdict v, const char *cls)
 {
-    enum hio_owner_verdict v = hio_owner_may(o, use);
     char msg[256];
 
-    if (v == HIO_OWNER_OK) return;
     hio_owner_explain(o, v, cls, msg, sizeof(msg));
     rb_raise(v == HIO_OWNER_FORKED ? hio_eForkError : hio_eThreadError, "%s", msg);
 }

@@ -362,19 +362,19 @@ hio_hp_flush(struct hio_hotpath *h)
     int ret;
 
     if (io_uring_sq_ready(&h->uring) == 0) return 0;
-    h->st.submits++;
+    h->st.io.submits++;
     ret = io_uring_submit(&h->uring);
     if (h->closes.count) hp_conn_sweep_closes(h);
     return ret == -EBUSY || ret == -EAGAIN ? 0 : ret;
 }
 
 int
-hio_hp_release(struct hio_hotpath *h, unsigned bid)
+hio_hp_release(struct hio_hotpath *h, long bid)
 {
-    int ret = hio_bufring_check(&h->bufs, (long)bid);
+    int ret = hio_bufring_check(&h->bufs, bid);
 
     if (ret < 0) return ret;
-    hio_bufring_release(&h->bufs, bid);
+    hio_bufring_release(&h->bufs, (unsigned)bid);
     if (h->parked.count) hp_ms_unpark(h);
     return 0;
 }
@@ -403,26 +403,24 @@ hp_wait_broken(void *ctx, int err)
     ((struct hio_hotpath *)ctx)->healthy = 0;
 }
 
+static const struct hio_wait_ops hp_wait_ops = { hp_wait_reap, hp_wait_ready, hp_wait_broken, NULL };
+
 void
 hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, double timeout, unsigned min_wait_us,
                  unsigned how)
 {
-    memset(w, 0, sizeof(*w));
     w->ring = &h->uring;
+    w->ops = &hp_wait_ops;
+    w->ctx = h;
+    w->counts = &h->st.io;
+    w->timeout = timeout;
     w->flags = how | (h->batch_wait ? HIO_WAIT_BATCH : 0);
     /* min_complete: 0 (upstream's polling form) or timeout_ms: 0: do not
      * wait; submit, let the kernel run deferred work, peek. */
     if (timeout == 0 || want == 0) w->flags |= HIO_WAIT_POLL;
     w->want = want;
-    w->deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
     w->min_wait_us = min_wait_us;
-    w->ctx = h;
-    w->reap = hp_wait_reap;
-    w->ready = hp_wait_ready;
-    w->broken = hp_wait_broken;
-    w->waits = &h->st.waits;
-    w->batch_waits = &h->st.batch_waits;
-    w->submits = &h->st.submits;
+    w->err = w->timed_out = w->peek_missed = w->raised = 0;
 }
 
 /* ---- close ---- */
@@ -540,6 +538,12 @@ hio_hp_is_open(const struct hio_hotpath *h)
 }
 
 int
+hio_hp_may(const struct hio_hotpath *h, enum hio_owner_use use)
+{
+    return h->inited ? (int)hio_owner_may(&h->owner, use) : HIO_REFUSE_CLOSED;
+}
+
+int
 hio_hp_was_opened(const struct hio_hotpath *h)
 {
     return h->inited || h->closed;
@@ -597,11 +601,6 @@ hio_hp_callable(const struct hio_hotpath *h)
     return h->magic == HIO_HOTPATH_MAGIC && h->inited && hio_owner_may(&h->owner, HIO_USE_CALL) == HIO_OWNER_OK;
 }
 
-int
-hio_hp_buffer_held(const struct hio_hotpath *h, long bid)
-{
-    return hio_bufring_check(&h->bufs, bid);
-}
 
 unsigned
 hio_hp_buffer_count(const struct hio_hotpath *h)
@@ -609,9 +608,13 @@ hio_hp_buffer_count(const struct hio_hotpath *h)
     return h->bufs.n;
 }
 
-const unsigned char *
-hio_hp_buffer(const struct hio_hotpath *h, unsigned bid, unsigned *len)
+int
+hio_hp_buffer(const struct hio_hotpath *h, long bid, const unsigned char **data, unsigned *len)
 {
-    *len = hio_bufring_len(&h->bufs, bid);
-    return hio_bufring_data(&h->bufs, bid);
+    int ret = hio_bufring_check(&h->bufs, bid);
+
+    if (ret < 0) return ret;
+    *data = hio_bufring_data(&h->bufs, (unsigned)bid);
+    *len = hio_bufring_len(&h->bufs, (unsigned)bid);
+    return 0;
 }

@@ -5,37 +5,42 @@
  *
  * Layer: bindings. Calls hotpath.c's engine API (engine.h).
  */
-#include "hyperion_io_uring.h"
+#include "hotpath_class.h"
 #include <errno.h>
 
-static unsigned
-hpb_held(struct hio_hotpath *h, VALUE bidv)
+/* A buffer id Ruby passed: an Integer; -1 for one too big to be any. */
+static long
+hpb_id(VALUE bidv)
 {
-    long bid;
-    int ret;
-
     if (!RB_INTEGER_TYPE_P(bidv)) rb_raise(rb_eTypeError, "buf_id must be an Integer, got %s", rb_obj_classname(bidv));
-    bid = FIXNUM_P(bidv) ? FIX2LONG(bidv) : -1;
-    ret = hio_hp_buffer_held(h, bid);
-    if (ret == -ERANGE)
-        rb_raise(rb_eArgError, "buf_id %"PRIsVALUE" out of range 0..%u", bidv, hio_hp_buffer_count(h) - 1);
-    if (ret < 0)
-        rb_raise(rb_eArgError, "buffer %ld is not held by Ruby (already released, or never delivered by a recv)", bid);
-    return (unsigned)bid;
+    return FIXNUM_P(bidv) ? FIX2LONG(bidv) : -1;
 }
 
-/* A new String of the first len bytes of held buffer bid. */
-static VALUE
-hpb_string(struct hio_hotpath *h, unsigned bid, VALUE lenv)
-{
-    unsigned wrote;
-    const unsigned char *data = hio_hp_buffer(h, bid, &wrote);
-    long len;
+/* The ArgumentError for a buffer Ruby does not hold (ret from the engine). */
+NORETURN(static void hpb_not_held(struct hio_hotpath *h, VALUE bidv, long bid, int ret));
 
+static void
+hpb_not_held(struct hio_hotpath *h, VALUE bidv, long bid, int ret)
+{
+    if (ret == -ERANGE)
+        rb_raise(rb_eArgError, "buf_id %"PRIsVALUE" out of range 0..%u", bidv, hio_hp_buffer_count(h) - 1);
+    rb_raise(rb_eArgError, "buffer %ld is not held by Ruby (already released, or never delivered by a recv)", bid);
+}
+
+/* A new String of the first len bytes of the buffer Ruby holds as bidv. */
+static VALUE
+hpb_string(struct hio_hotpath *h, VALUE bidv, long bid, VALUE lenv)
+{
+    const unsigned char *data;
+    unsigned wrote;
+    long len;
+    int ret = hio_hp_buffer(h, bid, &data, &wrote);
+
+    if (ret < 0) hpb_not_held(h, bidv, bid, ret);
     if (!RB_INTEGER_TYPE_P(lenv)) rb_raise(rb_eTypeError, "len must be an Integer, got %s", rb_obj_classname(lenv));
     len = FIXNUM_P(lenv) ? FIX2LONG(lenv) : -1;
     if (len < 0 || len > (long)wrote)
-        rb_raise(rb_eArgError, "len %"PRIsVALUE" is outside the %u bytes the kernel wrote into buffer %u", lenv,
+        rb_raise(rb_eArgError, "len %"PRIsVALUE" is outside the %u bytes the kernel wrote into buffer %ld", lenv,
                  wrote, bid);
     return rb_str_new((const char *)data, len);
 }
@@ -52,9 +57,9 @@ hpb_string(struct hio_hotpath *h, unsigned bid, VALUE lenv)
 static VALUE
 hpb_copy(VALUE self, VALUE bidv, VALUE lenv)
 {
-    struct hio_hotpath *h = hio_hotpath_usable(self);
+    struct hio_hotpath *h = hpc_usable(self)->h;
 
-    return hpb_string(h, hpb_held(h, bidv), lenv);
+    return hpb_string(h, bidv, hpb_id(bidv), lenv);
 }
 
 /*
@@ -68,10 +73,11 @@ hpb_copy(VALUE self, VALUE bidv, VALUE lenv)
 static VALUE
 hpb_release(VALUE self, VALUE bidv)
 {
-    struct hio_hotpath *h = hio_hotpath_usable(self);
-    unsigned bid = hpb_held(h, bidv);
+    struct hio_hotpath *h = hpc_usable(self)->h;
+    long bid = hpb_id(bidv);
+    int ret = hio_hp_release(h, bid);
 
-    hio_hp_release(h, bid);
+    if (ret < 0) hpb_not_held(h, bidv, bid, ret);
     return Qnil;
 }
 
@@ -84,9 +90,9 @@ hpb_release(VALUE self, VALUE bidv)
 static VALUE
 hpb_take(VALUE self, VALUE bidv, VALUE lenv)
 {
-    struct hio_hotpath *h = hio_hotpath_usable(self);
-    unsigned bid = hpb_held(h, bidv);
-    VALUE str = hpb_string(h, bid, lenv);
+    struct hio_hotpath *h = hpc_usable(self)->h;
+    long bid = hpb_id(bidv);
+    VALUE str = hpb_string(h, bidv, bid, lenv);
 
     hio_hp_release(h, bid);
     return str;

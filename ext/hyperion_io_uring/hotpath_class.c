@@ -8,7 +8,7 @@
  * Argument checks and conversions only: hotpath.c does the work and
  * describes the waits, wait.c decides how to wait.
  */
-#include "hyperion_io_uring.h"
+#include "hotpath_class.h"
 #include <errno.h>
 #include <string.h>
 #include <limits.h>
@@ -19,18 +19,9 @@ static ID id_queue_depth, id_n_bufs, id_buf_size, id_min_complete, id_timeout_ms
 static ID id_default_n_bufs, id_default_buf_size;
 static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags;
 
-#define HP_CLASS "Hyperion::IOUring::HotpathRing"
 #define HP_MAX_BUF_SIZE (1024u * 1024u)
 
 /* ---- TypedData ---- */
-
-/* What a HotpathRing object holds: the engine (opaque) and the Ruby state
- * around it. */
-struct hpc {
-    struct hio_hotpath *h;
-    VALUE sched_io; /* IO of the eventfd for Fiber scheduler waits */
-    int in_each;    /* each_completion runs (its block, or a fiber parked in it) */
-};
 
 static void
 hpc_mark(void *p)
@@ -60,7 +51,7 @@ hpc_memsize(const void *p)
     return sizeof(*hc) + (hc->h ? hio_hp_memsize(hc->h) : 0);
 }
 
-static const rb_data_type_t hpc_type = {
+const rb_data_type_t hio_hotpath_type = {
     HP_CLASS,
     { hpc_mark, hpc_free, hpc_memsize, },
     0, 0,
@@ -71,35 +62,18 @@ static VALUE
 hpc_alloc(VALUE klass)
 {
     struct hpc *hc;
-    VALUE obj = TypedData_Make_Struct(klass, struct hpc, &hpc_type, hc);
+    VALUE obj = TypedData_Make_Struct(klass, struct hpc, &hio_hotpath_type, hc);
 
     hc->sched_io = Qnil;
     if (!(hc->h = hio_hp_new())) rb_memerror(); /* not open: safe to free before initialize ran */
     return obj;
 }
 
-static struct hpc *
-hpc_get(VALUE self)
+void
+hio_hotpath_refuse(const struct hio_hotpath *h, int why)
 {
-    struct hpc *hc;
-    TypedData_Get_Struct(self, struct hpc, &hpc_type, hc);
-    return hc;
-}
-
-static struct hpc *
-hpc_usable(VALUE self)
-{
-    struct hpc *hc = hpc_get(self);
-
-    if (!hio_hp_is_open(hc->h)) hio_raise_closed();
-    hio_raise_unless_owner(hio_hp_owner(hc->h), HIO_USE_CALL, HP_CLASS);
-    return hc;
-}
-
-struct hio_hotpath *
-hio_hotpath_usable(VALUE self)
-{
-    return hpc_usable(self)->h;
+    if (why == HIO_REFUSE_CLOSED) hio_raise_closed();
+    hio_raise_owner(hio_hp_owner(h), (enum hio_owner_verdict)why, HP_CLASS);
 }
 
 /* ---- Methods ---- */
@@ -158,7 +132,7 @@ static VALUE
 hpc_fd_call(VALUE self, VALUE fdv, const char *what, int (*op)(struct hio_hotpath *, int))
 {
     int fd = hio_fd_arg(fdv, what);
-    struct hio_hotpath *h = hio_hotpath_usable(self);
+    struct hio_hotpath *h = hpc_usable(self)->h;
 
     hpc_check_submit(op(h, fd), what, fd);
     return Qnil;
@@ -225,13 +199,13 @@ hpc_submit_send(int argc, VALUE *argv, VALUE self)
     fd = hio_fd_arg(fdv, "submit_send");
     if (NIL_P(count)) {
         StringValue(data);
-        h = hio_hotpath_usable(self);
+        h = hpc_usable(self)->h;
         ret = hio_hp_submit_send(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data));
         RB_GC_GUARD(data);
     } else {
         unsigned iovcnt;
         const struct iovec *iov = hio_iov_arg(data, count, "submit_send", &iovcnt);
-        h = hio_hotpath_usable(self);
+        h = hpc_usable(self)->h;
         ret = hio_hp_submit_sendv(h, fd, iov, iovcnt);
     }
     hpc_check_submit(ret, "submit_send", fd);
@@ -265,7 +239,8 @@ hpc_each_body(VALUE arg)
      * completion leaves the queue before its block runs: an exception in the
      * block loses none of the others. */
     limit = hio_hp_queued(h);
-    while (limit-- > 0 && hio_hp_is_open(h) && hio_hp_pop(h, &c)) {
+    /* A ring closed meanwhile has nothing queued: pop ends the loop. */
+    while (limit-- > 0 && hio_hp_pop(h, &c)) {
         e->yielded++;
         if (e->raw) {
             rb_yield_values(5, INT2FIX(c.op_kind), INT2FIX(c.fd), LL2NUM(c.result), INT2FIX(c.buf_id),
@@ -417,7 +392,7 @@ hpc_submit_close(VALUE self, VALUE fdv)
                                 "again later, when it may name another connection; close the IO itself)",
                  rb_obj_classname(fdv));
     fd = hio_fd_arg(fdv, "submit_close");
-    h = hio_hotpath_usable(self);
+    h = hpc_usable(self)->h;
     ret = hio_hp_submit_close(h, fd);
     if (ret == -EINVAL) rb_raise(rb_eArgError, "submit_close: fd %d is the ring's own (use #close)", fd);
     hpc_check_submit(ret, "submit_close", fd);
@@ -434,7 +409,7 @@ hpc_submit_close(VALUE self, VALUE fdv)
 static VALUE
 hpc_flush(VALUE self)
 {
-    struct hio_hotpath *h = hio_hotpath_usable(self);
+    struct hio_hotpath *h = hpc_usable(self)->h;
     int ret = hio_hp_flush(h);
 
     if (ret < 0) hio_raise_errno(ret, "io_uring_submit(flush)");
@@ -455,9 +430,10 @@ static VALUE
 hpc_close(VALUE self)
 {
     struct hpc *hc = hpc_get(self);
+    int why = hio_hp_may(hc->h, HIO_USE_CLOSE);
 
-    if (!hio_hp_is_open(hc->h)) return Qnil;
-    hio_raise_unless_owner(hio_hp_owner(hc->h), HIO_USE_CLOSE, HP_CLASS);
+    if (why == HIO_REFUSE_CLOSED) return Qnil;
+    if (why) hio_hotpath_refuse(hc->h, why);
     if (hc->in_each)
         rb_raise(hio_eError, "cannot close a ring while each_completion runs (from its block, or "
                              "from another fiber while it waits under the Fiber scheduler)");
@@ -545,7 +521,7 @@ hpc_ptr(VALUE self)
 static VALUE
 hpc_batch_wait_supported_p(VALUE self)
 {
-    return hio_hp_batch_wait(hio_hotpath_usable(self)) ? Qtrue : Qfalse;
+    return hio_hp_batch_wait(hpc_usable(self)->h) ? Qtrue : Qfalse;
 }
 
 /*
@@ -581,9 +557,9 @@ hpc_stats(VALUE self)
     HPC_STAT("cq_overflows", st.st.cq_overflows);
     HPC_STAT("stale_completions", st.st.stale_completions);
     HPC_STAT("buffers_in_use", st.buffers_in_use);
-    HPC_STAT("submits", st.st.submits);
-    HPC_STAT("waits", st.st.waits);
-    HPC_STAT("batch_waits", st.st.batch_waits);
+    HPC_STAT("submits", st.st.io.submits);
+    HPC_STAT("waits", st.st.io.waits);
+    HPC_STAT("batch_waits", st.st.io.batch_waits);
     HPC_STAT("closes", st.st.closes);
     HPC_STAT("inflight", st.inflight);
     HPC_STAT("queued", st.queued);

@@ -24,22 +24,20 @@
 #include <unistd.h>
 
 struct hio_conn *
-hp_conn_get(struct hio_hotpath *h, int fd)
+hp_conn_grow(struct hio_hotpath *h, int fd)
 {
-    if (fd < 0) return NULL;
-    if ((unsigned)fd >= h->nconns) {
-        unsigned n = h->nconns ? h->nconns : 64, i;
-        struct hio_conn *nc;
-        while (n <= (unsigned)fd) n *= 2;
-        nc = realloc(h->conns, (size_t)n * sizeof(*nc));
-        if (!nc) return NULL;
-        for (i = h->nconns; i < n; i++) {
-            memset(&nc[i], 0, sizeof(nc[i]));
-            nc[i].send_head = nc[i].send_tail = -1; /* hp_send.c's empty queue */
-        }
-        h->conns = nc;
-        h->nconns = n;
+    unsigned n = h->nconns ? h->nconns : 64, i;
+    struct hio_conn *nc;
+
+    while (n <= (unsigned)fd) n *= 2;
+    nc = realloc(h->conns, (size_t)n * sizeof(*nc));
+    if (!nc) return NULL;
+    for (i = h->nconns; i < n; i++) {
+        memset(&nc[i], 0, sizeof(nc[i]));
+        nc[i].send_head = nc[i].send_tail = -1; /* hp_send.c's empty queue */
     }
+    h->conns = nc;
+    h->nconns = n;
     return &h->conns[fd];
 }
 
@@ -136,9 +134,8 @@ hp_conn_close_after_sends(struct hio_conn *c)
  * Ruby closed it meanwhile and it names another socket now, closing it
  * would close that one. */
 void
-hp_conn_sends_ended(struct hio_hotpath *h, int fd, struct hio_conn *c)
+hp_conn_close_held_back(struct hio_hotpath *h, int fd, struct hio_conn *c)
 {
-    if (c->closing != HIO_CLOSE_QUEUED) return;
     if ((c->ino || c->dev) && !hp_conn_same_socket(fd, c)) {
         c->closing = HIO_CLOSE_NONE;
         hp_push(h, HIO_OP_CLOSE, fd, -EBADF, -1, 0);

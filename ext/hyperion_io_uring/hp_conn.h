@@ -7,8 +7,16 @@
 
 #include "hp.h"
 
+/* Grows the table to hold fd: its entry, or NULL without memory. */
+struct hio_conn *hp_conn_grow(struct hio_hotpath *h, int fd);
+
 /* fd's entry, the table grown to hold it; NULL for fd < 0 or without memory. */
-struct hio_conn *hp_conn_get(struct hio_hotpath *h, int fd);
+static inline struct hio_conn *
+hp_conn_get(struct hio_hotpath *h, int fd)
+{
+    if (fd < 0) return NULL;
+    return (unsigned)fd < h->nconns ? &h->conns[fd] : hp_conn_grow(h, fd);
+}
 void hp_conns_teardown(struct hio_hotpath *h);
 
 /* The socket fd names now (fstat): 0 or -errno. */
@@ -27,8 +35,15 @@ int hp_conn_check_closing(struct hio_hotpath *h, struct hio_conn *c, uint64_t in
 int hp_conn_check_close_again(struct hio_hotpath *h, struct hio_conn *c);
 /* submit_close with sends queued: the close waits for them. */
 void hp_conn_close_after_sends(struct hio_conn *c);
-/* The fd's queued sends have all ended: the close they held back goes out. */
-void hp_conn_sends_ended(struct hio_hotpath *h, int fd, struct hio_conn *c);
+void hp_conn_close_held_back(struct hio_hotpath *h, int fd, struct hio_conn *c);
+
+/* The fd's queued sends have all ended: the close they held back goes out
+ * (inline: every send's completion asks). */
+static inline void
+hp_conn_sends_ended(struct hio_hotpath *h, int fd, struct hio_conn *c)
+{
+    if (c->closing == HIO_CLOSE_QUEUED) hp_conn_close_held_back(h, fd, c);
+}
 /* Closes fd through the ring (c: its entry, NULL for a number the ring
  * keeps none for), or with close(2) when no SQE can be had. */
 void hp_conn_issue_close(struct hio_hotpath *h, int fd, struct hio_conn *c);

@@ -97,8 +97,8 @@ ms_arm(struct hio_hotpath *h, unsigned kind, int fd, struct hio_conn *c)
 /* Arms again after a transient end. With no SQE to be had (SQ full and the
  * kernel refusing submissions while the CQ overflows) a recv is parked, to
  * be re-armed by the next reap; an accept reports -EBUSY to Ruby. */
-static void
-ms_rearm(struct hio_hotpath *h, unsigned kind, int fd)
+void
+hp_ms_rearm(struct hio_hotpath *h, unsigned kind, int fd)
 {
     struct hio_conn *c = &h->conns[fd];
 
@@ -131,7 +131,7 @@ hp_ms_complete(struct hio_hotpath *h, unsigned kind, int fd, uint32_t gen, int r
     if (kind == HIO_OP_RECV && res == -ENOBUFS && v.final) h->st.enobufs++;
     switch (v.act) {
       case HP_MS_REARM:
-        ms_rearm(h, kind, fd);
+        hp_ms_rearm(h, kind, fd);
         break;
       case HP_MS_PARK:
         ms_park(h, fd);
@@ -143,12 +143,6 @@ hp_ms_complete(struct hio_hotpath *h, unsigned kind, int fd, uint32_t gen, int r
         break;
     }
     return v;
-}
-
-void
-hp_ms_delivered(struct hio_hotpath *h, unsigned kind, int fd, struct hp_ms_verdict v)
-{
-    if (v.rearm) ms_rearm(h, kind, fd);
 }
 
 int

@@ -29,7 +29,15 @@ struct hp_ms_verdict {
  * hands to hp_ms_delivered. */
 struct hp_ms_verdict hp_ms_complete(struct hio_hotpath *h, unsigned kind, int fd, uint32_t gen, int res,
                                     unsigned flags);
-void hp_ms_delivered(struct hio_hotpath *h, unsigned kind, int fd, struct hp_ms_verdict v);
+/* Arms kind on fd again after a transient end (parks a recv, or reports
+ * -EBUSY for an accept, when no SQE can be had). */
+void hp_ms_rearm(struct hio_hotpath *h, unsigned kind, int fd);
+
+static inline void
+hp_ms_delivered(struct hio_hotpath *h, unsigned kind, int fd, struct hp_ms_verdict v)
+{
+    if (v.rearm) hp_ms_rearm(h, kind, fd);
+}
 /* Whether a CQE of a multishot request ends it (accounting in a teardown). */
 int hp_ms_final(unsigned kind, int res, unsigned flags);
 

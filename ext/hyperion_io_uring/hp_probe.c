@@ -46,7 +46,7 @@ probe_reap(void *ctx)
 {
     struct probe_wait *p = ctx;
 
-    return p->ring.reap(p->ring.ctx);
+    return p->ring.ops->reap(p->ring.ctx);
 }
 
 /* Whether a completion of op is first in the queue; others are dropped. */
@@ -63,6 +63,8 @@ probe_ready(void *ctx)
     return 0;
 }
 
+static const struct hio_wait_ops probe_wait_ops = { probe_reap, probe_ready, NULL, NULL };
+
 /* The next completion of op, within a second (GVL held, not interruptible:
  * the probe is short and bounded). */
 static int
@@ -75,10 +77,8 @@ probe_next(struct hio_hotpath *h, int op, struct hio_completion *out)
     p.op = op;
     hio_hp_wait_plan(h, &p.ring, 1, 1.0, 0, 0);
     w = p.ring;
+    w.ops = &probe_wait_ops;
     w.ctx = &p;
-    w.reap = probe_reap;
-    w.ready = probe_ready;
-    w.broken = NULL;
     if (hio_wait_held(&w) < 0) return -EIO;
     if (!probe_ready(&p)) return -ETIMEDOUT;
     hio_hp_pop(h, out);
@@ -98,6 +98,7 @@ hio_hp_probe(char *reason, size_t cap)
     struct sockaddr_in addr;
     int lfd = -1, cfd = -1, sfd = -1, ret;
     const char *step = "";
+    const unsigned char *data;
     unsigned len;
 
     if (!h) {
@@ -125,11 +126,11 @@ hio_hp_probe(char *reason, size_t cap)
     if ((ret = hio_hp_submit_recv(h, sfd)) < 0) goto fail;
     if (write(cfd, "hyperion", 8) != 8) { ret = -errno; step = "loopback write"; goto fail; }
     if ((ret = probe_next(h, HIO_OP_RECV, &c)) < 0) goto fail;
-    if (c.result != 8 || c.buf_id < 0 || memcmp(hio_hp_buffer(h, (unsigned)c.buf_id, &len), "hyperion", 8) != 0) {
+    if (c.result != 8 || hio_hp_buffer(h, c.buf_id, &data, &len) < 0 || memcmp(data, "hyperion", 8) != 0) {
         ret = c.result < 0 ? (int)c.result : -EIO;
         goto fail;
     }
-    hio_hp_release(h, (unsigned)c.buf_id);
+    hio_hp_release(h, c.buf_id);
     hio_hp_close(h, 0);
     hio_hp_free(h);
     close(sfd);

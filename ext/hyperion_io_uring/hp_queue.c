@@ -21,7 +21,7 @@ hp_sqe(struct hio_hotpath *h)
         /* SQ full: push it to the kernel now. With the CQ overflowing the
          * kernel may refuse (EBUSY) until the next reap; the caller then
          * gets NULL (-EBUSY). Never reap here: handlers call this. */
-        h->st.submits++;
+        h->st.io.submits++;
         io_uring_submit(&h->uring);
         sqe = io_uring_get_sqe(&h->uring);
     }
@@ -52,19 +52,6 @@ int
 hp_sq_taken(const struct hio_hotpath *h, uint32_t pos)
 {
     return (int32_t)(io_uring_smp_load_acquire(h->uring.sq.khead) - pos) > 0;
-}
-
-void
-hp_push(struct hio_hotpath *h, int op, int fd, int64_t res, int32_t bid, uint32_t flags)
-{
-    struct hio_completion *c = hio_fifo_push(&h->done, sizeof(*c), 64);
-
-    if (!c) { h->healthy = 0; return; }
-    c->op_kind = op;
-    c->fd = fd;
-    c->result = res;
-    c->buf_id = bid;
-    c->flags = flags;
 }
 
 int

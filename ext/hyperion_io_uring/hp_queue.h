@@ -25,8 +25,19 @@ int hp_prep_cancel(struct hio_hotpath *h, uint64_t target);
 uint32_t hp_sq_last(const struct hio_hotpath *h);
 /* Whether the kernel has taken the SQE at SQ position pos. */
 int hp_sq_taken(const struct hio_hotpath *h, uint32_t pos);
-/* Queues a completion for Ruby. */
-void hp_push(struct hio_hotpath *h, int op, int fd, int64_t res, int32_t bid, uint32_t flags);
+/* Queues a completion for Ruby (inline: every CQE goes through it). */
+static inline void
+hp_push(struct hio_hotpath *h, int op, int fd, int64_t res, int32_t bid, uint32_t flags)
+{
+    struct hio_completion *c = hio_fifo_push(&h->done, sizeof(*c), 64);
+
+    if (!c) { h->healthy = 0; return; }
+    c->op_kind = op;
+    c->fd = fd;
+    c->result = res;
+    c->buf_id = bid;
+    c->flags = flags;
+}
 /* Frees Ruby's completion queue. */
 void hp_queue_teardown(struct hio_hotpath *h);
 

@@ -14,8 +14,8 @@
 #include <string.h>
 #include <sys/uio.h>
 
-static int
-slots_grow(struct hio_hotpath *h)
+int
+hp_slots_grow(struct hio_hotpath *h)
 {
     unsigned n = h->nsends ? h->nsends * 2 : 64, i;
     struct hio_send *ns;
@@ -32,42 +32,6 @@ slots_grow(struct hio_hotpath *h)
     h->send_free = (int32_t)h->nsends;
     h->nsends = n;
     return 0;
-}
-
-int32_t
-hp_slot_new(struct hio_hotpath *h, const struct iovec *iov, unsigned iovcnt, size_t len)
-{
-    struct hio_send *s;
-    size_t off = 0;
-    unsigned i;
-    int32_t slot;
-
-    if (h->send_free < 0 && slots_grow(h) < 0) return -1;
-    slot = h->send_free;
-    s = &h->sends[slot];
-    if (!(s->data = malloc(len))) return -1;
-    h->send_free = s->next;
-    s->next = -1;
-    for (i = 0; i < iovcnt; i++) {
-        memcpy(s->data + off, iov[i].iov_base, iov[i].iov_len);
-        off += iov[i].iov_len;
-    }
-    s->len = len;
-    s->off = 0;
-    return slot;
-}
-
-void
-hp_slot_free(struct hio_hotpath *h, int32_t slot)
-{
-    struct hio_send *s = &h->sends[slot];
-
-    free(s->data);
-    s->data = NULL;
-    s->fd = -1;
-    s->inflight = s->cancelled = 0;
-    s->next = h->send_free;
-    h->send_free = slot;
 }
 
 void

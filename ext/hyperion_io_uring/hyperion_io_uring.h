@@ -34,9 +34,9 @@ extern VALUE hio_eRingError;
 /* ---- errors.c ---- */
 NORETURN(void hio_raise_errno(int err, const char *fmt, ...));
 NORETURN(void hio_raise_closed(void));
-/* Raises ForkError / ThreadError unless the caller may use (use) a ring of
+/* Raises ForkError / ThreadError for owner.c's verdict v on a ring of
  * class cls owned by o. */
-void hio_raise_unless_owner(const struct hio_owner *o, enum hio_owner_use use, const char *cls);
+NORETURN(void hio_raise_owner(const struct hio_owner *o, enum hio_owner_verdict v, const char *cls));
 /* Raises Unsupported unless IOUring.<probe> is true (reason_method says why). */
 void hio_require_supported(const char *what, const char *probe, const char *reason_method);
 void hio_init_errors(VALUE mIOUring);
@@ -67,8 +67,5 @@ void hio_init_module(VALUE mIOUring);
 void hio_init_ring_class(VALUE mIOUring);
 void hio_init_hotpath_class(VALUE mIOUring);
 void hio_init_hotpath_buffers(VALUE cHotpathRing);
-/* hotpath_class.c: the engine of a HotpathRing the caller may use now, or
- * an exception saying why not (closed, forked, another thread). */
-struct hio_hotpath *hio_hotpath_usable(VALUE self);
 
 #endif

@@ -27,72 +27,34 @@
  * checks run on every call) and refreshed by a pthread_atfork handler.
  *
  * Thread identity is pthread_self() for now; hio_thread_id and the two
- * owner_thread functions below are the only places that know it.
+ * hio_owner_*thread* functions in owner.h are the only places that know it.
+ * The checks are inline there: they run on every method call.
  */
 #include "owner.h"
 #include <stdio.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
-static pid_t owner_pid_cache;
+pid_t hio_owner_pid;
 
 static void
 owner_after_fork_child(void)
 {
-    owner_pid_cache = getpid();
-}
-
-static pid_t
-owner_pid_now(void)
-{
-    if (!owner_pid_cache) owner_pid_cache = getpid();
-    return owner_pid_cache;
-}
-
-static hio_thread_id
-owner_thread_now(void)
-{
-    return pthread_self();
-}
-
-static int
-owner_same_thread(hio_thread_id a, hio_thread_id b)
-{
-    return pthread_equal(a, b);
+    hio_owner_pid = getpid();
 }
 
 void
 hio_owner_process_init(void)
 {
-    owner_pid_cache = getpid();
+    hio_owner_pid = getpid();
     pthread_atfork(NULL, NULL, owner_after_fork_child);
 }
 
 void
 hio_owner_init(struct hio_owner *o)
 {
-    o->pid = owner_pid_now();
-    o->thread = owner_thread_now();
-}
-
-int
-hio_owner_forked(const struct hio_owner *o)
-{
-    return o->pid != owner_pid_now();
-}
-
-int
-hio_owner_other_thread(const struct hio_owner *o)
-{
-    return !owner_same_thread(o->thread, owner_thread_now());
-}
-
-enum hio_owner_verdict
-hio_owner_may(const struct hio_owner *o, enum hio_owner_use use)
-{
-    if (hio_owner_forked(o)) return use == HIO_USE_CLOSE ? HIO_OWNER_OK : HIO_OWNER_FORKED;
-    if (use != HIO_USE_INSPECT && hio_owner_other_thread(o)) return HIO_OWNER_OTHER_THREAD;
-    return HIO_OWNER_OK;
+    o->pid = hio_owner_pid;
+    o->thread = hio_owner_thread_now();
 }
 
 const char *
@@ -101,7 +63,7 @@ hio_owner_explain(const struct hio_owner *o, enum hio_owner_verdict v, const cha
     if (v == HIO_OWNER_FORKED)
         snprintf(buf, cap,
                  "%s was created in process %d and cannot be used in forked child %d; open a new ring in the child",
-                 cls, (int)o->pid, (int)owner_pid_now());
+                 cls, (int)o->pid, (int)hio_owner_pid);
     else
         snprintf(buf, cap, "%s belongs to the thread that created it; open one ring per thread (or per fiber)", cls);
     return buf;

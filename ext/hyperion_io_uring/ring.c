@@ -34,7 +34,8 @@ struct hio_sring {
     uint64_t seq;     /* request tokens */
     char *buf;        /* read scratch, owned here, never moved by the GC */
     size_t buf_cap;
-    uint64_t ops, waits, cancels;
+    uint64_t ops, cancels;
+    struct hio_wait_counts io; /* its waits */
     int busy;         /* a call is running; under a scheduler its fiber may be parked */
     unsigned char direct[3]; /* per hio_sreq_kind: calls left that submit and wait in one enter */
     struct {          /* the call in progress */
@@ -82,15 +83,17 @@ hio_sring_is_open(const struct hio_sring *r)
 }
 
 int
-hio_sring_busy(const struct hio_sring *r)
+hio_sring_may(const struct hio_sring *r, enum hio_owner_use use)
 {
-    return r->busy;
-}
+    int v;
 
-int
-hio_sring_wedged(const struct hio_sring *r)
-{
-    return r->wedged;
+    if (!r->inited) return HIO_REFUSE_CLOSED;
+    if ((v = (int)hio_owner_may(&r->owner, use)) != HIO_OWNER_OK) return v;
+    if (use == HIO_USE_INSPECT) return 0;
+    /* A forked child may close the parent's ring whatever runs there. */
+    if (r->busy && !(use == HIO_USE_CLOSE && hio_owner_forked(&r->owner))) return HIO_REFUSE_BUSY;
+    if (use == HIO_USE_CALL && r->wedged) return HIO_REFUSE_WEDGED;
+    return 0;
 }
 
 int
@@ -105,17 +108,11 @@ hio_sring_owner(const struct hio_sring *r)
     return &r->owner;
 }
 
-const char *
-hio_sring_buf(const struct hio_sring *r)
-{
-    return r->buf;
-}
-
 void
 hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out)
 {
     out->ops = r->ops;
-    out->waits = r->waits;
+    out->waits = r->io.waits;
     out->cancels = r->cancels;
     out->setup_flags = r->flags;
 }
@@ -224,8 +221,6 @@ sring_reap(struct hio_sring *r)
         if (r->op.pending && cqe->user_data == r->op.token) {
             r->op.pending = 0;
             r->op.req->res = cqe->res;
-            if (cqe->res > 0 && !r->op.polling && r->op.req->kind == HIO_SREQ_READ)
-                HIO_MEM_DEFINED(r->buf, (size_t)cqe->res);
         }
         /* else: the CQE of a cancel request; nothing else is in flight. */
     }
@@ -334,17 +329,25 @@ sring_wait_end(void *ctx, const struct hio_wait *w)
         }
     }
     r->busy = 0;
+    req->wedged = r->wedged;
+    if (req->done && req->kind == HIO_SREQ_READ && req->res > 0) {
+        HIO_MEM_DEFINED(r->buf, (size_t)req->res); /* the kernel wrote it */
+        req->data = r->buf;
+    }
     /* An exception ends the call: an fd accepted in the race would leak. */
     if (w->raised && req->done && req->kind == HIO_SREQ_ACCEPT && req->res >= 0) close(req->res);
 }
 
+static const struct hio_wait_ops sring_wait_ops = { sring_wait_reap, sring_wait_ready, NULL, sring_wait_end };
+
 void
 hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w)
 {
-    /* A call with no time left (timeout: 0) always peeks. */
-    int direct = r->direct[req->kind] > 0 && (req->deadline < 0 || req->deadline > hio_now());
+    /* A call with no time to wait (timeout: 0) always peeks. */
+    int direct = r->direct[req->kind] > 0 && req->timeout != 0;
 
-    req->res = req->done = req->fatal = 0;
+    req->res = req->done = req->fatal = req->wedged = 0;
+    req->data = NULL;
     r->op.req = req;
     r->op.pending = r->op.polling = 0;
     /* Under a Fiber scheduler the call can park its fiber; until it ends,
@@ -353,16 +356,15 @@ hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w)
     r->busy = 1;
     if (direct) r->direct[req->kind]--;
     sring_prep(r);
-    memset(w, 0, sizeof(*w));
     w->ring = &r->uring;
+    w->ops = &sring_wait_ops;
+    w->ctx = r;
+    w->counts = &r->io;
+    w->timeout = req->timeout;
     /* Submit and collect what completed inline (a connection already in
      * the backlog costs one io_uring_enter), then wait. */
     w->flags = HIO_WAIT_RUBY | HIO_WAIT_PEEK | (direct ? HIO_WAIT_NO_FIRST_PEEK : 0);
     w->want = 1;
-    w->deadline = req->deadline;
-    w->ctx = r;
-    w->reap = sring_wait_reap;
-    w->ready = sring_wait_ready;
-    w->end = sring_wait_end;
-    w->waits = &r->waits;
+    w->min_wait_us = 0;
+    w->err = w->timed_out = w->peek_missed = w->raised = 0;
 }

@@ -78,19 +78,33 @@ ringc_get(VALUE self)
     return rc;
 }
 
+/* The exception for why r may not be used now (hio_sring_may). */
+NORETURN(static void ringc_refuse(const struct hio_sring *r, int why));
+
+static void
+ringc_refuse(const struct hio_sring *r, int why)
+{
+    switch (why) {
+      case HIO_REFUSE_CLOSED:
+        hio_raise_closed();
+      case HIO_REFUSE_BUSY:
+        rb_raise(hio_eError, "Ring busy: another fiber is waiting in accept or read on it; "
+                             "use one ring per fiber (Hyperion::IOUring.fiber_ring)");
+      case HIO_REFUSE_WEDGED:
+        rb_raise(hio_eRingError, "ring wedged: a request could not be cancelled; close it and open a new one");
+      default:
+        hio_raise_owner(hio_sring_owner(r), (enum hio_owner_verdict)why, RINGC_CLASS);
+    }
+}
+
 /* The ring the caller may use now, or an exception saying why not. */
 static struct ringc *
 ringc_usable(VALUE self)
 {
     struct ringc *rc = ringc_get(self);
+    int why = hio_sring_may(rc->r, HIO_USE_CALL);
 
-    if (!hio_sring_is_open(rc->r)) hio_raise_closed();
-    hio_raise_unless_owner(hio_sring_owner(rc->r), HIO_USE_CALL, RINGC_CLASS);
-    if (hio_sring_busy(rc->r))
-        rb_raise(hio_eError, "Ring busy: another fiber is waiting in accept or read on it; "
-                             "use one ring per fiber (Hyperion::IOUring.fiber_ring)");
-    if (hio_sring_wedged(rc->r))
-        rb_raise(hio_eRingError, "ring wedged: a request could not be cancelled; close it and open a new one");
+    if (why) ringc_refuse(rc->r, why);
     return rc;
 }
 
@@ -100,8 +114,9 @@ static struct hio_sring *
 ringc_inspectable(VALUE self)
 {
     struct hio_sring *r = ringc_get(self)->r;
+    int why = hio_sring_may(r, HIO_USE_INSPECT);
 
-    if (hio_sring_is_open(r)) hio_raise_unless_owner(hio_sring_owner(r), HIO_USE_INSPECT, RINGC_CLASS);
+    if (why && why != HIO_REFUSE_CLOSED) ringc_refuse(r, why);
     return r;
 }
 
@@ -144,8 +159,7 @@ ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what)
     hio_sring_begin(rc->r, req, &w);
     hio_wait_ruby(&w, &rc->sched_io);
     if (req->fatal) hio_raise_errno(req->fatal, "io_uring_enter(%s fd %d)", what, req->fd);
-    if (hio_sring_wedged(rc->r))
-        rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, req->fd);
+    if (req->wedged) rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, req->fd);
     if (!req->done) return sym_wouldblock; /* timed out, request cancelled */
     return Qundef;
 }
@@ -177,7 +191,7 @@ ringc_accept(int argc, VALUE *argv, VALUE self)
     req.fd = hio_fd_arg(listener, "accept");
     rc = ringc_usable(self);
     req.kind = HIO_SREQ_ACCEPT;
-    req.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    req.timeout = timeout;
     res = ringc_run(rc, &req, "accept");
     if (res != Qundef) return res;
     if (req.res >= 0) return INT2FIX(req.res);
@@ -230,10 +244,10 @@ ringc_read(int argc, VALUE *argv, VALUE self)
     if (ret < 0) hio_raise_errno(ret, "read: buffer of %ld bytes", max);
     req.kind = HIO_SREQ_READ;
     req.len = (unsigned)max;
-    req.deadline = timeout < 0 ? -1.0 : hio_now() + timeout;
+    req.timeout = timeout;
     res = ringc_run(rc, &req, "read");
     if (res != Qundef) return res;
-    if (req.res >= 0) return rb_str_new(hio_sring_buf(rc->r), req.res); /* ASCII-8BIT */
+    if (req.res >= 0) return rb_str_new(req.data, req.res); /* ASCII-8BIT */
     switch (-req.res) {
       case EAGAIN: case EINTR: case ECANCELED:
         return sym_wouldblock;
@@ -254,14 +268,12 @@ static VALUE
 ringc_close(VALUE self)
 {
     struct ringc *rc = ringc_get(self);
-    const struct hio_owner *o = hio_sring_owner(rc->r);
+    int why = hio_sring_may(rc->r, HIO_USE_CLOSE);
 
-    if (hio_sring_is_open(rc->r)) {
-        hio_raise_unless_owner(o, HIO_USE_CLOSE, RINGC_CLASS);
-        if (hio_sring_busy(rc->r) && !hio_owner_forked(o))
-            rb_raise(hio_eError, "cannot close a Ring while another fiber waits in accept or read on it "
-                                 "(stop that fiber first)");
-    }
+    if (why == HIO_REFUSE_BUSY)
+        rb_raise(hio_eError, "cannot close a Ring while another fiber waits in accept or read on it "
+                             "(stop that fiber first)");
+    if (why && why != HIO_REFUSE_CLOSED) ringc_refuse(rc->r, why);
     hio_sring_close(rc->r);
     hio_sched_io_close(&rc->sched_io);
     return Qnil;

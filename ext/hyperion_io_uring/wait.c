@@ -347,7 +347,7 @@ hio_sched_io_close(VALUE *io_slot)
 static void
 wait_count_submit(const struct hio_wait *w)
 {
-    if (w->submits && io_uring_sq_ready(w->ring)) (*w->submits)++;
+    if (w->counts && io_uring_sq_ready(w->ring)) w->counts->submits++;
 }
 
 /* One blocking wait for a Ruby method: through the Fiber scheduler when
@@ -359,17 +359,39 @@ wait_ruby_once(struct hio_wait *w, double left, VALUE *sched_io)
     unsigned ready;
 
     if (wait_scheduler(w->ring, left, sched_io)) return hio_submit_get_events(w->ring);
-    ready = w->ready(w->ctx);
+    ready = w->ops->ready(w->ctx);
     if (w->min_wait_us && (w->flags & HIO_WAIT_BATCH) && w->want > ready + 1) {
-        if (w->batch_waits) (*w->batch_waits)++;
+        if (w->counts) w->counts->batch_waits++;
         return wait_nogvl(w->ring, w->want - ready, left, w->min_wait_us);
     }
     return wait_nogvl(w->ring, 1, left, 0);
 }
 
+enum { WAIT_LOOK_BLOCK = 0, WAIT_LOOK_DONE = 1, WAIT_LOOK_AGAIN = 2 };
+
+/* A look that never blocks and never raises: reap what the CQ holds (peek:
+ * submit and let the kernel run deferred work first). WAIT_LOOK_DONE when
+ * ready() reached want, WAIT_LOOK_AGAIN when reaping queued requests worth
+ * another look, WAIT_LOOK_BLOCK, or a fatal -errno of the peek. */
+static inline int
+wait_look(struct hio_wait *w, int peek)
+{
+    int again = 0, ret;
+
+    if (peek) {
+        if ((ret = hio_submit_get_events(w->ring)) < 0) return ret;
+        again = w->ops->reap(w->ctx) == HIO_REAP_AGAIN;
+    } else if (io_uring_cq_ready(w->ring)) {
+        again = w->ops->reap(w->ctx) == HIO_REAP_AGAIN;
+    }
+    if (w->want > 0 && w->ops->ready(w->ctx) >= w->want) return WAIT_LOOK_DONE;
+    return again ? WAIT_LOOK_AGAIN : WAIT_LOOK_BLOCK;
+}
+
 /*
- * The wait: rounds of (peek or look at the CQ, wait, reap) until ready()
- * reaches want, the deadline passes or the ring fails.
+ * The wait: rounds of (look, wait, reap) until ready() reaches want, the
+ * timeout passes or the ring fails. look is the first round's look (peeked:
+ * it was a peek), which the caller made.
  *
  * A blocking wait asks the kernel for the first completion, not for the
  * number still missing: requests the ring starts itself while reaping (a
@@ -379,62 +401,67 @@ wait_ruby_once(struct hio_wait *w, double left, VALUE *sched_io)
  * min_wait_us with whatever is there.
  */
 static int
-wait_loop(struct hio_wait *w, VALUE *sched_io)
+wait_loop(struct hio_wait *w, VALUE *sched_io, int look, int peeked)
 {
-    int ruby = (w->flags & HIO_WAIT_RUBY) != 0, first = 1;
+    int ruby = (w->flags & HIO_WAIT_RUBY) != 0, peek = (w->flags & HIO_WAIT_PEEK) != 0;
+    double deadline = -1.0;
 
     for (;;) {
-        int again = 0, peeked = 0, ret;
         double left = -1.0;
+        int ret, again;
 
-        if ((w->flags & HIO_WAIT_PEEK) && !(first && (w->flags & HIO_WAIT_NO_FIRST_PEEK))) {
-            if ((ret = hio_submit_get_events(w->ring)) < 0) return ret;
-            again = w->reap(w->ctx) == HIO_REAP_AGAIN;
-            peeked = 1;
-        } else if (io_uring_cq_ready(w->ring)) {
-            again = w->reap(w->ctx) == HIO_REAP_AGAIN;
+        if (look < 0) return look;
+        if (look == WAIT_LOOK_DONE) return 0;
+        if (look == WAIT_LOOK_AGAIN) {
+            look = wait_look(w, peek);
+            peeked = peek;
+            continue;
         }
-        first = 0;
-        if (w->want > 0 && w->ready(w->ctx) >= w->want) return 0;
-        if (again) continue;
         if (w->flags & HIO_WAIT_POLL) {
             if (peeked) return 0;
             wait_count_submit(w);
             ret = hio_submit_get_events(w->ring);
-            w->reap(w->ctx);
+            w->ops->reap(w->ctx);
             return ret;
         }
         if (peeked) w->peek_missed = 1;
-        if (w->deadline >= 0) {
-            left = w->deadline - hio_now();
+        if (w->timeout >= 0) {
+            if (deadline < 0) {
+                deadline = hio_now() + w->timeout;
+                left = w->timeout;
+            } else {
+                left = deadline - hio_now();
+            }
             if (left <= 0) {
                 w->timed_out = 1;
                 return 0;
             }
         }
-        if (w->waits) (*w->waits)++;
+        if (w->counts) w->counts->waits++;
         wait_count_submit(w);
         if (ruby) ret = wait_ruby_once(w, left, sched_io);
         else ret = wait_held_slice(w->ring, 1, left < 0 || left > 0.05 ? 0.05 : left);
         if (ret < 0) {
-            if (w->broken) w->broken(w->ctx, ret);
+            if (w->ops->broken) w->ops->broken(w->ctx, ret);
             return ret;
         }
-        again = w->reap(w->ctx) == HIO_REAP_AGAIN;
+        again = w->ops->reap(w->ctx) == HIO_REAP_AGAIN;
         /* A batch window the kernel cannot make (no IORING_FEAT_MIN_TIMEOUT,
          * valgrind, a Fiber scheduler) ends at the first completion, as the
          * kernel's batch wait would once min_wait_us passed. */
-        if (w->ready(w->ctx) >= w->want || (w->min_wait_us && w->ready(w->ctx) > 0)) return 0;
-        if (again) continue;
+        if (w->ops->ready(w->ctx) >= w->want || (w->min_wait_us && w->ops->ready(w->ctx) > 0)) return 0;
         /* Raises Thread#raise / Timeout / Interrupt; runs trap handlers.
          * Whatever completed is reaped already. */
-        if (ruby) rb_thread_check_ints();
+        if (!again && ruby) rb_thread_check_ints();
+        look = wait_look(w, peek);
+        peeked = peek;
     }
 }
 
 struct wait_call {
     struct hio_wait *w;
     VALUE *sched_io;
+    int look, peeked;
 };
 
 static VALUE
@@ -442,34 +469,60 @@ wait_protected(VALUE p)
 {
     struct wait_call *c = (struct wait_call *)p;
 
-    c->w->err = wait_loop(c->w, c->sched_io);
+    c->w->err = wait_loop(c->w, c->sched_io, c->look, c->peeked);
     return Qnil;
+}
+
+/* The first look, which neither blocks nor raises: a wait that finds what
+ * it wants there needs neither rb_protect nor a clock. */
+static inline int
+wait_first_look(struct hio_wait *w, int *peeked)
+{
+    *peeked = (w->flags & HIO_WAIT_PEEK) && !(w->flags & HIO_WAIT_NO_FIRST_PEEK);
+    return wait_look(w, *peeked);
+}
+
+/* The rest of hio_wait_ruby, once the first look found it must wait. */
+static int __attribute__((noinline))
+wait_ruby_rounds(struct hio_wait *w, VALUE *sched_io, int look, int peeked)
+{
+    struct wait_call c;
+    int state = 0;
+
+    if (!w->ops->end) return w->err = wait_loop(w, sched_io, look, peeked);
+    /* The engine's end runs however the wait ends, before an exception
+     * leaves: it cancels and drains what the kernel still holds. */
+    c.w = w;
+    c.sched_io = sched_io;
+    c.look = look;
+    c.peeked = peeked;
+    rb_protect(wait_protected, (VALUE)&c, &state);
+    w->raised = state != 0;
+    w->ops->end(w->ctx, w);
+    if (state) rb_jump_tag(state);
+    return w->err;
 }
 
 int
 hio_wait_ruby(struct hio_wait *w, VALUE *sched_io)
 {
-    struct wait_call c;
-    int state = 0;
+    int peeked, look = wait_first_look(w, &peeked);
 
-    if (!w->end) return w->err = wait_loop(w, sched_io);
-    /* The engine's end runs however the wait ends, before an exception
-     * leaves: it cancels and drains what the kernel still holds. */
-    c.w = w;
-    c.sched_io = sched_io;
-    rb_protect(wait_protected, (VALUE)&c, &state);
-    w->raised = state != 0;
-    w->end(w->ctx, w);
-    if (state) rb_jump_tag(state);
+    if (look != WAIT_LOOK_DONE && look >= 0) return wait_ruby_rounds(w, sched_io, look, peeked);
+    w->err = look < 0 ? look : 0;
+    if (w->ops->end) w->ops->end(w->ctx, w);
     return w->err;
 }
 
 int
 hio_wait_held(struct hio_wait *w)
 {
+    int peeked, look;
+
     w->flags &= ~(unsigned)HIO_WAIT_RUBY;
-    w->err = wait_loop(w, NULL);
-    if (w->end) w->end(w->ctx, w);
+    look = wait_first_look(w, &peeked);
+    w->err = wait_loop(w, NULL, look, peeked);
+    if (w->ops->end) w->ops->end(w->ctx, w);
     return w->err;
 }
 

@@ -40,30 +40,42 @@ enum hio_wait_flag {
  * once (with HIO_WAIT_PEEK the next round then peeks before it waits). */
 #define HIO_REAP_AGAIN 1
 
-struct hio_wait {
-    struct io_uring *ring;
-    unsigned flags;          /* enum hio_wait_flag */
-    unsigned want;           /* the wait ends once ready() >= want */
-    double deadline;         /* hio_now() seconds; < 0: none */
-    /* > 0: a batch window. With HIO_WAIT_BATCH the kernel waits for want
-     * completions for at most min_wait_us, then returns as soon as one is
-     * there; elsewhere the wait ends at the first completion. Either way
-     * the caller may get fewer than want. */
-    unsigned min_wait_us;
-    /* The engine's side, called with the GVL held; none of them raises. */
-    void *ctx;
+struct hio_wait;
+
+/* The engine's side of a wait, called with the GVL held; none raises. */
+struct hio_wait_ops {
     int (*reap)(void *ctx);              /* reaps the CQ: 0 or HIO_REAP_AGAIN */
     unsigned (*ready)(void *ctx);        /* how much of what the caller wants is there */
     void (*broken)(void *ctx, int err);  /* optional: a blocking wait failed (-errno) */
     /* Optional: runs when the wait is over, also when it ends with an
      * exception (then raised is set and the exception goes on afterwards). */
     void (*end)(void *ctx, const struct hio_wait *w);
-    /* Optional counters: waits (enters that may block), batch waits,
-     * submits (enters that hand SQEs to the kernel). */
-    uint64_t *waits, *batch_waits, *submits;
-    /* Results. */
+};
+
+/* What waits add to: enters that may block, kernel batch waits, enters
+ * that hand SQEs to the kernel. */
+struct hio_wait_counts {
+    uint64_t waits, batch_waits, submits;
+};
+
+struct hio_wait {
+    struct io_uring *ring;
+    const struct hio_wait_ops *ops;
+    void *ctx;                       /* the ops' argument */
+    struct hio_wait_counts *counts;  /* optional */
+    /* Seconds it may block, < 0: no limit. Counted from the first time it
+     * would block, so a wait that finds what it wants reads no clock. */
+    double timeout;
+    unsigned flags;                  /* enum hio_wait_flag */
+    unsigned want;                   /* the wait ends once ready() >= want */
+    /* > 0: a batch window. With HIO_WAIT_BATCH the kernel waits for want
+     * completions for at most min_wait_us, then returns as soon as one is
+     * there; elsewhere the wait ends at the first completion. Either way
+     * the caller may get fewer than want. */
+    unsigned min_wait_us;
+    /* Results (the engine sets them to 0). */
     int err;                 /* -errno that ended the wait, or 0 */
-    int timed_out;           /* the deadline passed first */
+    int timed_out;           /* the timeout passed first */
     int peek_missed;         /* a peek found nothing: the request had to wait */
     int raised;              /* for end: an exception ends the wait */
 };
