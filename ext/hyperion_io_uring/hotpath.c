@@ -10,9 +10,10 @@
  * per connection into the provided-buffer ring, and sends, all reaped in
  * batches. Lifetimes: every request the kernel holds is counted in
  * h->inflight until its final CQE. Payloads of sends are ring-owned copies
- * (hp_slots.c); recv buffers are the buffer ring's. close() cancels and
- * drains until inflight is 0, and leaks (never frees) memory the kernel may
- * still write if that fails.
+ * (hp_slots.c); recv buffers are the buffer ring's. Closing cancels
+ * everything and drains until inflight is 0 (#close waits up to a second;
+ * the GC never waits), and leaks (never frees) memory the kernel may still
+ * write if that fails.
  */
 #include "hp.h"
 #include "registry.h"
