@@ -12,8 +12,8 @@
  * h->inflight until its final CQE. Payloads of sends are ring-owned copies
  * (hp_slots.c); recv buffers are the buffer ring's. Closing cancels
  * everything and drains until inflight is 0 (#close waits up to a second;
- * the GC never waits), and leaks (never frees) memory the kernel may still
- * write if that fails.
+ * the GC never waits; another thread cannot cancel), and frees memory only
+ * once nothing can touch it any more (hio_hp_close says when).
  */
 #include "hp.h"
 #include "registry.h"
@@ -225,6 +225,7 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
     if (cq < 256) cq = 256;
     if (cq < n_bufs * 2) cq = n_bufs * 2;
     if (cq > HP_MAX_CQ) cq = HP_MAX_CQ;
+    hio_owner_release_deferred();
     h->uring.ring_fd = -1;
     h->send_free = -1;
     ret = hio_queue_init(&h->uring, depth, cq, &h->flags);
@@ -437,9 +438,9 @@ hio_hp_leaked_rings(void)
 }
 
 static void
-hp_free_tables(struct hio_hotpath *h, int kernel_may_write)
+hp_free_tables(struct hio_hotpath *h, enum hio_release inflight_fate)
 {
-    hp_slots_teardown(h, kernel_may_write);
+    hp_slots_teardown(h, inflight_fate);
     hp_conns_teardown(h);
     hp_ms_teardown(h);
     hp_queue_teardown(h);
@@ -484,19 +485,34 @@ hp_drain_all(struct hio_hotpath *h, double budget)
 }
 
 /*
- * #close drains for at most HP_CLOSE_DRAIN_SECONDS. The GC (from_gc) never
- * waits: a finalizer must not block, and it may run on any thread. It
- * cancels and reaps what the kernel gives back at once (cancels of
- * poll-armed accepts, recvs and sends complete inline); whatever is still
- * in flight after that keeps its memory: the buffer ring and those send
- * payloads are leaked, never freed under the kernel, and counted in
- * hio_hp_leaked_rings. Closing the ring fd then makes the kernel cancel the
- * rest on its own.
+ * #close drains for at most HP_CLOSE_DRAIN_SECONDS; the GC (from_gc) never
+ * waits: a finalizer must not block, and it may run on any thread. Only
+ * the owner thread can cancel (a SINGLE_ISSUER ring refuses any other task
+ * with EEXIST), so another thread (#close once the owner ended, or the GC)
+ * does not drain at all, and a drain stops at the first fatal error.
+ *
+ * Then the ring is exited (munmap and close, no io_uring_enter) and its
+ * memory released as soon as nothing can touch it (owner.c, "Memory after
+ * the owner", lists who could):
+ * - nothing in flight any more, or the owner task gone: all of it, now;
+ * - otherwise, on a DEFER_TASKRUN ring: the recv buffers now. They are
+ *   written only by recv task_work, which on such a ring runs only inside
+ *   an io_uring_enter on this ring by its owner task (multishot recvs never
+ *   run in io-wq), and nobody can enter it once its fd is closed here: the
+ *   owner thread is either us or not inside a call on it (each_completion
+ *   refuses #close; the GC never frees a ring a frame still uses). The
+ *   payloads of sends still in flight wait for the owner task to be gone
+ *   (a send can be in its io-wq);
+ * - otherwise (COOP_TASKRUN or no flags, kernels before 6.1): task_work
+ *   runs whenever the owner returns to user space, so buffers and payloads
+ *   wait for the owner task to be gone.
+ * Memory that waits is counted in hio_hp_leaked_rings (the ring, once).
  */
 void
 hio_hp_close(struct hio_hotpath *h, int from_gc)
 {
-    int kernel_may_write;
+    enum hio_release bufs_fate = HIO_RELEASE_NOW, sends_fate = HIO_RELEASE_NOW;
+    int self, held;
 
     if (!h->inited) return;
     hio_registry_remove(h);
@@ -504,30 +520,33 @@ hio_hp_close(struct hio_hotpath *h, int from_gc)
     if (hio_owner_forked(&h->owner)) {
         /* The child never submits to, cancels on or unregisters from the
          * parent's ring; its buffer memory was never mapped here (DONTFORK). */
-        hio_bufring_teardown(&h->bufs, NULL, 1);
+        hio_bufring_teardown(&h->bufs, NULL, HIO_RELEASE_FORGET, NULL);
         hio_owner_forget_ring(&h->uring);
-        hp_free_tables(h, 1);
+        hp_free_tables(h, HIO_RELEASE_FORGET);
         h->inited = 0;
         h->closed = 1;
         return;
     }
-    if (hio_owner_other_thread(&h->owner)) {
-        /* Only the GC gets here (methods check the thread). A single-issuer
-         * ring refuses submissions from this thread, so nothing can be
-         * cancelled: closing the fd makes the kernel cancel, but not
-         * synchronously, so what it may still write is leaked. */
-        kernel_may_write = h->inflight > 0;
-    } else {
-        hp_drain_all(h, from_gc ? 0 : HP_CLOSE_DRAIN_SECONDS);
-        kernel_may_write = h->inflight > 0;
+    self = !hio_owner_other_thread(&h->owner);
+    if (self) hp_drain_all(h, from_gc ? 0 : HP_CLOSE_DRAIN_SECONDS);
+    else h->closing = 1;
+    held = h->inflight > 0; /* the kernel still holds requests of ours */
+    if (held && (self || !hio_owner_task_gone(&h->owner))) {
+        sends_fate = HIO_RELEASE_DEFER;
+        if (!(h->flags & IORING_SETUP_DEFER_TASKRUN)) bufs_fate = HIO_RELEASE_DEFER;
     }
     hp_conn_close_leftovers(h);
-    if (kernel_may_write) hp_leaked_rings++;
-    hio_bufring_teardown(&h->bufs, &h->uring, kernel_may_write);
+    if (sends_fate == HIO_RELEASE_DEFER && hp_slots_inflight(h)) hp_leaked_rings++;
+    else if (bufs_fate == HIO_RELEASE_DEFER) hp_leaked_rings++;
+    /* Unregistering is an io_uring_register call: only the owner may, and
+     * only once the kernel gave every buffer back; exiting the ring drops
+     * the registration anyway. */
+    hio_bufring_teardown(&h->bufs, self && !held ? &h->uring : NULL, bufs_fate, &h->owner);
     io_uring_queue_exit(&h->uring);
-    hp_free_tables(h, kernel_may_write);
+    hp_free_tables(h, sends_fate);
     h->inited = 0;
     h->closed = 1;
+    hio_owner_release_deferred();
 }
 
 /* ---- what the bindings read ---- */

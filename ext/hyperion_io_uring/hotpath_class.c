@@ -28,6 +28,7 @@ hpc_mark(void *p)
 {
     struct hpc *hc = p;
     if (hc->sched_io) rb_gc_mark(hc->sched_io);
+    if (hc->owner_thread) rb_gc_mark(hc->owner_thread);
 }
 
 /* The GC's close never blocks and never raises (hio_hp_close says what it
@@ -65,6 +66,7 @@ hpc_alloc(VALUE klass)
     VALUE obj = TypedData_Make_Struct(klass, struct hpc, &hio_hotpath_type, hc);
 
     hc->sched_io = Qnil;
+    hc->owner_thread = Qnil;
     if (!(hc->h = hio_hp_new())) rb_memerror(); /* not open: safe to free before initialize ran */
     return obj;
 }
@@ -113,6 +115,7 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     if (ret < 0)
         hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", hio_hp_open_error(h), depth, n_bufs,
                         buf_size);
+    RB_OBJ_WRITE(self, &hpc_get(self)->owner_thread, rb_thread_current());
     return self;
 }
 
@@ -422,9 +425,16 @@ hpc_flush(VALUE self)
  *
  * Cancels everything in flight, waits (at most a second) for the kernel to
  * give it all back, unregisters and frees the buffer ring, and closes the
- * ring. Idempotent. If the kernel does not give everything back, the
- * memory it could still write is leaked rather than freed. In a forked
- * child it only drops the child's reference.
+ * ring. Idempotent. Memory the kernel could still touch is released only
+ * once it cannot (see docs/RELIABILITY.md): with a DEFER_TASKRUN ring the
+ * recv buffers always go at once; payloads of sends still in flight wait
+ * until the owner thread's kernel task has exited. In a forked child it
+ * only drops the child's reference.
+ *
+ * From another thread: ThreadError while the thread that opened the ring is
+ * alive. Once it has ended, any thread may close the ring: nothing can be
+ * cancelled then (the kernel refuses other threads), so the ring is exited
+ * without a drain, and its memory is released as above.
  */
 static VALUE
 hpc_close(VALUE self)
@@ -432,6 +442,7 @@ hpc_close(VALUE self)
     struct hpc *hc = hpc_get(self);
     int why = hio_hp_may(hc->h, HIO_USE_CLOSE);
 
+    if (why == HIO_OWNER_OTHER_THREAD && hio_owner_thread_ended(hc->owner_thread)) why = 0;
     if (why == HIO_REFUSE_CLOSED) return Qnil;
     if (why) hio_hotpath_refuse(hc->h, why);
     if (hc->in_each)

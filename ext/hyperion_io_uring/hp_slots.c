@@ -1,13 +1,16 @@
 /*
  * hp_slots.c: send slots and their memory.
  *
- * Layer: bottom of the hot path. Calls libc only.
+ * Layer: bottom of the hot path. Calls libc, and owner.c at teardown.
  *
  * A slot holds one submitted send: its payload, copied into ring-owned
  * memory before submit_send returns (the caller's String or iovecs may be
  * freed or moved the moment it does), and where it stands. The kernel holds
  * s->data while the send is in flight, never &sends[i], so the array may
  * move when it grows. Free slots form a list through next.
+ *
+ * Layer note: teardown hands payloads still in flight to owner.c when they
+ * must outlive the ring (hotpath.c decides).
  */
 #include "hp_slots.h"
 #include <stdlib.h>
@@ -35,15 +38,27 @@ hp_slots_grow(struct hio_hotpath *h)
 }
 
 void
-hp_slots_teardown(struct hio_hotpath *h, int kernel_may_read)
+hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate)
 {
     unsigned i;
 
     for (i = 0; i < h->nsends; i++) {
-        if (h->sends[i].data && !(kernel_may_read && h->sends[i].inflight)) free(h->sends[i].data);
+        struct hio_send *s = &h->sends[i];
+        if (!s->data) continue;
+        if (!s->inflight || inflight_fate == HIO_RELEASE_NOW) free(s->data);
+        else if (inflight_fate == HIO_RELEASE_DEFER) hio_owner_defer_release(&h->owner, HIO_MEM_FREE, s->data, s->len);
     }
     free(h->sends);
     h->sends = NULL;
     h->nsends = 0;
     h->send_free = -1;
+}
+
+unsigned
+hp_slots_inflight(const struct hio_hotpath *h)
+{
+    unsigned i, n = 0;
+
+    for (i = 0; i < h->nsends; i++) n += h->sends[i].data && h->sends[i].inflight;
+    return n;
 }

@@ -52,8 +52,11 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
     s->next = h->send_free;
     h->send_free = slot;
 }
-/* Frees the pool. A payload the kernel may still read (its send is in
- * flight and kernel_may_read is set) is leaked instead. */
-void hp_slots_teardown(struct hio_hotpath *h, int kernel_may_read);
+/* Frees the pool. A payload whose send is still in flight gets inflight_fate
+ * (hotpath.c decides: now, deferred until the owner task is gone, or
+ * forgotten in a forked child); the others are freed. */
+void hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate);
+/* Payloads whose send the kernel still holds. */
+unsigned hp_slots_inflight(const struct hio_hotpath *h);
 
 #endif

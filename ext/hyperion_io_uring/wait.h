@@ -95,7 +95,8 @@ struct hio_drain {
     int (*step)(void *ctx);  /* reaps (GVL held, never raises); nonzero once drained */
 };
 
-/* 0 once drained, -ETIME when the budget ran out first. */
+/* 0 once drained, -ETIME when the budget ran out first, or the fatal
+ * -errno that ended it at once (the ring refuses this task, its fd is gone). */
 int hio_drain(const struct hio_drain *d);
 
 /* Submits what is queued and flushes completions without blocking (GVL
