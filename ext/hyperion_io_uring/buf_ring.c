@@ -67,7 +67,11 @@ hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsi
     reg.ring_addr = (unsigned long)(uintptr_t)b->br;
     reg.ring_entries = n;
     reg.bgid = bgid;
-    ret = io_uring_register_buf_ring(ring, &reg, 0);
+    /* EINTR: kernels that quiesce the ring for a registration wait
+     * interruptibly; the registration did not happen, so try again. */
+    for (i = 0; i < 100; i++) {
+        if ((ret = io_uring_register_buf_ring(ring, &reg, 0)) != -EINTR) break;
+    }
     if (ret < 0) {
         hio_bufring_teardown(b, NULL, HIO_RELEASE_NOW, NULL);
         return ret;

@@ -24,7 +24,8 @@ enum hio_refusal {
 
 /* ---- probe.c ---- */
 
-/* Sets up and tears down a two-entry ring: 0, or the -errno of the setup. */
+/* Sets up and tears down a two-entry ring: 0, or the -errno of the setup
+ * (EINTR and EAGAIN were retried by setup.c). */
 int hio_probe_native(void);
 
 /* ---- ring.c: the single-shot Ring ---- */
@@ -173,7 +174,11 @@ unsigned long hio_hp_leaked_rings(void);
 
 /* ---- hp_probe.c ---- */
 
-/* The functional hot-path probe: NULL when it worked, else reason. */
-const char *hio_hp_probe(char *reason, size_t cap);
+/* The functional hot-path probe: NULL when it worked, else reason, with
+ * *err the -errno of the step that failed (transient ones were retried). */
+const char *hio_hp_probe(char *reason, size_t cap, int *err);
+/* Whether a probe's -errno (or errno) is transient: a signal, a momentary
+ * shortage. Such a failure must not be taken as the host's answer. */
+int hio_probe_transient(int err);
 
 #endif

@@ -585,12 +585,20 @@ hpc_stats(VALUE self)
  *
  * Runs the functional hot-path probe: nil when a multishot accept and a
  * multishot recv into a buffer ring completed on loopback, else the reason.
+ * Signals never fail it (an interrupted connect is waited for). A step
+ * that fails with a transient error (EINTR, EAGAIN, ENOMEM, EMFILE, ...)
+ * is retried a few times; if it still fails, this raises that
+ * SystemCallError (Errno::*) instead of returning a reason, so the caller
+ * does not take a momentary failure for the host's answer.
  */
 static VALUE
 hpc_s_probe(VALUE klass)
 {
     char reason[256];
-    const char *r = hio_hp_probe(reason, sizeof(reason));
+    int err = 0;
+    const char *r = hio_hp_probe(reason, sizeof(reason), &err);
+
+    if (r && hio_probe_transient(err)) rb_syserr_fail(-err, r);
     return r ? rb_str_new_cstr(r) : Qnil;
 }
 
