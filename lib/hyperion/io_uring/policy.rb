@@ -2,18 +2,18 @@
 
 module Hyperion
   module IOUring
-    class << self
-      # Errors of a probe that say nothing about the host: a signal, a
-      # momentary shortage of memory, fds or ports. The probes retry them a
-      # few times; a probe that still fails with one answers false but is not
-      # cached, so the next call probes again. (ENOMEM is among them: on
-      # kernels before 5.12 it means RLIMIT_MEMLOCK and will not go away,
-      # which costs a failed setup per call there; caching it would turn a
-      # moment of memory pressure into a slow path for the life of the
-      # process.)
-      TRANSIENT_ERRNOS = %w[EINTR EAGAIN EBUSY ENOMEM ENOBUFS EMFILE ENFILE EADDRINUSE EADDRNOTAVAIL]
-                         .filter_map { |n| Errno.const_get(n)::Errno if Errno.const_defined?(n) }.uniq.freeze
+    # Errors of a probe that say nothing about the host: a signal, a
+    # momentary shortage of memory, fds or ports. The probes retry them a
+    # few times; a probe that still fails with one answers false but is not
+    # cached, so the next call probes again. (ENOMEM is among them: on
+    # kernels before 5.12 it means RLIMIT_MEMLOCK and will not go away,
+    # which costs a failed setup per call there; caching it would turn a
+    # moment of memory pressure into a slow path for the life of the
+    # process.)
+    TRANSIENT_ERRNOS = %w[EINTR EAGAIN EBUSY ENOMEM ENOBUFS EMFILE ENFILE EADDRINUSE EADDRNOTAVAIL]
+                       .filter_map { |n| Errno.const_get(n)::Errno if Errno.const_defined?(n) }.uniq.freeze
 
+    class << self
       # Whether this host can use io_uring: Linux, a kernel of at least
       # {MIN_LINUX_KERNEL}, an extension built with liburing, and a ring that
       # really sets up. Probed once and cached; {reset!} clears the cache.
