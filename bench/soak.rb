@@ -208,7 +208,13 @@ module Soak
     end
 
     def on_recv(fd, res, bid)
-      return unless @pending.key?(fd) # a cancelled recv of a connection closed already
+      unless @pending.key?(fd)
+        # A connection closed already: its cancelled recv's end, or bytes a
+        # dropped slow reader sent before the cancel reached the recv (the
+        # buffer goes back).
+        @ring.release_buffer(bid) if res.positive?
+        return
+      end
 
       if res.positive?
         data = @ring.take_buffer(bid, res)
