@@ -126,11 +126,11 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     got += completions_within(ring, 0.05)
     expect(got.map { |c| c[:result] }).to eq([65_536] * 8)
     expect(ring.stats[:close_timeouts]).to eq(0)
-    # The deadline went with the close: an idle wait is one wait, not a
-    # wake-up at a stale deadline.
+    # The deadline went with the close: an idle wait is one wait, not
+    # wake-ups at a stale deadline (under valgrind, waits are 10 ms slices).
     waits = ring.stats[:waits]
     ring.each_completion(timeout_ms: 300) { |_| nil }
-    expect(ring.stats[:waits] - waits).to be <= 2
+    expect(ring.stats[:waits] - waits).to be <= (slow > 1 ? 60 : 2)
   end
 
   it "meets several deadlines in their order, whatever order they were given in" do
