@@ -14,6 +14,7 @@ VALUE hio_eUnsupported;
 VALUE hio_eForkError;
 VALUE hio_eThreadError;
 VALUE hio_eRingError;
+VALUE hio_eSendBufferFull;
 
 /* Hyperion::IOUring, whose policy methods hio_require_supported asks. */
 static VALUE errors_mIOUring;
@@ -94,4 +95,5 @@ hio_init_errors(VALUE mIOUring)
     hio_eForkError = rb_define_class_under(mIOUring, "ForkError", hio_eError);
     hio_eThreadError = rb_define_class_under(mIOUring, "ThreadError", hio_eError);
     hio_eRingError = rb_define_class_under(mIOUring, "RingError", hio_eError);
+    hio_eSendBufferFull = rb_define_class_under(mIOUring, "SendBufferFull", hio_eError);
 }

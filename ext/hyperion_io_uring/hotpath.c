@@ -14,6 +14,12 @@
  * everything and drains until inflight is 0 (#close waits up to a second;
  * the GC never waits; another thread cannot cancel), and frees memory only
  * once nothing can touch it any more (hio_hp_close says when).
+ *
+ * submit_close deadlines: the earliest one bounds every wait (wait.c asks
+ * hp_wait_wake_at), and each reap cancels the sends of the closes whose
+ * deadline has passed, so the deadline fires even when Ruby only waits and
+ * nothing else happens on the ring. No kernel timer and no SQE per close:
+ * one clock read per reap while deadlines are pending, none otherwise.
  */
 #include "hp.h"
 #include "registry.h"
@@ -73,6 +79,28 @@ hp_claim(struct hio_hotpath *h, int fd, struct hio_conn **out)
     }
     *out = c;
     return 0;
+}
+
+/* ---- close deadlines ---- */
+
+/* The QUEUED closes whose deadline has passed: their sends are cancelled
+ * (completions with -ECANCELED, or the bytes of one that finished first)
+ * and the close follows the last one's end (hp_send_complete). */
+static void
+hp_expire_closes(struct hio_hotpath *h)
+{
+    double now = hio_now();
+    int fd;
+
+    while ((fd = hp_conn_pop_expired(h, now)) >= 0) {
+        struct hio_conn *c = &h->conns[fd];
+        if (hp_send_cancel(h, fd, c) < 0) {
+            /* No SQE for the cancel (CQ overflowing): try again shortly. */
+            hp_conn_close_after_sends(h, fd, c, now + 0.01);
+            break;
+        }
+        h->st.close_timeouts++;
+    }
 }
 
 /* ---- reap and dispatch ---- */
@@ -160,6 +188,7 @@ hp_reap(struct hio_hotpath *h)
     unsigned head, n = 0;
 
     if (h->closes.count) hp_conn_sweep_closes(h);
+    if (h->nclose_dls && !h->closing) hp_expire_closes(h);
     if (io_uring_cq_has_overflow(&h->uring)) h->st.cq_overflows++;
     /* Copy each CQE out and advance before handling: handlers may queue
      * SQEs, and nothing here calls into Ruby. */
@@ -187,6 +216,9 @@ hio_hp_new(void)
     if (!h) return NULL;
     h->uring.ring_fd = -1;
     h->send_free = -1;
+    h->send_limit = HIO_DEFAULT_SEND_LIMIT;
+    h->conn_send_limit = HIO_DEFAULT_SEND_LIMIT / 4;
+    h->close_timeout = HIO_DEFAULT_CLOSE_TIMEOUT;
     return h;
 }
 
@@ -206,6 +238,8 @@ hio_hp_memsize(const struct hio_hotpath *h)
         sz += (size_t)h->nconns * sizeof(struct hio_conn) + (size_t)h->nsends * sizeof(struct hio_send);
         sz += (size_t)h->done.cap * sizeof(struct hio_completion) + (size_t)h->parked.cap * sizeof(int);
         sz += (size_t)h->closes.cap * sizeof(struct hio_close_pending);
+        sz += (size_t)h->close_dls_cap * sizeof(struct hio_close_dl);
+        sz += (size_t)h->send_held + h->map_cached_bytes;
     }
     return sz;
 }
@@ -329,8 +363,46 @@ hio_hp_cancel(struct hio_hotpath *h, int fd)
     return 0;
 }
 
+void
+hio_hp_set_send_limits(struct hio_hotpath *h, uint64_t ring_limit, uint64_t conn_limit)
+{
+    h->send_limit = ring_limit;
+    h->conn_send_limit = conn_limit < ring_limit ? conn_limit : ring_limit;
+}
+
+void
+hio_hp_send_limits(const struct hio_hotpath *h, uint64_t *ring_limit, uint64_t *conn_limit)
+{
+    *ring_limit = h->send_limit;
+    *conn_limit = h->conn_send_limit;
+}
+
+void
+hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out)
+{
+    *out = h->refused;
+}
+
+uint64_t
+hio_hp_queued_send_bytes(const struct hio_hotpath *h, int fd)
+{
+    return fd >= 0 && (unsigned)fd < h->nconns ? h->conns[fd].send_bytes : 0;
+}
+
+void
+hio_hp_set_close_timeout(struct hio_hotpath *h, double timeout)
+{
+    h->close_timeout = timeout;
+}
+
+double
+hio_hp_close_timeout(const struct hio_hotpath *h)
+{
+    return h->close_timeout;
+}
+
 int
-hio_hp_submit_close(struct hio_hotpath *h, int fd)
+hio_hp_submit_close(struct hio_hotpath *h, int fd, double timeout)
 {
     struct hio_conn *c;
     int ret;
@@ -352,9 +424,15 @@ hio_hp_submit_close(struct hio_hotpath *h, int fd)
         c = &h->conns[fd];
     }
     if ((ret = hp_conn_check_close_again(h, c)) < 0) return ret;
+    if (hp_send_pending(c) && timeout >= 0 && hp_conn_reserve_deadline(h) < 0) return -ENOMEM;
     hp_ms_cancel(h, fd, c);
-    if (hp_send_pending(c)) hp_conn_close_after_sends(c);
-    else hp_conn_issue_close(h, fd, c);
+    if (hp_send_pending(c)) {
+        /* A deadline already passed (timeout 0) is met by the next reap or
+         * flush, like any other. */
+        hp_conn_close_after_sends(h, fd, c, timeout >= 0 ? hio_now() + timeout : -1.0);
+    } else {
+        hp_conn_issue_close(h, fd, c);
+    }
     return 0;
 }
 
@@ -363,6 +441,7 @@ hio_hp_flush(struct hio_hotpath *h)
 {
     int ret;
 
+    if (h->nclose_dls) hp_expire_closes(h);
     if (io_uring_sq_ready(&h->uring) == 0) return 0;
     h->st.io.submits++;
     ret = io_uring_submit(&h->uring);
@@ -405,7 +484,15 @@ hp_wait_broken(void *ctx, int err)
     ((struct hio_hotpath *)ctx)->healthy = 0;
 }
 
-static const struct hio_wait_ops hp_wait_ops = { hp_wait_reap, hp_wait_ready, hp_wait_broken, NULL };
+/* The earliest submit_close deadline: the wait returns by then, and its
+ * reap cancels what the close waits for. */
+static double
+hp_wait_wake_at(void *ctx)
+{
+    return hp_conn_next_deadline((struct hio_hotpath *)ctx);
+}
+
+static const struct hio_wait_ops hp_wait_ops = { hp_wait_reap, hp_wait_ready, hp_wait_broken, NULL, hp_wait_wake_at };
 
 void
 hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, double timeout, unsigned min_wait_us,
@@ -612,6 +699,7 @@ hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out)
     out->buffers_in_use = h->bufs.in_use;
     out->inflight = h->inflight < 0 ? 0 : (uint64_t)h->inflight;
     out->queued = h->done.count;
+    out->queued_send_bytes = h->send_held;
     out->setup_flags = h->flags;
 }
 

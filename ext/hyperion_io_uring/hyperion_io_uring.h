@@ -30,6 +30,7 @@ extern VALUE hio_eUnsupported;
 extern VALUE hio_eForkError;
 extern VALUE hio_eThreadError;
 extern VALUE hio_eRingError;
+extern VALUE hio_eSendBufferFull;
 
 /* ---- errors.c ---- */
 NORETURN(void hio_raise_errno(int err, const char *fmt, ...));

@@ -437,6 +437,15 @@ wait_loop(struct hio_wait *w, VALUE *sched_io, int look, int peeked)
                 return 0;
             }
         }
+        if (w->ops->wake_at) {
+            /* The engine's own deadline bounds this wait, not the caller's. */
+            double at = w->ops->wake_at(w->ctx);
+            if (at >= 0) {
+                double until = at - hio_now();
+                if (until < 0) until = 0;
+                if (left < 0 || until < left) left = until;
+            }
+        }
         if (w->counts) w->counts->waits++;
         wait_count_submit(w);
         if (ruby) ret = wait_ruby_once(w, left, sched_io);

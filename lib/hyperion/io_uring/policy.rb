@@ -251,7 +251,8 @@ module Hyperion
       end
 
       # Reads a positive Integer setting from the environment (used for
-      # HYPERION_IO_URING_HOTPATH_BUFS and _BUF_SIZE). A value that is not an
+      # HYPERION_IO_URING_HOTPATH_BUFS, _BUF_SIZE and
+      # HYPERION_IO_URING_SEND_BUFFER_LIMIT). A value that is not an
       # Integer, or fails +valid+, warns once and gives +default+.
       #
       # @return [Integer]
