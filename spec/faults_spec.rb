@@ -75,7 +75,8 @@ RSpec.describe "Fault injection" do
         "hotpath_on" => attempt { io.resolve_hotpath_policy!(:on) },
         "hotpath_new" => attempt { io::HotpathRing.new.tap(&:close) },
         "fiber_ring" => attempt { io.fiber_ring.tap { io.close_fiber_rings } },
-        "diagnostics_supported" => io.diagnostics[:supported]
+        "diagnostics_supported" => io.diagnostics[:supported],
+        "hotpath_cached" => io.instance_variable_get(:@hotpath_supported)
       }
       3.times { GC.start }
       out["fds_leaked"] = fds.call.reject { |n, t| before[n] == t }
@@ -152,6 +153,20 @@ RSpec.describe "Fault injection" do
       r = run_probe_child("ENOSYS")
       expect(r["native_probe"]).to eq(Errno::ENOSYS::Errno)
       expect_io_uring_refused(r, start_with("io_uring_setup failed with ENOSYS").and(include("seccomp")))
+    end
+
+    # connect(2) EAGAIN starts no handshake: the socket stays closed (it
+    # polls writable, SO_ERROR 0). The probe used to wait on it as if in
+    # progress, then took the accept's 1 s timeout for the host's answer
+    # and cached false.
+    it "with connect(2) failing EAGAIN: the hot-path probe reports EAGAIN, transient, and does not cache it" do
+      require_hotpath!
+      r = run_probe_child("connect=EAGAIN")
+      expect(r["supported"]).to be(true)
+      expect(r["hotpath_supported"]).to be(false)
+      expect(r["hotpath_reason"]).to include("Errno::EAGAIN").and(include("loopback connect"))
+      expect(r["hotpath_cached"]).to be_nil
+      expect(r["fds_leaked"]).to eq({})
     end
   end
 

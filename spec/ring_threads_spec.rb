@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require "spec_helper"
+require "etc"
 
 # Rings whose owner thread has ended: who may close them, what the GC frees,
 # and what a new thread (possibly with the old one's reused pthread_t) gets.
@@ -86,6 +87,70 @@ RSpec.describe "rings of threads that ended" do
       r = Thread.new { Hyperion::IOUring::Ring.new(queue_depth: 4) }.value
       expect { r.close }.not_to raise_error
       expect(r.closed?).to be(true)
+    end
+  end
+
+  # Before 6.17, a closed DEFER_TASKRUN ring's exit work could hand a recv
+  # whose data had arrived to the live owner task as normal task_work, and
+  # that ran before the cancel: its buffers must wait for the owner task
+  # there. HYPERION_IO_URING_KERNEL_RELEASE makes this host look like such a
+  # kernel (read once, so in a child). The owner is a Ruby Thread that ended
+  # while its native thread lives on in Ruby's cache (Ruby <= 3.2).
+  describe "recv buffers of a ring closed while its owner task lives" do
+    include ChildHelpers
+
+    let(:script) do
+      <<~'RUBY'
+        require "hyperion/io_uring"
+        require "socket"
+        hp = Hyperion::IOUring::HotpathRing
+        now = -> { Process.clock_gettime(Process::CLOCK_MONOTONIC) }
+        vm = -> { File.read("/proc/self/status")[/^VmSize:\s+(\d+)/, 1].to_i / 1024.0 }
+        l = TCPServer.new("127.0.0.1", 0)
+        socks = []
+        r, tid = Thread.new {
+          r = hp.new(queue_depth: 8, n_bufs: Integer(ARGV[0]), buf_size: Integer(ARGV[1]))
+          socks << TCPSocket.new("127.0.0.1", l.local_address.ip_port) << l.accept
+          r.submit_recv_multishot(socks.last.fileno)
+          r.flush
+          r.each_completion(timeout_ms: 0) { }
+          [r, Thread.current.native_thread_id]
+        }.value
+        alive = File.exist?("/proc/self/task/#{tid}")
+        leaked = hp.leaked_rings
+        before = vm.call
+        r.close
+        at_close = before - vm.call
+        deadline = now.call + 10
+        sleep 0.05 while File.exist?("/proc/self/task/#{tid}") && now.call < deadline
+        gone = !File.exist?("/proc/self/task/#{tid}")
+        Hyperion::IOUring::Ring.new(queue_depth: 2).close # releases what waited
+        puts [alive, at_close.round(1), hp.leaked_rings - leaked, gone, (before - vm.call).round(1)].join(" ")
+      RUBY
+    end
+
+    def run_script(env)
+      res = run_child(child_ruby_env.merge(env), child_ruby_cmd + ["-e", script, n_bufs.to_s, buf_size.to_s], timeout: valgrind ? 120 : 30)
+      expect(res.success?).to be(true), res.describe
+      alive, at_close, deferred, gone, later = res.out.split
+      skip "the owner's native thread was gone at close (no thread cache here)" unless alive == "true"
+      expect(gone).to eq("true")
+      [at_close.to_f, deferred.to_i, later.to_f]
+    end
+
+    it "wait for the owner task on a kernel before 6.17, then are unmapped" do
+      at_close, deferred, later = run_script("HYPERION_IO_URING_KERNEL_RELEASE" => "6.6.0")
+      expect(at_close).to be < buf_mib * 0.5
+      expect(deferred).to eq(1)
+      expect(later).to be > buf_mib * 0.9
+    end
+
+    it "are unmapped at close on a 6.17+ kernel" do
+      skip "needs a 6.17+ kernel" unless Gem::Version.new(Etc.uname[:release][/\A\d+\.\d+/]) >= Gem::Version.new("6.17")
+      at_close, deferred, later = run_script({})
+      expect(at_close).to be > buf_mib * 0.9
+      expect(deferred).to eq(0)
+      expect(later).to be > buf_mib * 0.9
     end
   end
 

@@ -582,17 +582,21 @@ hp_drain_all(struct hio_hotpath *h, double budget)
  * memory released as soon as nothing can touch it (owner.c, "Memory after
  * the owner", lists who could):
  * - nothing in flight any more, or the owner task gone: all of it, now;
- * - otherwise, on a DEFER_TASKRUN ring: the recv buffers now. They are
- *   written only by recv task_work, which on such a ring runs only inside
- *   an io_uring_enter on this ring by its owner task (multishot recvs never
- *   run in io-wq), and nobody can enter it once its fd is closed here: the
- *   owner thread is either us or not inside a call on it (each_completion
- *   refuses #close; the GC never frees a ring a frame still uses). The
- *   payloads of sends still in flight wait for the owner task to be gone
- *   (a send can be in its io-wq);
- * - otherwise (COOP_TASKRUN or no flags, kernels before 6.1): task_work
- *   runs whenever the owner returns to user space, so buffers and payloads
- *   wait for the owner task to be gone.
+ * - otherwise, on a DEFER_TASKRUN ring of a 6.17+ kernel: the recv
+ *   buffers now. They are written only by recv task_work, which on such a
+ *   ring runs inside an io_uring_enter on this ring by its owner task
+ *   (multishot recvs never run in io-wq), and nobody can enter it once its
+ *   fd is closed here: the owner thread is either us or not inside a call
+ *   on it (each_completion refuses #close; the GC never frees a ring a
+ *   frame still uses). The one other runner is the ring's exit work, which
+ *   hands that local work on; since 6.17 whoever runs it cancels it
+ *   (hio_owner_dying_tw_cancelled). The payloads of sends still in flight
+ *   wait for the owner task to be gone (a send can be in its io-wq);
+ * - otherwise (COOP_TASKRUN or no flags, kernels before 6.1; or a kernel
+ *   before 6.17, whose exit work may hand DEFER_TASKRUN local work to the
+ *   live owner as normal task_work and let it run before the cancel):
+ *   task_work may run whenever the owner returns to user space, so
+ *   buffers and payloads wait for the owner task to be gone.
  * Memory that waits is counted in hio_hp_leaked_rings (the ring, once).
  */
 void
@@ -620,7 +624,8 @@ hio_hp_close(struct hio_hotpath *h, int from_gc)
     held = h->inflight > 0; /* the kernel still holds requests of ours */
     if (held && (self || !hio_owner_task_gone(&h->owner))) {
         sends_fate = HIO_RELEASE_DEFER;
-        if (!(h->flags & IORING_SETUP_DEFER_TASKRUN)) bufs_fate = HIO_RELEASE_DEFER;
+        if (!(h->flags & IORING_SETUP_DEFER_TASKRUN) || !hio_owner_dying_tw_cancelled())
+            bufs_fate = HIO_RELEASE_DEFER;
     }
     hp_conn_close_leftovers(h);
     if (sends_fate == HIO_RELEASE_DEFER && hp_slots_inflight(h)) hp_leaked_rings++;

@@ -543,8 +543,8 @@ hpc_flush(VALUE self)
  * Cancels everything in flight, waits (at most a second) for the kernel to
  * give it all back, unregisters and frees the buffer ring, and closes the
  * ring. Idempotent. Memory the kernel could still touch is released only
- * once it cannot (see docs/RELIABILITY.md): with a DEFER_TASKRUN ring the
- * recv buffers always go at once; payloads of sends still in flight wait
+ * once it cannot (see docs/RELIABILITY.md): with a DEFER_TASKRUN ring on a
+ * 6.17+ kernel the recv buffers always go at once; payloads of sends still in flight wait
  * until the owner thread's kernel task has exited. In a forked child it
  * only drops the child's reference.
  *

@@ -60,7 +60,12 @@ probe_connect(int *cfd_out, const struct sockaddr_in *addr)
     if (fd < 0) return -errno;
     *cfd_out = fd;
     if (connect(fd, (const struct sockaddr *)addr, sizeof(*addr)) == 0) return 0;
-    if (errno != EINPROGRESS && errno != EINTR && errno != EALREADY && errno != EAGAIN) return -errno;
+    /* Only these leave a handshake going on. EAGAIN (no routing-cache
+     * entry, or no port) started nothing: the socket stays closed, which
+     * polls writable with SO_ERROR 0, so waiting here would report a
+     * connection that never was (and the probe an accept timeout, which
+     * is cached). Returned as it is, it is retried as transient. */
+    if (errno != EINPROGRESS && errno != EINTR) return -errno;
     for (;;) {
         struct pollfd pfd;
         double left = deadline - hio_now();

@@ -45,6 +45,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 pid_t hio_owner_pid;
@@ -62,6 +63,37 @@ pid_t
 hio_owner_tid_slow(void)
 {
     return hio_owner_tid_cache = (pid_t)syscall(SYS_gettid);
+}
+
+/*
+ * Whether a task_work item of a ring whose fd was closed is cancelled in
+ * whatever task runs it: io_should_terminate_tw() also checks
+ * percpu_ref_is_dying(&ctx->refs) since 6.17. Before that, the ring's exit
+ * work (io_ring_exit_work) first moves DEFER_TASKRUN local work with
+ * io_move_task_work_from_local and only then cancels; until about 6.13
+ * that move queued it as normal task_work of the owner task, which, alive,
+ * ran it on its next return to user space, racing the cancel: a multishot
+ * recv whose data had arrived could still pick a buffer and copy into it.
+ * Kernels before 6.17 are taken to be the old kind (a backport only makes
+ * us keep memory longer than needed). The release is read once:
+ * uname(2), or HYPERION_IO_URING_KERNEL_RELEASE (a test seam: "6.6.0"
+ * makes this host look old).
+ */
+int
+hio_owner_dying_tw_cancelled(void)
+{
+    static int cached = -1;
+
+    if (cached < 0) {
+        struct utsname u;
+        const char *rel = getenv("HYPERION_IO_URING_KERNEL_RELEASE");
+        int major = 0, minor = 0;
+
+        if (!rel || !*rel) rel = uname(&u) == 0 ? u.release : "";
+        if (sscanf(rel, "%d.%d", &major, &minor) != 2) major = minor = 0;
+        cached = major > 6 || (major == 6 && minor >= 17);
+    }
+    return cached;
 }
 
 int
@@ -139,7 +171,10 @@ hio_owner_forget_ring(struct io_uring *ring)
  *     longer run. It is a kernel thread (PF_KTHREAD, no user mm), and
  *     io_should_terminate_tw() makes every request it runs complete with
  *     -ECANCELED without touching user memory; since 6.17 the same holds
- *     for any task once the ring is dying (its fd closed).
+ *     for any task once the ring is dying (its fd closed). Before that, a
+ *     dying DEFER_TASKRUN ring's local work could be handed to the owner
+ *     task as normal task_work and run there, before the cancel
+ *     (hio_owner_dying_tw_cancelled says which kind this kernel is).
  * When the owner task exits, do_exit -> io_uring_files_cancel ->
  * io_uring_cancel_generic ends with io_uring_clean_tctx, which tears down
  * its io-wq and waits for the workers to exit; task_work still queued runs

@@ -72,6 +72,12 @@ hio_owner_same_thread(hio_thread_id a, hio_thread_id b)
  * true it stays true. */
 int hio_owner_task_gone(const struct hio_owner *o);
 
+/* Whether this kernel (6.17+) cancels task_work of a ring whose fd was
+ * closed in whatever task runs it, so a dying DEFER_TASKRUN ring's recv
+ * buffers can no longer be written even while the owner task lives. Read
+ * once (owner.c says why older kernels may still write them). */
+int hio_owner_dying_tw_cancelled(void);
+
 static inline int
 hio_owner_forked(const struct hio_owner *o)
 {

@@ -1,12 +1,13 @@
 /*
- * seccomp_exec.c: runs a program with io_uring_setup(2) failing.
+ * seccomp_exec.c: runs a program with io_uring_setup(2) (or connect(2)) failing.
  *
- *   seccomp_exec EPERM|ENOSYS program [args...]
+ *   seccomp_exec EPERM|ENOSYS|connect=EAGAIN program [args...]
  *
  * Installs a seccomp BPF filter that makes io_uring_setup return the given
  * errno (what Docker's default profile, or a kernel built without io_uring,
- * looks like from inside) and lets every other system call through, then
- * execs program. Built by spec/faults_spec.rb into tmp/; not part of the gem.
+ * looks like from inside), or with connect=EAGAIN makes every connect(2)
+ * fail with EAGAIN (a connect that started nothing), and lets every other
+ * system call through, then execs program. Built by spec/faults_spec.rb into tmp/; not part of the gem.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -35,14 +36,15 @@
 int
 main(int argc, char **argv)
 {
-    unsigned err;
+    unsigned err, nr = __NR_io_uring_setup;
 
     if (argc < 3) {
-        fprintf(stderr, "usage: %s EPERM|ENOSYS program [args...]\n", argv[0]);
+        fprintf(stderr, "usage: %s EPERM|ENOSYS|connect=EAGAIN program [args...]\n", argv[0]);
         return 2;
     }
     if (strcmp(argv[1], "EPERM") == 0) err = EPERM;
     else if (strcmp(argv[1], "ENOSYS") == 0) err = ENOSYS;
+    else if (strcmp(argv[1], "connect=EAGAIN") == 0) { err = EAGAIN; nr = __NR_connect; }
     else {
         fprintf(stderr, "%s: errno must be EPERM or ENOSYS, not %s\n", argv[0], argv[1]);
         return 2;
@@ -54,7 +56,7 @@ main(int argc, char **argv)
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SE_ARCH, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nr, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
