@@ -4,8 +4,8 @@
 # Into a private GEM_HOME: this gem built and installed from the checkout
 # (`gem build` + `gem install`), then an app directory whose Gemfile pins
 # hyperion-rb 2.17.0 and async-http (Hyperion's --async-io wants a real
-# fiber-IO library) and whose config.ru requires "hyperion-io_uring" on its
-# first line (docs/MIGRATING.md). Then step 2, spec/integration/hyperion_integration.rb,
+# fiber-IO library) and whose config/hyperion.rb requires "hyperion-io_uring"
+# and "async/http" (docs/MIGRATING.md). Then step 2, spec/integration/hyperion_integration.rb,
 # boots `bundle exec hyperion` there in every mode.
 
 require "fileutils"
@@ -35,11 +35,15 @@ module Integration
     gem "openssl", "~> 3.3"
   RUBY
 
-  # The docs' config.ru: the require first, then the app. /big answers 1 MiB
-  # (the slow-reader check); everything else "hello".
-  CONFIG_RU = <<~RUBY
+  # The docs' config/hyperion.rb, which Hyperion's CLI loads first thing
+  # (before it checks --async-io's library and long before any ring).
+  HYPERION_CONFIG = <<~RUBY
     require "hyperion-io_uring"
+    require "async/http" # --async-io
+  RUBY
 
+  # The app. /big answers 1 MiB (the slow-reader check); anything else "hello".
+  CONFIG_RU = <<~RUBY
     BIG = ("x" * 1024 * 1024).freeze
     run lambda { |env|
       if env["PATH_INFO"] == "/big"
@@ -81,6 +85,8 @@ module Integration
     sh "gem", "install", "--local", "--no-document", gem_file
     File.write(File.join(APP, "Gemfile"), format(GEMFILE, version: version))
     File.write(File.join(APP, "config.ru"), CONFIG_RU)
+    FileUtils.mkdir_p(File.join(APP, "config"))
+    File.write(File.join(APP, "config/hyperion.rb"), HYPERION_CONFIG)
     sh "bundle", "install", "--jobs", "2", "--quiet", chdir: APP
     sh "bundle", "exec", "ruby", "-e", <<~RUBY, chdir: APP
       require "hyperion-io_uring"

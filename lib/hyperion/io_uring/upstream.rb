@@ -82,7 +82,7 @@ module Hyperion
             raise LoadError,
                   "upstream Hyperion's Hyperion::IOUring is already in use (its Rust library #{lib} is loaded), " \
                   "so hyperion-io_uring cannot replace it; require \"hyperion-io_uring\" before anything probes " \
-                  "io_uring: the first line of config.ru (see docs/MIGRATING.md)"
+                  "io_uring: in config/hyperion.rb or the first line of config.ru (see docs/MIGRATING.md)"
           end
           if (n = open_upstream_rings).positive?
             raise LoadError, "upstream Hyperion's Hyperion::IOUring has #{n} ring(s) open; hyperion-io_uring cannot replace it " \
