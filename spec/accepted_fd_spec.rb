@@ -76,7 +76,7 @@ RSpec.describe "Accepted fds (O_NONBLOCK like Ruby's own)" do
     end
   end
 
-  READERS = {
+  ACCEPTED_FD_READERS = {
     "readpartial" => ->(s) { s.readpartial(100) },
     "read(n)" => ->(s) { s.read(6) },
     "gets" => ->(s, *) { s.gets },
@@ -115,7 +115,7 @@ RSpec.describe "Accepted fds (O_NONBLOCK like Ruby's own)" do
 
   SchedulerHelpers::SCHEDULERS.each do |kind, desc|
     context "under #{desc}" do
-      READERS.each do |name, reader|
+      ACCEPTED_FD_READERS.each do |name, reader|
         it "#{name} on a wrapped Ring#accept fd leaves the thread to other fibers" do
           expect_no_fd_leak do
             data, window, span = read_accepted(kind, reader, nonblock: true)
@@ -131,7 +131,7 @@ RSpec.describe "Accepted fds (O_NONBLOCK like Ruby's own)" do
 
   it "why: a blocking fd (nonblock: false) holds the whole thread under an io_wait-only scheduler" do
     expect_no_fd_leak do
-      data, window, span = read_accepted(:test, READERS["readpartial"], nonblock: false)
+      data, window, span = read_accepted(:test, ACCEPTED_FD_READERS["readpartial"], nonblock: false)
       expect(data).to eq("hello\n")
       expect(span).to be > 0.2
       expect(window[:count]).to be <= 1

@@ -147,6 +147,28 @@ RSpec.describe "Upstream Hyperion #{Integration::HYPERION_VERSION} on hyperion-i
     after(:context) { @server&.finish }
   end
 
+  describe "hyperion-io_uring-doctor in the app" do
+    def doctor(dir)
+      Bundler.with_unbundled_env do
+        IO.popen(Integration.env, %w[bundle exec hyperion-io_uring-doctor], chdir: dir, err: %i[child out], &:read)
+      end
+    end
+
+    it "says `hyperion config.ru` runs on this gem where config/hyperion.rb requires it" do
+      out = doctor(Integration::APP)
+      expect(out).to include("runs on this gem (config/hyperion.rb requires hyperion-io_uring)")
+      expect(out).not_to include("WARNING")
+    end
+
+    it "warns where nothing requires it (a Gemfile entry alone)" do
+      bare = File.join(Integration::WORK, "bare-app")
+      FileUtils.mkdir_p(bare)
+      File.write(File.join(bare, "config.ru"), "run ->(_env) { [200, {}, [\"hi\"]] }\n")
+      out = doctor(bare)
+      expect(out).to include("WARNING: `hyperion config.ru` here runs on hyperion-rb #{Integration::HYPERION_VERSION}'s own")
+    end
+  end
+
   MODES.each do |mode, mode_env|
     SELECTORS.each do |selector|
       context "#{mode}, IO_EVENT_SELECTOR=#{selector}" do
