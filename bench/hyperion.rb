@@ -4,7 +4,7 @@
 # and booted as `rake integration` does it (spec/integration/setup.rb: the
 # recipe of docs/MIGRATING.md), with io_uring off, with ring accept
 # (HYPERION_IO_URING=on) and with the hot path, under wrk -t1 -c50 -d5s
-# against the hello app. The server is pinned to CPU 0 and wrk to CPU 1 when
+# against the hello app (access log off: --no-log-requests). The server is pinned to CPU 0 and wrk to CPU 1 when
 # there are two; each mode runs 3 times, interleaved; medians of req/s and
 # of the server's CPU time (utime + stime, all threads) per request.
 # Writes bench/results/hyperion.md and hyperion.json. Ruby >= 3.3, wrk.
@@ -47,7 +47,7 @@ module HyperionBench
 
   def boot(env)
     port = free_port
-    cmd = pin(0, ["bundle", "exec", "hyperion", "-b", "127.0.0.1", "-p", port.to_s, "-w", "1", "--async-io", "config.ru"])
+    cmd = pin(0, ["bundle", "exec", "hyperion", "-b", "127.0.0.1", "-p", port.to_s, "-w", "1", "--async-io", "--no-log-requests", "config.ru"])
     log = File.join(Integration::WORK, "bench-hyperion.log")
     pid = Bundler.with_unbundled_env do
       Process.spawn(Integration.env.merge(env), *cmd, chdir: Integration::APP, in: File::NULL, %i[out err] => [log, "w"])
@@ -133,12 +133,14 @@ module HyperionBench
     md = <<~MD
       # bench:hyperion
 
-      Upstream Hyperion #{Integration::HYPERION_VERSION} (`bundle exec hyperion -w 1 --async-io config.ru`, the
-      recipe of docs/MIGRATING.md) serving "hello" on 127.0.0.1, `wrk -t1 -c#{CONNS} -d#{SECONDS}s`,
+      Upstream Hyperion #{Integration::HYPERION_VERSION} (`bundle exec hyperion -w 1 --async-io --no-log-requests config.ru`,
+      the recipe of docs/MIGRATING.md) serving "hello" on 127.0.0.1, `wrk -t1 -c#{CONNS} -d#{SECONDS}s`,
       #{two_cpus? ? 'server pinned to CPU 0 and wrk to CPU 1' : 'not pinned (one CPU or no taskset)'}, medians of #{ROUNDS} interleaved runs
       (min–max req/s in brackets). Server CPU: utime + stime of the server process per request.
 
-      #{RUBY_DESCRIPTION}; Linux #{uname[:release]}; #{Etc.nprocessors} CPUs; hyperion-io_uring #{Integration.version}.
+      #{RUBY_DESCRIPTION}; Linux #{uname[:release]}; #{Etc.nprocessors} CPUs; hyperion-io_uring #{Integration.version};
+      load average at the end #{File.read("/proc/loadavg").split.first(3).join(" ")} (other work on the machine
+      moves req/s; CPU µs per request is the steadier figure).
 
       | mode | req/s | server CPU µs/request | errors |
       | --- | --- | --- | --- |

@@ -28,10 +28,12 @@ module Integration
     gem "hyperion-rb", "#{HYPERION_VERSION}"
     # Installed from the checkout by `gem install` (not on RubyGems).
     gem "hyperion-io_uring", "%<version>s"
-    # --async-io needs a fiber-IO library; async-http is the real one.
-    gem "async-http"
-    # hyperion-rb needs openssl < 4; async-http's newest dependencies accept
-    # 3.x too, so this pin settles it (building it needs libssl-dev).
+    # --async-io needs a fiber-IO library; async-http is the real one
+    # (pinned to the release this was tested with: 0.105.0, async 2.46).
+    gem "async-http", "~> 0.105.0"
+    # hyperion-rb 2.17.0 needs openssl >= 3.0, < 4; newer releases in
+    # async-http's dependency tree want openssl 4. The pin keeps the
+    # resolution on 3.x, which builds from source (libssl-dev).
     gem "openssl", "~> 3.3"
   RUBY
 
