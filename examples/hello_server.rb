@@ -6,6 +6,7 @@
 # submit_send, all reaped in batches by each_completion(raw: true).
 #
 #   ruby examples/hello_server.rb [--port 9292] [--seconds 30] [--batch N|auto] [--batch-wait-us U]
+#                                 [--high-water BYTES] [--close-timeout S]
 #
 # --batch/--batch-wait-us: each_completion(min_complete: N, min_wait_us: U),
 # a kernel batch wait (Linux 6.12+): wait up to U microseconds for N
@@ -14,6 +15,18 @@
 # last call brought (at most 64), so an idle connection is answered at once
 # and a busy ring reaps in bigger batches.
 #
+# Slow clients: a client that sends requests and never reads its responses
+# would make the ring hold copies of them without end. The ring refuses
+# past send_buffer_limit (the ring) and connection_send_limit (one fd) with
+# SendBufferFull; before that, this server keeps its own per-connection
+# high-water mark (--high-water BYTES, default 1 MiB): while
+# ring.queued_send_bytes(fd) is above it, the connection's requests are not
+# answered but dropped with the connection (submit_close with a short
+# timeout: the responses still queued are cancelled). A server that would
+# rather wait can stop reading instead (cancel the recv, re-arm it once the
+# bytes drain). --close-timeout S bounds how long any close waits for its
+# responses to go out (close_timeout:).
+#
 # It prints "listening on 127.0.0.1:PORT" when ready and the ring's stats when
 # it stops (after --seconds, or on INT/TERM). Loopback only.
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
@@ -21,12 +34,15 @@ require "hyperion/io_uring"
 require "socket"
 require "optparse"
 
-opts = { port: 9292, seconds: 30.0, host: "127.0.0.1", batch: 1, batch_wait_us: 50 }
+opts = { port: 9292, seconds: 30.0, host: "127.0.0.1", batch: 1, batch_wait_us: 50, high_water: 1 << 20,
+         close_timeout: 10.0 }
 OptionParser.new do |o|
   o.on("--port N", Integer) { |v| opts[:port] = v }
   o.on("--seconds S", Float) { |v| opts[:seconds] = v }
   o.on("--batch N") { |v| opts[:batch] = v == "auto" ? v : Integer(v) }
   o.on("--batch-wait-us U", Integer) { |v| opts[:batch_wait_us] = v }
+  o.on("--high-water BYTES", Integer) { |v| opts[:high_water] = v }
+  o.on("--close-timeout S", Float) { |v| opts[:close_timeout] = v }
 end.parse!(ARGV)
 
 unless Hyperion::IOUring.hotpath_supported?
@@ -41,8 +57,10 @@ HR = Hyperion::IOUring::HotpathRing
 
 listener = TCPServer.new(opts[:host], opts[:port])
 listener.listen(1024)
-ring = HR.new
+ring = HR.new(close_timeout: opts[:close_timeout])
 ring.submit_accept_multishot(listener)
+high_water = opts[:high_water]
+dropped = 0
 partial = {} # fd => bytes of a request not complete yet
 stop = false
 %w[INT TERM].each { |sig| trap(sig) { stop = true } }
@@ -73,11 +91,27 @@ end
 # go out, then closes it through the ring with the next each_completion (no
 # syscall of its own). IOError: a close of it is already pending (EOF and a
 # failed send can both end a connection in one batch).
-close_conn = lambda do |fd|
+close_conn = lambda do |fd, timeout: nil|
   partial.delete(fd)
-  ring.submit_close(fd)
+  timeout ? ring.submit_close(fd, timeout: timeout) : ring.submit_close(fd)
 rescue IOError
   nil
+end
+
+# A client over the high-water mark is not reading what it asked for: drop
+# it (its queued responses are cancelled at once) rather than queue more.
+# SendBufferFull is the ring's own limit, reached only if the mark is set
+# above connection_send_limit or many clients are over it together.
+respond = lambda do |fd, n|
+  if ring.queued_send_bytes(fd) > high_water
+    dropped += 1
+    close_conn.call(fd, timeout: 0)
+    return
+  end
+  ring.submit_send(fd, n == 1 ? RESPONSE : RESPONSE * n)
+rescue Hyperion::IOUring::SendBufferFull
+  dropped += 1
+  close_conn.call(fd, timeout: 0)
 end
 
 until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
@@ -88,7 +122,7 @@ until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
     when HR::OP_RECV
       if res.positive?
         n = count_requests.call(fd, ring.take_buffer(buf_id, res))
-        ring.submit_send(fd, n == 1 ? RESPONSE : RESPONSE * n) if n.positive?
+        respond.call(fd, n) if n.positive?
       elsif res != -Errno::ECANCELED::Errno
         close_conn.call(fd) # EOF or error
       end
@@ -104,4 +138,4 @@ end
 stats = ring.stats
 ring.close
 listener.close
-puts "stats: #{stats.map { |k, v| "#{k}=#{v}" }.join(' ')}"
+puts "stats: #{stats.map { |k, v| "#{k}=#{v}" }.join(' ')} dropped_slow_clients=#{dropped}"

@@ -178,11 +178,16 @@ RSpec.describe "Bad input sweep" do
       check("Ring.new(8)", ArgumentError) { r.new(8) }
       check("Ring.new(depth: 8)", ArgumentError) { r.new(depth: 8) }
       check("Ring#initialize twice", [RuntimeError, /already initialized/]) { @ring.send(:initialize) }
-      { queue_depth: [0, 32_769, 2**64], n_bufs: [0, 3, 65_536, -1, 2**64], buf_size: [0, 2**20 + 1, -1, 2**64] }
+      { queue_depth: [0, 32_769, 2**64], n_bufs: [0, 3, 65_536, -1, 2**64], buf_size: [0, 2**20 + 1, -1, 2**64],
+        send_buffer_limit: [0, -1, 2**62, 2**64], connection_send_limit: [0, -1, 2**64, 2**26 + 1] }
         .each do |kw, values|
           values.each { |v| check("HotpathRing.new(#{kw}: #{v})", ArgumentError) { k.new(kw => v) } }
           [nil, "8", 8.0].each { |v| check("HotpathRing.new(#{kw}: #{v.inspect})", TypeError) { k.new(kw => v) } }
         end
+      [-1, -Float::INFINITY].each do |v|
+        check("HotpathRing.new(close_timeout: #{v})", ArgumentError) { k.new(close_timeout: v) }
+      end
+      ["1", :soon, []].each { |v| check("HotpathRing.new(close_timeout: #{v.inspect})", TypeError) { k.new(close_timeout: v) } }
       check("HotpathRing.new(1024)", ArgumentError) { k.new(1024) }
       check("HotpathRing.new(bufs: 8)", ArgumentError) { k.new(bufs: 8) }
       check("HotpathRing#initialize twice", [RuntimeError, /already initialized/]) { @hot.send(:initialize) }
@@ -265,6 +270,8 @@ RSpec.describe "Bad input sweep" do
     sweep_fd_argument("submit_recv_multishot") { |v| @hot.submit_recv_multishot(v) }
     sweep_fd_argument("submit_send") { |v| @hot.submit_send(v, "x") }
     sweep_fd_argument("cancel") { |v| @hot.cancel(v) }
+    sweep_fd_argument("queued_send_bytes") { |v| @hot.queued_send_bytes(v) }
+    check("queued_send_bytes(a fd that is not open)", returns(0)) { @hot.queued_send_bytes(closed_fd_number) }
     %i[submit_accept_multishot submit_recv_multishot].each do |m|
       gone = closed_fd_number
       check("#{m}(a fd that is not open)", [ArgumentError, /fd #{gone} is not open/]) { @hot.public_send(m, gone) }
@@ -286,6 +293,10 @@ RSpec.describe "Bad input sweep" do
     check("submit_close(its own ring fd)", [ArgumentError, /ring's own/]) { @hot.submit_close(@hot.fileno) }
     check("submit_close()", ArgumentError) { @hot.submit_close }
     check("submit_close(fd, 1)", ArgumentError) { @hot.submit_close(@conn, 1) }
+    check("submit_close(fd, timeout: -1)", [ArgumentError, />= 0/]) { @hot.submit_close(@conn, timeout: -1) }
+    check("submit_close(fd, timeout: Float::NAN)", [ArgumentError, />= 0/]) { @hot.submit_close(@conn, timeout: Float::NAN) }
+    check("submit_close(fd, timeout: \"1\")", TypeError) { @hot.submit_close(@conn, timeout: "1") }
+    check("submit_close(fd, deadline: 1)", [ArgumentError, /unknown keyword/]) { @hot.submit_close(@conn, deadline: 1) }
     enotsock = neg(Errno::ENOTSOCK)
     { "a pipe" => -> { @pipe_r }, "a regular file" => -> { @file }, "a directory" => -> { @dir },
       "its own ring fd" => -> { @hot.fileno } }.each do |name, target|
@@ -480,6 +491,8 @@ RSpec.describe "Bad input sweep" do
             check(label, returns(answers[m])) { ring.public_send(m) }
           elsif m == :stats
             check(label, returns { |h| h.is_a?(Hash) }) { ring.stats }
+          elsif m == :queued_send_bytes
+            check(label, returns(0)) { ring.queued_send_bytes(0) }
           elsif m == :each_completion
             check(label, [IOError, /ring closed/]) { ring.each_completion(timeout_ms: 0) {} }
           elsif args.key?(m)

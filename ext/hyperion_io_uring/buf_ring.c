@@ -55,7 +55,7 @@ hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsi
     b->held = calloc(n, 1);
     b->len = calloc(n, sizeof(uint32_t));
     if (!b->br || !b->mem || !b->held || !b->len) {
-        hio_bufring_teardown(b, ring, 0);
+        hio_bufring_teardown(b, NULL, HIO_RELEASE_NOW, NULL);
         return -ENOMEM;
     }
 #ifdef HAVE_IO_URING_BUF_RING_INIT
@@ -67,9 +67,13 @@ hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsi
     reg.ring_addr = (unsigned long)(uintptr_t)b->br;
     reg.ring_entries = n;
     reg.bgid = bgid;
-    ret = io_uring_register_buf_ring(ring, &reg, 0);
+    /* EINTR: kernels that quiesce the ring for a registration wait
+     * interruptibly; the registration did not happen, so try again. */
+    for (i = 0; i < 100; i++) {
+        if ((ret = io_uring_register_buf_ring(ring, &reg, 0)) != -EINTR) break;
+    }
     if (ret < 0) {
-        hio_bufring_teardown(b, ring, 0);
+        hio_bufring_teardown(b, NULL, HIO_RELEASE_NOW, NULL);
         return ret;
     }
     b->registered = 1;
@@ -117,18 +121,25 @@ hio_bufring_bytes(const struct hio_bufring *b)
 }
 
 /*
- * Unregisters (when ring is still open and ours) and unmaps. With
- * kernel_may_write set (a drain failed, or we are not allowed to submit),
- * the buffer memory is leaked instead: the kernel may still write into it.
+ * Unregisters (when ring is given: still open, ours, and the kernel gave
+ * back every request) and releases the memory as fate says. The ring of
+ * descriptors is pinned by the kernel at registration and read through
+ * its own mapping, so unmapping ours never frees pages it reads; the
+ * buffers are written through our addresses, by the tasks owner.c lists,
+ * which is what decides fate (hotpath.c).
  */
 void
-hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, int kernel_may_write)
+hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, enum hio_release fate,
+                     const struct hio_owner *owner)
 {
-    if (b->registered && ring && !kernel_may_write) io_uring_unregister_buf_ring(ring, b->bgid);
+    if (b->registered && ring) io_uring_unregister_buf_ring(ring, b->bgid);
     b->registered = 0;
-    if (!kernel_may_write) {
+    if (fate == HIO_RELEASE_NOW) {
         if (b->br) munmap(b->br, b->br_bytes);
         if (b->mem) munmap(b->mem, b->mem_bytes);
+    } else if (fate == HIO_RELEASE_DEFER) {
+        hio_owner_defer_release(owner, HIO_MEM_MUNMAP, b->br, b->br_bytes);
+        hio_owner_defer_release(owner, HIO_MEM_MUNMAP, b->mem, b->mem_bytes);
     }
     b->br = NULL;
     b->mem = NULL;

@@ -8,6 +8,7 @@
 #include <liburing.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "owner.h"
 
 struct hio_bufring {
     struct io_uring_buf_ring *br; /* descriptors, mmap'd */
@@ -59,7 +60,10 @@ hio_bufring_len(const struct hio_bufring *b, unsigned bid)
 }
 /* Memory it holds, for ObjectSpace.memsize_of. */
 size_t hio_bufring_bytes(const struct hio_bufring *b);
-/* Unregisters and unmaps; with kernel_may_write, leaks the memory instead. */
-void hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, int kernel_may_write);
+/* Unregisters from ring (NULL: it is not ours to unregister from, or not
+ * registered), then does what fate says with the memory (owner: whose
+ * task HIO_RELEASE_DEFER waits for). */
+void hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, enum hio_release fate,
+                          const struct hio_owner *owner);
 
 #endif

@@ -27,7 +27,10 @@
  * bytes are copied before it returns. Returns 0, or a negative errno with
  * errno set: -EINVAL for a handle that is not a live ring of this process
  * and thread, or iovcnt above IOV_MAX; -EBADF for a closed fd;
- * -ESHUTDOWN for a fd HotpathRing#submit_close is closing.
+ * -ESHUTDOWN for a fd HotpathRing#submit_close is closing; -ENOBUFS when
+ * the copy would pass the ring's send_buffer_limit or the fd's
+ * connection_send_limit (nothing is queued: upstream's response writer then
+ * raises Errno::ENOBUFS for that connection only, and the others go on).
  */
 __attribute__((visibility("default"))) int
 hyperion_io_uring_hotpath_submit_send(void *ring, int fd, const void *iov, unsigned iovcnt)

@@ -24,7 +24,8 @@ enum hio_refusal {
 
 /* ---- probe.c ---- */
 
-/* Sets up and tears down a two-entry ring: 0, or the -errno of the setup. */
+/* Sets up and tears down a two-entry ring: 0, or the -errno of the setup
+ * (EINTR and EAGAIN were retried by setup.c). */
 int hio_probe_native(void);
 
 /* ---- ring.c: the single-shot Ring ---- */
@@ -101,6 +102,8 @@ struct hio_completion {
 struct hio_stats {
     uint64_t accepts, recvs, recv_bytes, sends, send_bytes, short_sends, enobufs, rearms,
         cq_overflows, stale_completions, closes;
+    uint64_t send_buffer_full; /* sends refused with -ENOBUFS (hp_send.c) */
+    uint64_t close_timeouts;   /* submit_close deadlines that cancelled sends (hotpath.c) */
     struct hio_wait_counts io; /* submits, waits, batch_waits */
 };
 
@@ -108,8 +111,24 @@ struct hio_stats {
 struct hio_hp_stats {
     struct hio_stats st;
     uint64_t buffers_in_use, inflight, queued;
+    uint64_t queued_send_bytes; /* bytes of send copies the ring holds now */
     unsigned setup_flags;
 };
+
+/* Which limit refused a send (-ENOBUFS), for the binding's message. */
+enum hio_send_limit_kind { HIO_LIMIT_RING = 1, HIO_LIMIT_CONNECTION = 2 };
+struct hio_send_refusal {
+    int fd;
+    int which;      /* enum hio_send_limit_kind */
+    uint64_t limit; /* the limit that refused it */
+    uint64_t held;  /* bytes held against that limit before the send */
+    uint64_t len;   /* the send's bytes */
+};
+
+/* send_buffer_limit and connection_send_limit when none are set. */
+#define HIO_DEFAULT_SEND_LIMIT (64ull * 1024 * 1024)
+/* submit_close's deadline when none is set: seconds. */
+#define HIO_DEFAULT_CLOSE_TIMEOUT 60.0
 
 /* A ring not open yet (safe to free), or NULL without memory. */
 struct hio_hotpath *hio_hp_new(void);
@@ -124,11 +143,26 @@ int hio_hp_submit_accept(struct hio_hotpath *h, int fd);
 int hio_hp_submit_recv(struct hio_hotpath *h, int fd);
 int hio_hp_submit_send(struct hio_hotpath *h, int fd, const void *data, size_t len);
 struct iovec;
+/* The send submits: 0, or -errno; -ENOBUFS when the bytes would pass the
+ * ring's or the connection's limit (hio_hp_send_refusal says which). */
 int hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt);
+/* Bytes of copies held for the ring's sends (<= ring_limit), and for one
+ * connection's (<= conn_limit; at most ring_limit). Set before sending. */
+void hio_hp_set_send_limits(struct hio_hotpath *h, uint64_t ring_limit, uint64_t conn_limit);
+void hio_hp_send_limits(const struct hio_hotpath *h, uint64_t *ring_limit, uint64_t *conn_limit);
+/* The last send refused with -ENOBUFS. */
+void hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out);
+/* Bytes of send copies held for fd's connection now (0 for a fd without). */
+uint64_t hio_hp_queued_send_bytes(const struct hio_hotpath *h, int fd);
 int hio_hp_cancel(struct hio_hotpath *h, int fd);
 /* Cancels fd's multishot requests and closes it through the ring once its
- * queued sends have ended. -EALREADY: a close of it is still pending. */
-int hio_hp_submit_close(struct hio_hotpath *h, int fd);
+ * queued sends have ended, or at timeout seconds (< 0: no deadline) with
+ * the sends still queued then cancelled. -EALREADY: a close of it is still
+ * pending. */
+int hio_hp_submit_close(struct hio_hotpath *h, int fd, double timeout);
+/* submit_close's deadline when the caller gives none: seconds, < 0 none. */
+void hio_hp_set_close_timeout(struct hio_hotpath *h, double timeout);
+double hio_hp_close_timeout(const struct hio_hotpath *h);
 int hio_hp_flush(struct hio_hotpath *h);
 /* Ruby gives buffer bid back: 0, or -ERANGE / -ENOENT as hio_hp_buffer. */
 int hio_hp_release(struct hio_hotpath *h, long bid);
@@ -174,7 +208,11 @@ unsigned long hio_hp_leaked_rings(void);
 
 /* ---- hp_probe.c ---- */
 
-/* The functional hot-path probe: NULL when it worked, else reason. */
-const char *hio_hp_probe(char *reason, size_t cap);
+/* The functional hot-path probe: NULL when it worked, else reason, with
+ * *err the -errno of the step that failed (transient ones were retried). */
+const char *hio_hp_probe(char *reason, size_t cap, int *err);
+/* Whether a probe's -errno (or errno) is transient: a signal, a momentary
+ * shortage. Such a failure must not be taken as the host's answer. */
+int hio_probe_transient(int err);
 
 #endif

@@ -14,6 +14,7 @@ VALUE hio_eUnsupported;
 VALUE hio_eForkError;
 VALUE hio_eThreadError;
 VALUE hio_eRingError;
+VALUE hio_eSendBufferFull;
 
 /* Hyperion::IOUring, whose policy methods hio_require_supported asks. */
 static VALUE errors_mIOUring;
@@ -65,6 +66,22 @@ hio_raise_owner(const struct hio_owner *o, enum hio_owner_verdict v, const char 
     rb_raise(v == HIO_OWNER_FORKED ? hio_eForkError : hio_eThreadError, "%s", msg);
 }
 
+/* Whether a #close refused with HIO_OWNER_OTHER_THREAD may go on: the
+ * owner's Ruby Thread (recorded by the binding) has ended. Its native
+ * thread may live on in Ruby's thread cache (Ruby <= 3.2), where owner.c
+ * still sees the task; that task runs no call on the ring (the Thread
+ * ended), and the engines' close only releases what it can no longer
+ * touch. */
+int
+hio_owner_thread_ended(VALUE owner_thread)
+{
+    static ID id_alive;
+
+    if (!RTEST(owner_thread)) return 0;
+    if (!id_alive) id_alive = rb_intern("alive?");
+    return !RTEST(rb_funcall(owner_thread, id_alive, 0));
+}
+
 void
 hio_init_errors(VALUE mIOUring)
 {
@@ -78,4 +95,5 @@ hio_init_errors(VALUE mIOUring)
     hio_eForkError = rb_define_class_under(mIOUring, "ForkError", hio_eError);
     hio_eThreadError = rb_define_class_under(mIOUring, "ThreadError", hio_eError);
     hio_eRingError = rb_define_class_under(mIOUring, "RingError", hio_eError);
+    hio_eSendBufferFull = rb_define_class_under(mIOUring, "SendBufferFull", hio_eError);
 }

@@ -12,8 +12,14 @@
  * h->inflight until its final CQE. Payloads of sends are ring-owned copies
  * (hp_slots.c); recv buffers are the buffer ring's. Closing cancels
  * everything and drains until inflight is 0 (#close waits up to a second;
- * the GC never waits), and leaks (never frees) memory the kernel may still
- * write if that fails.
+ * the GC never waits; another thread cannot cancel), and frees memory only
+ * once nothing can touch it any more (hio_hp_close says when).
+ *
+ * submit_close deadlines: the earliest one bounds every wait (wait.c asks
+ * hp_wait_wake_at), and each reap cancels the sends of the closes whose
+ * deadline has passed, so the deadline fires even when Ruby only waits and
+ * nothing else happens on the ring. No kernel timer and no SQE per close:
+ * one clock read per reap while deadlines are pending, none otherwise.
  */
 #include "hp.h"
 #include "registry.h"
@@ -73,6 +79,28 @@ hp_claim(struct hio_hotpath *h, int fd, struct hio_conn **out)
     }
     *out = c;
     return 0;
+}
+
+/* ---- close deadlines ---- */
+
+/* The QUEUED closes whose deadline has passed: their sends are cancelled
+ * (completions with -ECANCELED, or the bytes of one that finished first)
+ * and the close follows the last one's end (hp_send_complete). */
+static void
+hp_expire_closes(struct hio_hotpath *h)
+{
+    double now = hio_now();
+    int fd;
+
+    while ((fd = hp_conn_pop_expired(h, now)) >= 0) {
+        struct hio_conn *c = &h->conns[fd];
+        if (hp_send_cancel(h, fd, c) < 0) {
+            /* No SQE for the cancel (CQ overflowing): try again shortly. */
+            hp_conn_close_after_sends(h, fd, c, now + 0.01);
+            break;
+        }
+        h->st.close_timeouts++;
+    }
 }
 
 /* ---- reap and dispatch ---- */
@@ -160,6 +188,7 @@ hp_reap(struct hio_hotpath *h)
     unsigned head, n = 0;
 
     if (h->closes.count) hp_conn_sweep_closes(h);
+    if (h->nclose_dls && !h->closing) hp_expire_closes(h);
     if (io_uring_cq_has_overflow(&h->uring)) h->st.cq_overflows++;
     /* Copy each CQE out and advance before handling: handlers may queue
      * SQEs, and nothing here calls into Ruby. */
@@ -187,6 +216,9 @@ hio_hp_new(void)
     if (!h) return NULL;
     h->uring.ring_fd = -1;
     h->send_free = -1;
+    h->send_limit = HIO_DEFAULT_SEND_LIMIT;
+    h->conn_send_limit = HIO_DEFAULT_SEND_LIMIT / 4;
+    h->close_timeout = HIO_DEFAULT_CLOSE_TIMEOUT;
     return h;
 }
 
@@ -206,6 +238,8 @@ hio_hp_memsize(const struct hio_hotpath *h)
         sz += (size_t)h->nconns * sizeof(struct hio_conn) + (size_t)h->nsends * sizeof(struct hio_send);
         sz += (size_t)h->done.cap * sizeof(struct hio_completion) + (size_t)h->parked.cap * sizeof(int);
         sz += (size_t)h->closes.cap * sizeof(struct hio_close_pending);
+        sz += (size_t)h->close_dls_cap * sizeof(struct hio_close_dl);
+        sz += (size_t)h->send_held + h->map_cached_bytes;
     }
     return sz;
 }
@@ -225,6 +259,7 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
     if (cq < 256) cq = 256;
     if (cq < n_bufs * 2) cq = n_bufs * 2;
     if (cq > HP_MAX_CQ) cq = HP_MAX_CQ;
+    hio_owner_release_deferred();
     h->uring.ring_fd = -1;
     h->send_free = -1;
     ret = hio_queue_init(&h->uring, depth, cq, &h->flags);
@@ -328,8 +363,46 @@ hio_hp_cancel(struct hio_hotpath *h, int fd)
     return 0;
 }
 
+void
+hio_hp_set_send_limits(struct hio_hotpath *h, uint64_t ring_limit, uint64_t conn_limit)
+{
+    h->send_limit = ring_limit;
+    h->conn_send_limit = conn_limit < ring_limit ? conn_limit : ring_limit;
+}
+
+void
+hio_hp_send_limits(const struct hio_hotpath *h, uint64_t *ring_limit, uint64_t *conn_limit)
+{
+    *ring_limit = h->send_limit;
+    *conn_limit = h->conn_send_limit;
+}
+
+void
+hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out)
+{
+    *out = h->refused;
+}
+
+uint64_t
+hio_hp_queued_send_bytes(const struct hio_hotpath *h, int fd)
+{
+    return fd >= 0 && (unsigned)fd < h->nconns ? h->conns[fd].send_bytes : 0;
+}
+
+void
+hio_hp_set_close_timeout(struct hio_hotpath *h, double timeout)
+{
+    h->close_timeout = timeout;
+}
+
+double
+hio_hp_close_timeout(const struct hio_hotpath *h)
+{
+    return h->close_timeout;
+}
+
 int
-hio_hp_submit_close(struct hio_hotpath *h, int fd)
+hio_hp_submit_close(struct hio_hotpath *h, int fd, double timeout)
 {
     struct hio_conn *c;
     int ret;
@@ -351,9 +424,15 @@ hio_hp_submit_close(struct hio_hotpath *h, int fd)
         c = &h->conns[fd];
     }
     if ((ret = hp_conn_check_close_again(h, c)) < 0) return ret;
+    if (hp_send_pending(c) && timeout >= 0 && hp_conn_reserve_deadline(h) < 0) return -ENOMEM;
     hp_ms_cancel(h, fd, c);
-    if (hp_send_pending(c)) hp_conn_close_after_sends(c);
-    else hp_conn_issue_close(h, fd, c);
+    if (hp_send_pending(c)) {
+        /* A deadline already passed (timeout 0) is met by the next reap or
+         * flush, like any other. */
+        hp_conn_close_after_sends(h, fd, c, timeout >= 0 ? hio_now() + timeout : -1.0);
+    } else {
+        hp_conn_issue_close(h, fd, c);
+    }
     return 0;
 }
 
@@ -362,6 +441,7 @@ hio_hp_flush(struct hio_hotpath *h)
 {
     int ret;
 
+    if (h->nclose_dls) hp_expire_closes(h);
     if (io_uring_sq_ready(&h->uring) == 0) return 0;
     h->st.io.submits++;
     ret = io_uring_submit(&h->uring);
@@ -404,7 +484,15 @@ hp_wait_broken(void *ctx, int err)
     ((struct hio_hotpath *)ctx)->healthy = 0;
 }
 
-static const struct hio_wait_ops hp_wait_ops = { hp_wait_reap, hp_wait_ready, hp_wait_broken, NULL };
+/* The earliest submit_close deadline: the wait returns by then, and its
+ * reap cancels what the close waits for. */
+static double
+hp_wait_wake_at(void *ctx)
+{
+    return hp_conn_next_deadline((struct hio_hotpath *)ctx);
+}
+
+static const struct hio_wait_ops hp_wait_ops = { hp_wait_reap, hp_wait_ready, hp_wait_broken, NULL, hp_wait_wake_at };
 
 void
 hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, double timeout, unsigned min_wait_us,
@@ -437,9 +525,9 @@ hio_hp_leaked_rings(void)
 }
 
 static void
-hp_free_tables(struct hio_hotpath *h, int kernel_may_write)
+hp_free_tables(struct hio_hotpath *h, enum hio_release inflight_fate)
 {
-    hp_slots_teardown(h, kernel_may_write);
+    hp_slots_teardown(h, inflight_fate);
     hp_conns_teardown(h);
     hp_ms_teardown(h);
     hp_queue_teardown(h);
@@ -484,19 +572,34 @@ hp_drain_all(struct hio_hotpath *h, double budget)
 }
 
 /*
- * #close drains for at most HP_CLOSE_DRAIN_SECONDS. The GC (from_gc) never
- * waits: a finalizer must not block, and it may run on any thread. It
- * cancels and reaps what the kernel gives back at once (cancels of
- * poll-armed accepts, recvs and sends complete inline); whatever is still
- * in flight after that keeps its memory: the buffer ring and those send
- * payloads are leaked, never freed under the kernel, and counted in
- * hio_hp_leaked_rings. Closing the ring fd then makes the kernel cancel the
- * rest on its own.
+ * #close drains for at most HP_CLOSE_DRAIN_SECONDS; the GC (from_gc) never
+ * waits: a finalizer must not block, and it may run on any thread. Only
+ * the owner thread can cancel (a SINGLE_ISSUER ring refuses any other task
+ * with EEXIST), so another thread (#close once the owner ended, or the GC)
+ * does not drain at all, and a drain stops at the first fatal error.
+ *
+ * Then the ring is exited (munmap and close, no io_uring_enter) and its
+ * memory released as soon as nothing can touch it (owner.c, "Memory after
+ * the owner", lists who could):
+ * - nothing in flight any more, or the owner task gone: all of it, now;
+ * - otherwise, on a DEFER_TASKRUN ring: the recv buffers now. They are
+ *   written only by recv task_work, which on such a ring runs only inside
+ *   an io_uring_enter on this ring by its owner task (multishot recvs never
+ *   run in io-wq), and nobody can enter it once its fd is closed here: the
+ *   owner thread is either us or not inside a call on it (each_completion
+ *   refuses #close; the GC never frees a ring a frame still uses). The
+ *   payloads of sends still in flight wait for the owner task to be gone
+ *   (a send can be in its io-wq);
+ * - otherwise (COOP_TASKRUN or no flags, kernels before 6.1): task_work
+ *   runs whenever the owner returns to user space, so buffers and payloads
+ *   wait for the owner task to be gone.
+ * Memory that waits is counted in hio_hp_leaked_rings (the ring, once).
  */
 void
 hio_hp_close(struct hio_hotpath *h, int from_gc)
 {
-    int kernel_may_write;
+    enum hio_release bufs_fate = HIO_RELEASE_NOW, sends_fate = HIO_RELEASE_NOW;
+    int self, held;
 
     if (!h->inited) return;
     hio_registry_remove(h);
@@ -504,30 +607,33 @@ hio_hp_close(struct hio_hotpath *h, int from_gc)
     if (hio_owner_forked(&h->owner)) {
         /* The child never submits to, cancels on or unregisters from the
          * parent's ring; its buffer memory was never mapped here (DONTFORK). */
-        hio_bufring_teardown(&h->bufs, NULL, 1);
+        hio_bufring_teardown(&h->bufs, NULL, HIO_RELEASE_FORGET, NULL);
         hio_owner_forget_ring(&h->uring);
-        hp_free_tables(h, 1);
+        hp_free_tables(h, HIO_RELEASE_FORGET);
         h->inited = 0;
         h->closed = 1;
         return;
     }
-    if (hio_owner_other_thread(&h->owner)) {
-        /* Only the GC gets here (methods check the thread). A single-issuer
-         * ring refuses submissions from this thread, so nothing can be
-         * cancelled: closing the fd makes the kernel cancel, but not
-         * synchronously, so what it may still write is leaked. */
-        kernel_may_write = h->inflight > 0;
-    } else {
-        hp_drain_all(h, from_gc ? 0 : HP_CLOSE_DRAIN_SECONDS);
-        kernel_may_write = h->inflight > 0;
+    self = !hio_owner_other_thread(&h->owner);
+    if (self) hp_drain_all(h, from_gc ? 0 : HP_CLOSE_DRAIN_SECONDS);
+    else h->closing = 1;
+    held = h->inflight > 0; /* the kernel still holds requests of ours */
+    if (held && (self || !hio_owner_task_gone(&h->owner))) {
+        sends_fate = HIO_RELEASE_DEFER;
+        if (!(h->flags & IORING_SETUP_DEFER_TASKRUN)) bufs_fate = HIO_RELEASE_DEFER;
     }
     hp_conn_close_leftovers(h);
-    if (kernel_may_write) hp_leaked_rings++;
-    hio_bufring_teardown(&h->bufs, &h->uring, kernel_may_write);
+    if (sends_fate == HIO_RELEASE_DEFER && hp_slots_inflight(h)) hp_leaked_rings++;
+    else if (bufs_fate == HIO_RELEASE_DEFER) hp_leaked_rings++;
+    /* Unregistering is an io_uring_register call: only the owner may, and
+     * only once the kernel gave every buffer back; exiting the ring drops
+     * the registration anyway. */
+    hio_bufring_teardown(&h->bufs, self && !held ? &h->uring : NULL, bufs_fate, &h->owner);
     io_uring_queue_exit(&h->uring);
-    hp_free_tables(h, kernel_may_write);
+    hp_free_tables(h, sends_fate);
     h->inited = 0;
     h->closed = 1;
+    hio_owner_release_deferred();
 }
 
 /* ---- what the bindings read ---- */
@@ -593,6 +699,7 @@ hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out)
     out->buffers_in_use = h->bufs.in_use;
     out->inflight = h->inflight < 0 ? 0 : (uint64_t)h->inflight;
     out->queued = h->done.count;
+    out->queued_send_bytes = h->send_held;
     out->setup_flags = h->flags;
 }
 

@@ -16,7 +16,8 @@
 
 VALUE hio_cHotpathRing;
 static ID id_queue_depth, id_n_bufs, id_buf_size, id_min_complete, id_timeout_ms, id_raw, id_min_wait_us;
-static ID id_default_n_bufs, id_default_buf_size;
+static ID id_default_n_bufs, id_default_buf_size, id_default_send_buffer_limit;
+static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_timeout;
 static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags;
 
 #define HP_MAX_BUF_SIZE (1024u * 1024u)
@@ -28,6 +29,7 @@ hpc_mark(void *p)
 {
     struct hpc *hc = p;
     if (hc->sched_io) rb_gc_mark(hc->sched_io);
+    if (hc->owner_thread) rb_gc_mark(hc->owner_thread);
 }
 
 /* The GC's close never blocks and never raises (hio_hp_close says what it
@@ -65,6 +67,7 @@ hpc_alloc(VALUE klass)
     VALUE obj = TypedData_Make_Struct(klass, struct hpc, &hio_hotpath_type, hc);
 
     hc->sched_io = Qnil;
+    hc->owner_thread = Qnil;
     if (!(hc->h = hio_hp_new())) rb_memerror(); /* not open: safe to free before initialize ran */
     return obj;
 }
@@ -78,9 +81,19 @@ hio_hotpath_refuse(const struct hio_hotpath *h, int why)
 
 /* ---- Methods ---- */
 
+/* A byte limit: a positive Fixnum (up to 2**62 - 1: no machine holds more). */
+static uint64_t
+hpc_limit_arg(VALUE v, const char *what)
+{
+    if (!RB_INTEGER_TYPE_P(v)) rb_raise(rb_eTypeError, "%s must be an Integer, got %s", what, rb_obj_classname(v));
+    if (!FIXNUM_P(v) || FIX2LONG(v) < 1)
+        rb_raise(rb_eArgError, "%s must be in 1..%ld bytes (got %"PRIsVALUE")", what, FIXNUM_MAX, v);
+    return (uint64_t)FIX2LONG(v);
+}
+
 /*
  * call-seq:
- *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192) -> ring
+ *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192, send_buffer_limit: 64 MiB, connection_send_limit: send_buffer_limit / 4, close_timeout: 60) -> ring
  *
  * Opens a ring of +queue_depth+ SQEs (1..32768; the CQ is 4x larger, since
  * multishot requests complete many times per submission) with a provided-
@@ -89,31 +102,89 @@ hio_hotpath_refuse(const struct hio_hotpath *h, int why)
  * and HYPERION_IO_URING_HOTPATH_BUF_SIZE when set. Raises ArgumentError /
  * TypeError for bad values, Unsupported (with the reason) when
  * hotpath_supported? is false, Errno::* when setup fails.
+ *
+ * +send_buffer_limit+ bounds the bytes the ring holds for the copies of
+ * queued and in-flight sends (#submit_send copies every payload until its
+ * completion, and a client that does not read leaves them queued);
+ * +connection_send_limit+ bounds them per fd, so that one such client
+ * cannot use up the ring's budget for the others. Past either, #submit_send
+ * raises SendBufferFull and queues nothing. Integers in 1..2**62-1;
+ * send_buffer_limit defaults to HYPERION_IO_URING_SEND_BUFFER_LIMIT or
+ * 64 MiB, connection_send_limit to a quarter of it (at least 1) and may not
+ * exceed it. #queued_send_bytes and stats[:queued_send_bytes] say how much
+ * is held.
+ *
+ * +close_timeout+ is #submit_close's deadline when it is given no
+ * +timeout:+ (Numeric seconds, or nil for none): 60 s, like common
+ * servers' send timeouts.
  */
 static VALUE
 hpc_initialize(int argc, VALUE *argv, VALUE self)
 {
-    static ID kw_ids[3];
+    static ID kw_ids[6];
     struct hio_hotpath *h = hpc_get(self)->h;
-    VALUE opts, kw[3] = { Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
+    VALUE opts, kw[6] = { Qundef, Qundef, Qundef, Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
     unsigned depth = 1024, n_bufs, buf_size;
+    uint64_t send_limit, conn_limit;
+    double close_timeout = HIO_DEFAULT_CLOSE_TIMEOUT;
     int ret;
 
-    if (!kw_ids[0]) { kw_ids[0] = id_queue_depth; kw_ids[1] = id_n_bufs; kw_ids[2] = id_buf_size; }
+    if (!kw_ids[0]) {
+        kw_ids[0] = id_queue_depth;
+        kw_ids[1] = id_n_bufs;
+        kw_ids[2] = id_buf_size;
+        kw_ids[3] = id_send_buffer_limit;
+        kw_ids[4] = id_connection_send_limit;
+        kw_ids[5] = id_close_timeout;
+    }
     rb_scan_args(argc, argv, "0:", &opts);
-    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 3, kw);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 6, kw);
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
     if (kw[1] == Qundef) kw[1] = rb_respond_to(klass, id_default_n_bufs) ? rb_funcall(klass, id_default_n_bufs, 0) : INT2FIX(512);
     if (kw[2] == Qundef) kw[2] = rb_respond_to(klass, id_default_buf_size) ? rb_funcall(klass, id_default_buf_size, 0) : INT2FIX(8192);
     n_bufs = hio_uint_arg(kw[1], "n_bufs", 1, 32768, 1);
     buf_size = hio_uint_arg(kw[2], "buf_size", 1, HP_MAX_BUF_SIZE, 0);
+    if (kw[3] == Qundef)
+        kw[3] = rb_respond_to(klass, id_default_send_buffer_limit) ? rb_funcall(klass, id_default_send_buffer_limit, 0)
+                                                                  : ULL2NUM(HIO_DEFAULT_SEND_LIMIT);
+    send_limit = hpc_limit_arg(kw[3], "send_buffer_limit");
+    if (kw[4] == Qundef) {
+        conn_limit = send_limit / 4 ? send_limit / 4 : 1;
+    } else {
+        conn_limit = hpc_limit_arg(kw[4], "connection_send_limit");
+        if (conn_limit > send_limit)
+            rb_raise(rb_eArgError, "connection_send_limit (%llu) must not exceed send_buffer_limit (%llu)",
+                     (unsigned long long)conn_limit, (unsigned long long)send_limit);
+    }
+    if (kw[5] != Qundef) close_timeout = hio_timeout_arg(kw[5], "close_timeout");
     if (hio_hp_was_opened(h)) rb_raise(rb_eRuntimeError, "ring already initialized");
     hio_require_supported("io_uring hotpath", "hotpath_supported?", "hotpath_unsupported_reason");
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
     if (ret < 0)
         hio_raise_errno(ret, "%s(queue_depth: %u, n_bufs: %u, buf_size: %u)", hio_hp_open_error(h), depth, n_bufs,
                         buf_size);
+    RB_OBJ_WRITE(self, &hpc_get(self)->owner_thread, rb_thread_current());
+    hio_hp_set_send_limits(h, send_limit, conn_limit);
+    hio_hp_set_close_timeout(h, close_timeout);
     return self;
+}
+
+/* SendBufferFull for the send h just refused with -ENOBUFS. */
+static void
+hpc_raise_send_buffer_full(struct hio_hotpath *h, const char *what)
+{
+    struct hio_send_refusal r;
+
+    hio_hp_send_refusal(h, &r);
+    if (r.which == HIO_LIMIT_CONNECTION)
+        rb_raise(hio_eSendBufferFull,
+                 "%s: fd %d holds %llu bytes of queued sends; %llu more would pass connection_send_limit "
+                 "(%llu bytes)", what, r.fd, (unsigned long long)r.held, (unsigned long long)r.len,
+                 (unsigned long long)r.limit);
+    rb_raise(hio_eSendBufferFull,
+             "%s: the ring holds %llu bytes of queued sends; %llu more for fd %d would pass send_buffer_limit "
+             "(%llu bytes)", what, (unsigned long long)r.held, (unsigned long long)r.len, r.fd,
+             (unsigned long long)r.limit);
 }
 
 static void
@@ -182,6 +253,13 @@ hpc_submit_recv(VALUE self, VALUE fdv)
  * arrives per call, with the total length or -errno. Sends on one fd go out
  * in order.
  *
+ * The copies count against the ring's +send_buffer_limit+ and the fd's
+ * +connection_send_limit+ (see HotpathRing.new) until their completions:
+ * a send that would pass either raises Hyperion::IOUring::SendBufferFull
+ * (the message names the fd, the limit and the bytes), queues nothing and
+ * yields no completion; stats[:send_buffer_full] counts them. The C entry
+ * point returns -ENOBUFS instead.
+ *
  * The three-argument form is upstream's legacy one: +iov_ptr+ is the
  * address of +iov_count+ (0..IOV_MAX) <tt>struct iovec</tt>, a
  * Fiddle::Pointer or an Integer (anything else is a TypeError); their bytes
@@ -208,8 +286,30 @@ hpc_submit_send(int argc, VALUE *argv, VALUE self)
         h = hpc_usable(self)->h;
         ret = hio_hp_submit_sendv(h, fd, iov, iovcnt);
     }
+    if (ret == -ENOBUFS) hpc_raise_send_buffer_full(h, "submit_send");
     hpc_check_submit(ret, "submit_send", fd);
     return Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.queued_send_bytes(fd) -> Integer
+ *
+ * Bytes of #submit_send copies the ring holds for +fd+ (an Integer or an
+ * IO) now: sends queued or in flight, freed at each one's completion. It
+ * grows while the client does not read; a server can stop reading from a
+ * client over its own high-water mark (examples/hello_server.rb) well before
+ * connection_send_limit makes #submit_send raise SendBufferFull. 0 for a fd
+ * the ring has no sends for, and on a closed ring.
+ * stats[:queued_send_bytes] is the ring's total.
+ */
+static VALUE
+hpc_queued_send_bytes(VALUE self, VALUE fdv)
+{
+    int fd = hio_fd_arg(fdv, "queued_send_bytes");
+    struct hio_hotpath *h = hpc_get(self)->h;
+
+    return ULL2NUM(hio_hp_is_open(h) ? (unsigned long long)hio_hp_queued_send_bytes(h, fd) : 0ull);
 }
 
 struct hpc_each {
@@ -344,6 +444,7 @@ hpc_cancel(VALUE self, VALUE fdv)
 /*
  * call-seq:
  *   ring.submit_close(fd) -> nil
+ *   ring.submit_close(fd, timeout: seconds) -> nil
  *
  * Closes the Integer +fd+ through the ring, in place of
  * <tt>ring.cancel(fd); IO.for_fd(fd).close</tt> and without a syscall of
@@ -371,6 +472,17 @@ hpc_cancel(VALUE self, VALUE fdv)
  * close goes out, and one that names another socket by then is left alone,
  * with an OP_CLOSE -EBADF.)
  *
+ * +timeout+ (Numeric seconds, or nil for none; default: the ring's
+ * +close_timeout+, 60 s) is how long the close waits for those sends: at
+ * the deadline the sends still queued are cancelled (their OP_SEND
+ * completions come with -ECANCELED) and the fd is closed, as by #cancel;
+ * stats[:close_timeouts] counts it. The deadline bounds the ring's waits,
+ * so it fires while #each_completion waits with nothing else happening
+ * (within a few milliseconds; it is checked when the ring reaps, so a
+ * server that never waits on the ring never closes). A peer that never
+ * reads holds its connection for at most +timeout+. 0 cancels the sends at
+ * the next wait or #flush.
+ *
  * An IO is a TypeError: the IO would close the number again later, when it
  * may name another connection; close the IO itself. ArgumentError for a
  * negative fd and for the ring's own (#fileno). Closing the ring (#close,
@@ -382,18 +494,26 @@ hpc_cancel(VALUE self, VALUE fdv)
  *   ring.submit_close(fd) # the response goes out first
  */
 static VALUE
-hpc_submit_close(VALUE self, VALUE fdv)
+hpc_submit_close(int argc, VALUE *argv, VALUE self)
 {
+    static ID kw_ids[1];
     struct hio_hotpath *h;
+    VALUE fdv, opts, kw[1] = { Qundef };
+    double timeout;
     int fd, ret;
 
+    if (!kw_ids[0]) kw_ids[0] = id_timeout;
+    rb_scan_args(argc, argv, "1:", &fdv, &opts);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 1, kw);
     if (RB_TYPE_P(fdv, T_FILE))
         rb_raise(rb_eTypeError, "submit_close: expected an Integer fd, got %s (the IO would close the number "
                                 "again later, when it may name another connection; close the IO itself)",
                  rb_obj_classname(fdv));
     fd = hio_fd_arg(fdv, "submit_close");
+    timeout = kw[0] == Qundef ? -2.0 : hio_timeout_arg(kw[0], "submit_close");
     h = hpc_usable(self)->h;
-    ret = hio_hp_submit_close(h, fd);
+    if (timeout == -2.0) timeout = hio_hp_close_timeout(h);
+    ret = hio_hp_submit_close(h, fd, timeout);
     if (ret == -EINVAL) rb_raise(rb_eArgError, "submit_close: fd %d is the ring's own (use #close)", fd);
     hpc_check_submit(ret, "submit_close", fd);
     return Qnil;
@@ -422,9 +542,16 @@ hpc_flush(VALUE self)
  *
  * Cancels everything in flight, waits (at most a second) for the kernel to
  * give it all back, unregisters and frees the buffer ring, and closes the
- * ring. Idempotent. If the kernel does not give everything back, the
- * memory it could still write is leaked rather than freed. In a forked
- * child it only drops the child's reference.
+ * ring. Idempotent. Memory the kernel could still touch is released only
+ * once it cannot (see docs/RELIABILITY.md): with a DEFER_TASKRUN ring the
+ * recv buffers always go at once; payloads of sends still in flight wait
+ * until the owner thread's kernel task has exited. In a forked child it
+ * only drops the child's reference.
+ *
+ * From another thread: ThreadError while the thread that opened the ring is
+ * alive. Once it has ended, any thread may close the ring: nothing can be
+ * cancelled then (the kernel refuses other threads), so the ring is exited
+ * without a drain, and its memory is released as above.
  */
 static VALUE
 hpc_close(VALUE self)
@@ -432,6 +559,7 @@ hpc_close(VALUE self)
     struct hpc *hc = hpc_get(self);
     int why = hio_hp_may(hc->h, HIO_USE_CLOSE);
 
+    if (why == HIO_OWNER_OTHER_THREAD && hio_owner_thread_ended(hc->owner_thread)) why = 0;
     if (why == HIO_REFUSE_CLOSED) return Qnil;
     if (why) hio_hotpath_refuse(hc->h, why);
     if (hc->in_each)
@@ -535,8 +663,11 @@ hpc_batch_wait_supported_p(VALUE self)
  * dropped), :buffers_in_use (held by Ruby now), :submits and :waits
  * (io_uring_enter calls that submitted / waited), :batch_waits (waits made
  * as kernel batch waits, see #each_completion's min_wait_us:), :closes
- * (closes made for #submit_close), plus :inflight (requests
- * the kernel holds), :queued (completions not yet yielded) and :setup_flags.
+ * (closes made for #submit_close), :close_timeouts (submit_close deadlines
+ * that cancelled the sends they waited for), :send_buffer_full (sends
+ * refused with SendBufferFull), plus :inflight (requests the kernel holds),
+ * :queued (completions not yet yielded), :queued_send_bytes (bytes of send
+ * copies the ring holds now, see #queued_send_bytes) and :setup_flags.
  */
 static VALUE
 hpc_stats(VALUE self)
@@ -561,8 +692,11 @@ hpc_stats(VALUE self)
     HPC_STAT("waits", st.st.io.waits);
     HPC_STAT("batch_waits", st.st.io.batch_waits);
     HPC_STAT("closes", st.st.closes);
+    HPC_STAT("close_timeouts", st.st.close_timeouts);
+    HPC_STAT("send_buffer_full", st.st.send_buffer_full);
     HPC_STAT("inflight", st.inflight);
     HPC_STAT("queued", st.queued);
+    HPC_STAT("queued_send_bytes", st.queued_send_bytes);
     HPC_STAT("setup_flags", st.setup_flags);
 #undef HPC_STAT
     return s;
@@ -574,12 +708,20 @@ hpc_stats(VALUE self)
  *
  * Runs the functional hot-path probe: nil when a multishot accept and a
  * multishot recv into a buffer ring completed on loopback, else the reason.
+ * Signals never fail it (an interrupted connect is waited for). A step
+ * that fails with a transient error (EINTR, EAGAIN, ENOMEM, EMFILE, ...)
+ * is retried a few times; if it still fails, this raises that
+ * SystemCallError (Errno::*) instead of returning a reason, so the caller
+ * does not take a momentary failure for the host's answer.
  */
 static VALUE
 hpc_s_probe(VALUE klass)
 {
     char reason[256];
-    const char *r = hio_hp_probe(reason, sizeof(reason));
+    int err = 0;
+    const char *r = hio_hp_probe(reason, sizeof(reason), &err);
+
+    if (r && hio_probe_transient(err)) rb_syserr_fail(-err, r);
     return r ? rb_str_new_cstr(r) : Qnil;
 }
 
@@ -611,6 +753,11 @@ hio_init_hotpath_class(VALUE mIOUring)
     id_raw = rb_intern("raw");
     id_default_n_bufs = rb_intern("default_n_bufs");
     id_default_buf_size = rb_intern("default_buf_size");
+    id_default_send_buffer_limit = rb_intern("default_send_buffer_limit");
+    id_send_buffer_limit = rb_intern("send_buffer_limit");
+    id_connection_send_limit = rb_intern("connection_send_limit");
+    id_close_timeout = rb_intern("close_timeout");
+    id_timeout = rb_intern("timeout");
     sym_op_kind = ID2SYM(rb_intern("op_kind"));
     sym_fd = ID2SYM(rb_intern("fd"));
     sym_result = ID2SYM(rb_intern("result"));
@@ -621,6 +768,8 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_const(hio_cHotpathRing, "DEFAULT_QUEUE_DEPTH", INT2FIX(1024));
     rb_define_const(hio_cHotpathRing, "DEFAULT_N_BUFS", INT2FIX(512));
     rb_define_const(hio_cHotpathRing, "DEFAULT_BUF_SIZE", INT2FIX(8192));
+    rb_define_const(hio_cHotpathRing, "DEFAULT_SEND_BUFFER_LIMIT", ULL2NUM(HIO_DEFAULT_SEND_LIMIT));
+    rb_define_const(hio_cHotpathRing, "DEFAULT_CLOSE_TIMEOUT", INT2FIX((int)HIO_DEFAULT_CLOSE_TIMEOUT));
     rb_define_const(hio_cHotpathRing, "COMPLETION_BYTES", INT2FIX(24));
     rb_define_const(hio_cHotpathRing, "MAX_BATCH", INT2FIX(64));
     rb_define_const(hio_cHotpathRing, "OP_ACCEPT", INT2FIX(HIO_OP_ACCEPT));
@@ -636,7 +785,8 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_method(hio_cHotpathRing, "submit_send", hpc_submit_send, -1);
     rb_define_method(hio_cHotpathRing, "each_completion", hpc_each_completion, -1);
     rb_define_method(hio_cHotpathRing, "cancel", hpc_cancel, 1);
-    rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, 1);
+    rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, -1);
+    rb_define_method(hio_cHotpathRing, "queued_send_bytes", hpc_queued_send_bytes, 1);
     rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);
     rb_define_method(hio_cHotpathRing, "close", hpc_close, 0);
     rb_define_method(hio_cHotpathRing, "closed?", hpc_closed_p, 0);

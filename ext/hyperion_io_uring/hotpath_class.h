@@ -14,8 +14,9 @@
  * around it. */
 struct hpc {
     struct hio_hotpath *h;
-    VALUE sched_io; /* IO of the eventfd for Fiber scheduler waits */
-    int in_each;    /* each_completion runs (its block, or a fiber parked in it) */
+    VALUE sched_io;     /* IO of the eventfd for Fiber scheduler waits */
+    VALUE owner_thread; /* the Thread that opened it (for #close once it ended) */
+    int in_each;        /* each_completion runs (its block, or a fiber parked in it) */
 };
 
 extern const rb_data_type_t hio_hotpath_type;

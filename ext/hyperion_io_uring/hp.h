@@ -22,6 +22,9 @@
 #include "owner.h"
 
 #define HP_BGID 0
+/* Freed payload mappings hp_slots.c keeps for reuse, at most (and at most
+ * HP_MAP_CACHE_BYTES of them). */
+#define HP_MAP_CACHE 32
 #define HP_GEN_MASK 0xffffffu
 
 /* A multishot request's state (hp_multishot.c). */
@@ -39,12 +42,14 @@ struct hio_conn {
     uint32_t gen;
     uint8_t closing;    /* enum hio_close_state */
     uint32_t close_pos; /* ISSUED: SQ position of the close SQE */
+    uint32_t close_dl;  /* QUEUED with a deadline: 1 + its index in h->close_dls, else 0 */
     uint64_t ino, dev;  /* identity of the socket claimed for the number; 0: none */
     /* hp_multishot.c */
     uint8_t recv;       /* enum hio_arm_state */
     uint8_t accept;     /* enum hio_arm_state */
-    /* hp_send.c: queue of send slots, -1: empty */
+    /* hp_send.c: queue of send slots, -1: empty; bytes of their copies */
     int32_t send_head, send_tail;
+    uint64_t send_bytes;
 };
 
 /* A close SQE the kernel may not have taken yet (hp_conn.c, in SQ order). */
@@ -53,11 +58,18 @@ struct hio_close_pending {
     uint32_t pos;
 };
 
+/* submit_close's deadline for a QUEUED close (hp_conn.c's min-heap). */
+struct hio_close_dl {
+    double at; /* CLOCK_MONOTONIC seconds */
+    int fd;
+};
+
 /* A send slot (hp_slots.c holds them; hp_send.c queues and runs them). */
 struct hio_send {
     int fd;
     uint32_t gen;
     char *data;       /* ring-owned copy of the payload */
+    size_t map;       /* 0: data is malloc'd; else the size of data's own mapping */
     size_t len, off;
     int32_t next;     /* next in the fd's queue, or in the free list */
     uint8_t inflight; /* the kernel holds a send SQE of it */
@@ -76,6 +88,7 @@ struct hio_hotpath {
     unsigned flags;              /* setup flags in force */
     struct hio_owner owner;
     char err[160];               /* which step of open failed */
+    double close_timeout;        /* submit_close's default deadline: seconds, < 0 none */
     /* hp_queue.c */
     long inflight;               /* requests whose final CQE is still due */
     struct hio_fifo done;        /* struct hio_completion: reaped, not yet yielded */
@@ -83,10 +96,19 @@ struct hio_hotpath {
     struct hio_send *sends;
     unsigned nsends;
     int32_t send_free;
+    uint64_t send_held;          /* bytes of payload copies held (queued, in flight, orphaned) */
+    struct hio_map { void *p; size_t size; } map_cache[HP_MAP_CACHE]; /* freed mappings kept for reuse */
+    unsigned map_cached;
+    size_t map_cached_bytes;
+    /* hp_send.c (the limits: hotpath.c, before the first send) */
+    uint64_t send_limit, conn_send_limit; /* send_buffer_limit, connection_send_limit */
+    struct hio_send_refusal refused;      /* the last send refused with -ENOBUFS */
     /* hp_conn.c */
     struct hio_conn *conns;
     unsigned nconns;
     struct hio_fifo closes;      /* struct hio_close_pending: ISSUED closes, until the kernel takes them */
+    struct hio_close_dl *close_dls; /* min-heap by at: deadlines of QUEUED closes */
+    unsigned nclose_dls, close_dls_cap;
     int close_skip;              /* closes use IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP) */
     /* hp_multishot.c */
     struct hio_fifo parked;      /* int: fds whose recv ended with ENOBUFS */

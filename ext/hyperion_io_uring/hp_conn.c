@@ -14,6 +14,13 @@
  * still the connection's, so Ruby's submits on it are refused; once taken,
  * the number is free, and its next owner (an accept, a submit on another
  * socket) retires the entry as for any reused number.
+ *
+ * A QUEUED close may have a deadline (submit_close's timeout): a min-heap
+ * of them (h->close_dls, each entry's index kept in its conn, so a close
+ * that leaves QUEUED early is taken out at once) gives the earliest, which
+ * bounds the ring's waits (hotpath.c); when it passes, hotpath.c cancels
+ * the fd's sends and the close follows their ends. A peer that never reads
+ * then costs a connection for at most the timeout, not for ever.
  */
 #include "hp_conn.h"
 #include "hp_queue.h"
@@ -48,6 +55,96 @@ hp_conns_teardown(struct hio_hotpath *h)
     h->conns = NULL;
     h->nconns = 0;
     hio_fifo_free(&h->closes);
+    free(h->close_dls);
+    h->close_dls = NULL;
+    h->nclose_dls = h->close_dls_cap = 0;
+}
+
+/* ---- deadlines of QUEUED closes: a min-heap by at ---- */
+
+static void
+conn_dl_set(struct hio_hotpath *h, unsigned i, struct hio_close_dl d)
+{
+    h->close_dls[i] = d;
+    h->conns[d.fd].close_dl = i + 1;
+}
+
+static void
+conn_dl_up(struct hio_hotpath *h, unsigned i)
+{
+    struct hio_close_dl d = h->close_dls[i];
+
+    while (i > 0 && h->close_dls[(i - 1) / 2].at > d.at) {
+        conn_dl_set(h, i, h->close_dls[(i - 1) / 2]);
+        i = (i - 1) / 2;
+    }
+    conn_dl_set(h, i, d);
+}
+
+static void
+conn_dl_down(struct hio_hotpath *h, unsigned i)
+{
+    struct hio_close_dl d = h->close_dls[i];
+    unsigned n = h->nclose_dls;
+
+    for (;;) {
+        unsigned l = 2 * i + 1, m = i;
+        double at = d.at;
+        if (l < n && h->close_dls[l].at < at) { m = l; at = h->close_dls[l].at; }
+        if (l + 1 < n && h->close_dls[l + 1].at < at) m = l + 1;
+        if (m == i) break;
+        conn_dl_set(h, i, h->close_dls[m]);
+        i = m;
+    }
+    conn_dl_set(h, i, d);
+}
+
+/* Takes c's deadline (if any) out of the heap. */
+static void
+conn_dl_remove(struct hio_hotpath *h, struct hio_conn *c)
+{
+    unsigned i;
+
+    if (!c->close_dl) return;
+    i = c->close_dl - 1;
+    c->close_dl = 0;
+    if (i != --h->nclose_dls) {
+        struct hio_close_dl last = h->close_dls[h->nclose_dls];
+        conn_dl_set(h, i, last);
+        if (i > 0 && h->close_dls[(i - 1) / 2].at > last.at) conn_dl_up(h, i);
+        else conn_dl_down(h, i);
+    }
+}
+
+int
+hp_conn_reserve_deadline(struct hio_hotpath *h)
+{
+    struct hio_close_dl *n;
+    unsigned cap;
+
+    if (h->nclose_dls < h->close_dls_cap) return 0;
+    cap = h->close_dls_cap ? h->close_dls_cap * 2 : 16;
+    if (!(n = realloc(h->close_dls, (size_t)cap * sizeof(*n)))) return -ENOMEM;
+    h->close_dls = n;
+    h->close_dls_cap = cap;
+    return 0;
+}
+
+double
+hp_conn_next_deadline(const struct hio_hotpath *h)
+{
+    return h->nclose_dls ? h->close_dls[0].at : -1.0;
+}
+
+int
+hp_conn_pop_expired(struct hio_hotpath *h, double now)
+{
+    int fd;
+
+    if (!h->nclose_dls || h->close_dls[0].at > now) return -1;
+    fd = h->close_dls[0].fd;
+    conn_dl_remove(h, &h->conns[fd]);
+    return fd;
 }
 
 int
@@ -87,6 +184,7 @@ hp_conn_retire(struct hio_hotpath *h, int fd, struct hio_conn *c)
      * back (it is reused now), so it must never be closed for the old
      * connection. Ruby learns, as close(2) twice would tell it. */
     if (c->closing == HIO_CLOSE_QUEUED) hp_push(h, HIO_OP_CLOSE, fd, -EBADF, -1, 0);
+    conn_dl_remove(h, c);
     c->closing = HIO_CLOSE_NONE; /* an ISSUED close has run: the number is the new owner's */
     hp_conn_new_generation(c);
     c->ino = c->dev = 0;
@@ -125,9 +223,14 @@ hp_conn_check_close_again(struct hio_hotpath *h, struct hio_conn *c)
 }
 
 void
-hp_conn_close_after_sends(struct hio_conn *c)
+hp_conn_close_after_sends(struct hio_hotpath *h, int fd, struct hio_conn *c, double at)
 {
     c->closing = HIO_CLOSE_QUEUED;
+    if (at < 0) return;
+    /* hp_conn_reserve_deadline made room. */
+    h->close_dls[h->nclose_dls].at = at;
+    h->close_dls[h->nclose_dls].fd = fd;
+    conn_dl_up(h, h->nclose_dls++);
 }
 
 /* The number is checked first, as for a send started while reaping: if
@@ -136,6 +239,7 @@ hp_conn_close_after_sends(struct hio_conn *c)
 void
 hp_conn_close_held_back(struct hio_hotpath *h, int fd, struct hio_conn *c)
 {
+    conn_dl_remove(h, c);
     if ((c->ino || c->dev) && !hp_conn_same_socket(fd, c)) {
         c->closing = HIO_CLOSE_NONE;
         hp_push(h, HIO_OP_CLOSE, fd, -EBADF, -1, 0);
@@ -212,6 +316,7 @@ hp_conn_close_leftovers(struct hio_hotpath *h)
     for (i = 0; i < h->nconns; i++) {
         struct hio_conn *c = &h->conns[i];
         if (c->closing != HIO_CLOSE_QUEUED) continue;
+        conn_dl_remove(h, c);
         c->closing = HIO_CLOSE_NONE;
         if (!(c->ino || c->dev) || hp_conn_same_socket((int)i, c)) {
             h->st.closes++;

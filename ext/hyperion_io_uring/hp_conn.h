@@ -33,8 +33,17 @@ void hp_conn_retire(struct hio_hotpath *h, int fd, struct hio_conn *c);
 int hp_conn_check_closing(struct hio_hotpath *h, struct hio_conn *c, uint64_t ino, uint64_t dev);
 /* For a second submit_close: -EALREADY while the first is pending, else 0. */
 int hp_conn_check_close_again(struct hio_hotpath *h, struct hio_conn *c);
-/* submit_close with sends queued: the close waits for them. */
-void hp_conn_close_after_sends(struct hio_conn *c);
+/* submit_close with sends queued: the close waits for them, until the
+ * CLOCK_MONOTONIC time at (< 0: no deadline; else hp_conn_reserve_deadline
+ * made room first). */
+void hp_conn_close_after_sends(struct hio_hotpath *h, int fd, struct hio_conn *c, double at);
+/* Room for one more deadline: 0 or -ENOMEM. */
+int hp_conn_reserve_deadline(struct hio_hotpath *h);
+/* The earliest deadline of a QUEUED close, or < 0 when none has one. */
+double hp_conn_next_deadline(const struct hio_hotpath *h);
+/* The fd of a QUEUED close whose deadline is at or before now (taken out
+ * of the heap; the close stays QUEUED), or -1. */
+int hp_conn_pop_expired(struct hio_hotpath *h, double now);
 void hp_conn_close_held_back(struct hio_hotpath *h, int fd, struct hio_conn *c);
 
 /* The fd's queued sends have all ended: the close they held back goes out

@@ -10,6 +10,14 @@
  * ones queued behind it (a stream cannot skip bytes), in the order they
  * were queued. When the last queued send has ended, a close submit_close
  * held back goes out (hp_conn.c).
+ *
+ * Memory: every queued or in-flight send holds a copy of its bytes until its
+ * final CQE. A peer that does not read leaves them all queued, so the bytes
+ * held are bounded: per ring (send_limit) and per connection
+ * (conn_send_limit, so that one such peer cannot take the whole ring's
+ * budget from the others). A send that would pass either is refused with
+ * -ENOBUFS before anything is copied or queued; the caller backs off (stops
+ * reading from that client, or drops it).
  */
 #include "hp_send.h"
 #include "hp_conn.h"
@@ -34,16 +42,50 @@ send_start(struct hio_hotpath *h, int32_t slot)
     return 0;
 }
 
+/* The slot leaves c's queue (its bytes no longer count for c). */
+static inline void
+send_dequeued(struct hio_hotpath *h, struct hio_conn *c, int32_t slot)
+{
+    uint64_t len = h->sends[slot].len;
+
+    c->send_bytes = c->send_bytes > len ? c->send_bytes - len : 0;
+}
+
 static void
 send_fail_all(struct hio_hotpath *h, struct hio_conn *c, int fd, int64_t err)
 {
     while (c->send_head >= 0) {
         int32_t slot = c->send_head;
         c->send_head = h->sends[slot].next;
+        send_dequeued(h, c, slot);
         hp_push(h, HIO_OP_SEND, fd, err, -1, 0);
         hp_slot_free(h, slot);
     }
     c->send_tail = -1;
+}
+
+/* -ENOBUFS (and what refused it) when len more bytes would pass a limit. */
+static int
+send_check_limits(struct hio_hotpath *h, int fd, const struct hio_conn *c, size_t len)
+{
+    struct hio_send_refusal *r = &h->refused;
+
+    if (len <= h->conn_send_limit && c->send_bytes <= h->conn_send_limit - len &&
+        len <= h->send_limit && h->send_held <= h->send_limit - len)
+        return 0;
+    r->fd = fd;
+    r->len = len;
+    if (len > h->conn_send_limit || c->send_bytes > h->conn_send_limit - len) {
+        r->which = HIO_LIMIT_CONNECTION;
+        r->limit = h->conn_send_limit;
+        r->held = c->send_bytes;
+    } else {
+        r->which = HIO_LIMIT_RING;
+        r->limit = h->send_limit;
+        r->held = h->send_held;
+    }
+    h->st.send_buffer_full++;
+    return -ENOBUFS;
 }
 
 int
@@ -58,6 +100,7 @@ hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct i
         hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
         return 0;
     }
+    if ((ret = send_check_limits(h, fd, c, len)) < 0) return ret;
     slot = hp_slot_new(h, iov, iovcnt, len);
     if (slot < 0) return -ENOMEM;
     s = &h->sends[slot];
@@ -76,6 +119,7 @@ hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct i
         h->sends[c->send_tail].next = slot;
         c->send_tail = slot;
     }
+    c->send_bytes += len;
     return 0;
 }
 
@@ -118,6 +162,7 @@ hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res)
     hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
     c->send_head = s->next;
     if (c->send_head < 0) c->send_tail = -1;
+    send_dequeued(h, c, slot);
     hp_slot_free(h, slot);
     if (result < 0 || cancelled) {
         /* Later sends on a failed or cancelled stream cannot succeed in
@@ -130,22 +175,22 @@ hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res)
     if (c->send_head < 0) hp_conn_sends_ended(h, fd, c);
 }
 
-void
+int
 hp_send_cancel(struct hio_hotpath *h, int fd, struct hio_conn *c)
 {
     struct hio_send *s;
 
-    if (c->send_head < 0) return;
+    if (c->send_head < 0) return 0;
     s = &h->sends[c->send_head];
     if (s->inflight) {
         /* The sends queued behind it fail when its final CQE arrives
          * (hp_send_complete), so completions keep the order of the calls. */
         s->cancelled = 1;
-        hp_prep_cancel(h, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)c->send_head));
-    } else {
-        send_fail_all(h, c, fd, -ECANCELED);
-        hp_conn_sends_ended(h, fd, c); /* cancel after submit_close: close now */
+        return hp_prep_cancel(h, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)c->send_head));
     }
+    send_fail_all(h, c, fd, -ECANCELED);
+    hp_conn_sends_ended(h, fd, c); /* cancel after submit_close: close now */
+    return 0;
 }
 
 void
@@ -167,6 +212,7 @@ hp_send_forget(struct hio_hotpath *h, int fd, struct hio_conn *c)
         slot = next;
     }
     c->send_head = c->send_tail = -1;
+    c->send_bytes = 0; /* orphans still count in send_held until their CQE */
 }
 
 void

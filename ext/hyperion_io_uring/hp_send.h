@@ -15,13 +15,17 @@ hp_send_pending(const struct hio_conn *c)
     return c->send_head >= 0;
 }
 
-/* Queues a send of the iovecs' len bytes on fd (entry c, claimed). */
+/* Queues a send of the iovecs' len bytes on fd (entry c, claimed); -ENOBUFS
+ * (h->refused says why) when the copy would pass send_limit or
+ * conn_send_limit. */
 int hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct iovec *iov, unsigned iovcnt,
                    size_t len);
 /* The CQE of a send (user_data's slot and generation). */
 void hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res);
-/* Ruby cancels fd's sends. */
-void hp_send_cancel(struct hio_hotpath *h, int fd, struct hio_conn *c);
+/* Ruby (or a submit_close deadline) cancels fd's sends: 0, or -EBUSY when
+ * no SQE could be had for the cancel (the in-flight send is marked, so its
+ * end fails it). */
+int hp_send_cancel(struct hio_hotpath *h, int fd, struct hio_conn *c);
 /* The entry is retired: its sends are cancelled or reported, and forgotten. */
 void hp_send_forget(struct hio_hotpath *h, int fd, struct hio_conn *c);
 /* Closing the ring without IORING_ASYNC_CANCEL_ANY: cancels each send in flight. */

@@ -12,23 +12,39 @@
 
 struct iovec;
 
+/* Payloads of at least this many bytes get a mapping of their own
+ * (hp_slots.c says why). */
+#define HP_MAP_MIN (32u * 1024u)
+/* At most this many bytes of freed mappings are kept for reuse per ring. */
+#define HP_MAP_CACHE_BYTES (4u * 1024u * 1024u)
+
 /* Adds free slots to the pool: 0, or -1 without memory. */
 int hp_slots_grow(struct hio_hotpath *h);
+/* Memory for a payload of len >= HP_MAP_MIN bytes: its own mapping (a
+ * freed one reused when one fits), *size set to the mapping's size; NULL
+ * without memory. */
+char *hp_map_get(struct hio_hotpath *h, size_t len, size_t *size);
+/* Gives a mapping back: kept for reuse while the cache has room, else
+ * unmapped (its pages go back to the system at once). */
+void hp_map_put(struct hio_hotpath *h, char *p, size_t size);
 
-/* A free slot holding a ring-owned copy of the iovecs' len bytes, or -1
- * without memory (inline: every send takes one). */
+/* A free slot holding a ring-owned copy of the iovecs' len bytes (counted
+ * in send_held), or -1 without memory (inline: every send takes one). */
 static inline int32_t
 hp_slot_new(struct hio_hotpath *h, const struct iovec *iov, unsigned iovcnt, size_t len)
 {
     struct hio_send *s;
-    size_t off = 0;
+    size_t off = 0, map = 0;
     unsigned i;
     int32_t slot;
 
     if (h->send_free < 0 && hp_slots_grow(h) < 0) return -1;
     slot = h->send_free;
     s = &h->sends[slot];
-    if (!(s->data = malloc(len))) return -1;
+    if (len >= HP_MAP_MIN) s->data = hp_map_get(h, len, &map);
+    else s->data = malloc(len);
+    if (!s->data) return -1;
+    s->map = map;
     h->send_free = s->next;
     s->next = -1;
     for (i = 0; i < iovcnt; i++) {
@@ -37,6 +53,7 @@ hp_slot_new(struct hio_hotpath *h, const struct iovec *iov, unsigned iovcnt, siz
     }
     s->len = len;
     s->off = 0;
+    h->send_held += len;
     return slot;
 }
 /* Frees the slot's payload and returns it to the pool. */
@@ -45,15 +62,23 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
 {
     struct hio_send *s = &h->sends[slot];
 
-    free(s->data);
+    if (s->data) {
+        h->send_held -= s->len;
+        if (s->map) hp_map_put(h, s->data, s->map);
+        else free(s->data);
+    }
     s->data = NULL;
+    s->map = 0;
     s->fd = -1;
     s->inflight = s->cancelled = 0;
     s->next = h->send_free;
     h->send_free = slot;
 }
-/* Frees the pool. A payload the kernel may still read (its send is in
- * flight and kernel_may_read is set) is leaked instead. */
-void hp_slots_teardown(struct hio_hotpath *h, int kernel_may_read);
+/* Frees the pool and the cached mappings. A payload whose send is still in
+ * flight gets inflight_fate (hotpath.c decides: now, deferred until the
+ * owner task is gone, or forgotten in a forked child); the others are freed. */
+void hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate);
+/* Payloads whose send the kernel still holds. */
+unsigned hp_slots_inflight(const struct hio_hotpath *h);
 
 #endif

@@ -30,6 +30,7 @@ extern VALUE hio_eUnsupported;
 extern VALUE hio_eForkError;
 extern VALUE hio_eThreadError;
 extern VALUE hio_eRingError;
+extern VALUE hio_eSendBufferFull;
 
 /* ---- errors.c ---- */
 NORETURN(void hio_raise_errno(int err, const char *fmt, ...));
@@ -37,6 +38,9 @@ NORETURN(void hio_raise_closed(void));
 /* Raises ForkError / ThreadError for owner.c's verdict v on a ring of
  * class cls owned by o. */
 NORETURN(void hio_raise_owner(const struct hio_owner *o, enum hio_owner_verdict v, const char *cls));
+/* Whether the owner's Ruby Thread (the binding records it) has ended, so a
+ * #close from another thread may go on. */
+int hio_owner_thread_ended(VALUE owner_thread);
 /* Raises Unsupported unless IOUring.<probe> is true (reason_method says why). */
 void hio_require_supported(const char *what, const char *probe, const char *reason_method);
 void hio_init_errors(VALUE mIOUring);

@@ -10,9 +10,20 @@
 #include <stddef.h>
 #include <sys/types.h>
 
-/* The identity of a thread. pthread_t today; the one place to change for
- * gettid() (with hio_owner_thread_now and hio_owner_same_thread below). */
-typedef pthread_t hio_thread_id;
+/*
+ * The identity of a thread: the kernel task (gettid()), which is what
+ * IORING_SETUP_SINGLE_ISSUER ties a ring to, plus pthread_self(). Neither
+ * alone is enough: glibc reuses a pthread_t (the stack of a thread that
+ * exited) for the next thread, and the kernel reuses a tid once pid_max
+ * wraps; a new thread would need both to pass for the owner. A Ruby <= 3.2
+ * Thread that ended leaves its native thread cached for ~3 s, and a new
+ * Ruby Thread may run on it: same task, so the kernel (and this check)
+ * accept it.
+ */
+typedef struct {
+    pid_t tid;
+    pthread_t pt;
+} hio_thread_id;
 
 struct hio_owner {
     pid_t pid;
@@ -23,7 +34,7 @@ struct hio_owner {
 enum hio_owner_use {
     HIO_USE_CALL,    /* submit, wait, reap: only the owner thread of the owner process */
     HIO_USE_INSPECT, /* read counters or the fd: any thread of the owner process */
-    HIO_USE_CLOSE    /* close: the owner thread, or a forked child (which only forgets it) */
+    HIO_USE_CLOSE    /* close: the owner thread, any thread once the owner's task is gone, or a forked child */
 };
 
 enum hio_owner_verdict { HIO_OWNER_OK = 0, HIO_OWNER_FORKED, HIO_OWNER_OTHER_THREAD };
@@ -34,20 +45,32 @@ void hio_owner_process_init(void);
 void hio_owner_init(struct hio_owner *o);
 
 /* The checks run on every method call, so they are inline; they read
- * owner.c's pid cache (getpid() is a real syscall since glibc 2.25). */
+ * owner.c's pid cache (getpid() is a real syscall since glibc 2.25) and
+ * the calling thread's cached tid. */
 extern pid_t hio_owner_pid;
+extern __thread pid_t hio_owner_tid_cache;
+pid_t hio_owner_tid_slow(void);
 
 static inline hio_thread_id
 hio_owner_thread_now(void)
 {
-    return pthread_self();
+    hio_thread_id t;
+
+    t.tid = hio_owner_tid_cache ? hio_owner_tid_cache : hio_owner_tid_slow();
+    t.pt = pthread_self();
+    return t;
 }
 
 static inline int
 hio_owner_same_thread(hio_thread_id a, hio_thread_id b)
 {
-    return pthread_equal(a, b);
+    return a.tid == b.tid && pthread_equal(a.pt, b.pt);
 }
+
+/* Whether o's owner thread (its kernel task) has exited: a syscall
+ * (tgkill with signal 0), so only on close paths, never per call. Once
+ * true it stays true. */
+int hio_owner_task_gone(const struct hio_owner *o);
 
 static inline int
 hio_owner_forked(const struct hio_owner *o)
@@ -61,13 +84,17 @@ hio_owner_other_thread(const struct hio_owner *o)
     return !hio_owner_same_thread(o->thread, hio_owner_thread_now());
 }
 
-/* Whether the caller may use a ring owned by o for use. */
+/* Whether the caller may use a ring owned by o for use. A close from
+ * another thread is allowed once the owner's task is gone; the bindings
+ * also allow it once the owner's Ruby Thread ended (its native thread may
+ * live on in Ruby's cache, hio_owner_task_gone cannot see that). */
 static inline enum hio_owner_verdict
 hio_owner_may(const struct hio_owner *o, enum hio_owner_use use)
 {
     if (hio_owner_forked(o)) return use == HIO_USE_CLOSE ? HIO_OWNER_OK : HIO_OWNER_FORKED;
-    if (use != HIO_USE_INSPECT && hio_owner_other_thread(o)) return HIO_OWNER_OTHER_THREAD;
-    return HIO_OWNER_OK;
+    if (use == HIO_USE_INSPECT || !hio_owner_other_thread(o)) return HIO_OWNER_OK;
+    if (use == HIO_USE_CLOSE && hio_owner_task_gone(o)) return HIO_OWNER_OK;
+    return HIO_OWNER_OTHER_THREAD;
 }
 /* Why not, for an exception message about a ring of class cls. */
 const char *hio_owner_explain(const struct hio_owner *o, enum hio_owner_verdict v, const char *cls, char *buf,
@@ -80,5 +107,22 @@ void hio_owner_dontfork_mem(void *p, size_t bytes);
 /* In a forked child: drops the child's reference to the parent's ring
  * without submitting, cancelling or unmapping through liburing. */
 void hio_owner_forget_ring(struct io_uring *ring);
+
+/* Memory the kernel may still touch on behalf of o's owner task, kept
+ * until that task is gone (owner.c says why that is the moment). kind:
+ * how to release it. Never fails: without memory for the record, the
+ * memory is leaked instead. */
+enum hio_owner_mem { HIO_MEM_MUNMAP, HIO_MEM_FREE };
+void hio_owner_defer_release(const struct hio_owner *o, enum hio_owner_mem kind, void *p, size_t bytes);
+/* Releases what was deferred for owner tasks that are gone now. Cheap
+ * when nothing is deferred; called on ring open and close. */
+void hio_owner_release_deferred(void);
+
+/* What a teardown does with memory the kernel was given. */
+enum hio_release {
+    HIO_RELEASE_NOW,   /* nothing can touch it any more: unmap or free it */
+    HIO_RELEASE_DEFER, /* hio_owner_defer_release: until the owner task is gone */
+    HIO_RELEASE_FORGET /* a forked child's view of the parent's memory: drop the pointer only */
+};
 
 #endif

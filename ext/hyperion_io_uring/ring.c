@@ -120,7 +120,10 @@ hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out)
 int
 hio_sring_open(struct hio_sring *r, unsigned depth)
 {
-    int ret = hio_queue_init(&r->uring, depth, 0, &r->flags);
+    int ret;
+
+    hio_owner_release_deferred();
+    ret = hio_queue_init(&r->uring, depth, 0, &r->flags);
 
     if (ret < 0) {
         r->uring.ring_fd = -1;
@@ -141,22 +144,33 @@ hio_sring_leaked_rings(void)
     return sring_leaked_rings;
 }
 
-/* Never blocks (the GC calls it too). A wedged ring had a read the kernel
- * might still finish: its buffer is leaked, and counted. So is a busy
- * one's: only the GC closes a ring mid-call, when the fiber parked in that
- * call (under a scheduler) was dropped without resuming. */
+/* Never blocks (the GC calls it too), and never enters the ring, so any
+ * thread may run it. A wedged ring had a read the kernel might still
+ * finish; a busy one is mid-call (only the GC closes a ring then, when the
+ * fiber parked in that call under a scheduler was dropped without
+ * resuming). Their read buffer may still be written by the owner task
+ * (owner.c, "Memory after the owner"): it is freed now if that task is
+ * gone, else when it is (and counted). */
 void
 hio_sring_close(struct hio_sring *r)
 {
+    int forked = hio_owner_forked(&r->owner), held = r->wedged || r->busy;
+
     if (r->inited) {
-        if (hio_owner_forked(&r->owner)) hio_owner_forget_ring(&r->uring);
+        if (forked) hio_owner_forget_ring(&r->uring);
         else io_uring_queue_exit(&r->uring); /* nothing is in flight between calls */
         r->inited = 0;
+        if (!forked && held && hio_owner_task_gone(&r->owner)) held = 0;
     }
-    if (!r->wedged && !r->busy) free(r->buf);
-    else if (r->buf) sring_leaked_rings++;
+    if (!held) {
+        free(r->buf);
+    } else if (r->buf) {
+        sring_leaked_rings++;
+        if (!forked) hio_owner_defer_release(&r->owner, HIO_MEM_FREE, r->buf, r->buf_cap);
+    }
     r->buf = NULL;
     r->buf_cap = 0;
+    hio_owner_release_deferred();
 }
 
 int

@@ -26,7 +26,8 @@ static VALUE sym_wouldblock;
  * waits through under a Fiber scheduler. */
 struct ringc {
     struct hio_sring *r;
-    VALUE sched_io; /* IO of the eventfd for Fiber scheduler waits */
+    VALUE sched_io;     /* IO of the eventfd for Fiber scheduler waits */
+    VALUE owner_thread; /* the Thread that opened it (for #close once it ended) */
 };
 
 static void
@@ -34,6 +35,7 @@ ringc_mark(void *p)
 {
     struct ringc *rc = p;
     if (rc->sched_io) rb_gc_mark(rc->sched_io);
+    if (rc->owner_thread) rb_gc_mark(rc->owner_thread);
 }
 
 /* Never blocks: the engine's close only exits the ring (nothing is in
@@ -67,6 +69,7 @@ ringc_alloc(VALUE klass)
     VALUE obj = TypedData_Make_Struct(klass, struct ringc, &ringc_type, rc);
 
     rc->sched_io = Qnil;
+    rc->owner_thread = Qnil;
     if (!(rc->r = hio_sring_new())) rb_memerror(); /* closed: safe to free before initialize ran */
     return obj;
 }
@@ -147,6 +150,7 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
     hio_require_supported("io_uring", "supported?", "unsupported_reason");
     ret = hio_sring_open(r, depth);
     if (ret < 0) hio_raise_errno(ret, "io_uring_setup(queue_depth: %u)", depth);
+    RB_OBJ_WRITE(self, &ringc_get(self)->owner_thread, rb_thread_current());
     return self;
 }
 
@@ -269,7 +273,9 @@ ringc_read(int argc, VALUE *argv, VALUE self)
  *   ring.close -> nil
  *
  * Releases the ring's fd and memory. Idempotent. In a forked child it only
- * drops the child's reference: the parent's ring is never touched.
+ * drops the child's reference: the parent's ring is never touched. From
+ * another thread: ThreadError while the thread that opened the ring is
+ * alive; once that thread has ended, any thread may close it.
  */
 static VALUE
 ringc_close(VALUE self)
@@ -277,6 +283,7 @@ ringc_close(VALUE self)
     struct ringc *rc = ringc_get(self);
     int why = hio_sring_may(rc->r, HIO_USE_CLOSE);
 
+    if (why == HIO_OWNER_OTHER_THREAD && hio_owner_thread_ended(rc->owner_thread)) why = 0;
     if (why == HIO_REFUSE_BUSY)
         rb_raise(hio_eError, "cannot close a Ring while another fiber waits in accept or read on it "
                              "(stop that fiber first)");

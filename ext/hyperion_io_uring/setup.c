@@ -14,6 +14,33 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* io_uring_setup attempts when it fails with EINTR or EAGAIN. */
+#define SETUP_ATTEMPTS 5
+
+/* io_uring_queue_init_params, again after EINTR (a signal during the
+ * setup's allocations) and EAGAIN (a momentary shortage), with pauses of
+ * 1, 2, 4, 8 ms. Other errors are the host's answer and come back at once
+ * (ENOMEM too: before 5.12 it is RLIMIT_MEMLOCK, which waiting never
+ * fixes; the policy layer does not cache it). */
+static int
+setup_init(unsigned entries, struct io_uring *ring, struct io_uring_params *p)
+{
+    struct io_uring_params copy = *p;
+    int attempt, ret = -EINVAL;
+
+    for (attempt = 0; attempt < SETUP_ATTEMPTS; attempt++) {
+        if (attempt) {
+            struct timespec ts = { 0, 500000L << attempt };
+            while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {}
+            *p = copy;
+        }
+        ret = io_uring_queue_init_params(entries, ring, p);
+        if (ret != -EINTR && ret != -EAGAIN) break;
+    }
+    return ret;
+}
 
 #ifndef IORING_SETUP_SUBMIT_ALL
 #define IORING_SETUP_SUBMIT_ALL (1U << 7)
@@ -66,7 +93,7 @@ hio_queue_init(struct io_uring *ring, unsigned entries, unsigned cq_entries, uns
             p.flags |= IORING_SETUP_CQSIZE;
             p.cq_entries = cq_entries;
         }
-        ret = io_uring_queue_init_params(entries, ring, &p);
+        ret = setup_init(entries, ring, &p);
         if (ret == 0) {
             if (setup_first_set < 0) setup_first_set = i;
             *flags_out = p.flags;

@@ -437,6 +437,15 @@ wait_loop(struct hio_wait *w, VALUE *sched_io, int look, int peeked)
                 return 0;
             }
         }
+        if (w->ops->wake_at) {
+            /* The engine's own deadline bounds this wait, not the caller's. */
+            double at = w->ops->wake_at(w->ctx);
+            if (at >= 0) {
+                double until = at - hio_now();
+                if (until < 0) until = 0;
+                if (left < 0 || until < left) left = until;
+            }
+        }
         if (w->counts) w->counts->waits++;
         wait_count_submit(w);
         if (ruby) ret = wait_ruby_once(w, left, sched_io);
@@ -531,11 +540,19 @@ hio_wait_held(struct hio_wait *w)
  * and its CQE is posted by the deferred work the next enter runs. */
 #define WAIT_DRAIN_PASSES 4
 
+/*
+ * A fatal error of the ring itself (EEXIST: not the submitter task of a
+ * SINGLE_ISSUER ring; EBADF/EOPNOTSUPP: its fd was closed or replaced;
+ * EBADFD, ENXIO: the ring is disabled or dying; EFAULT...) ends the drain
+ * at once: no enter will ever succeed, and looping on it held the GVL and a
+ * CPU for the whole budget (1 s per ring, measured). Only "no events yet"
+ * (wait_normalize) goes on.
+ */
 int
 hio_drain(const struct hio_drain *d)
 {
     double deadline = hio_now() + d->budget;
-    int pass = 0;
+    int pass = 0, ret;
 
     for (;;) {
         double left;
@@ -543,11 +560,14 @@ hio_drain(const struct hio_drain *d)
         if (d->step(d->ctx)) return 0;
         if (d->budget <= 0) {
             if (pass++ == WAIT_DRAIN_PASSES) return -ETIME;
-            hio_submit_get_events(d->ring);
+            if ((ret = hio_submit_get_events(d->ring)) < 0) return ret;
             continue;
         }
         left = deadline - hio_now();
         if (left <= 0) return -ETIME;
-        wait_held_slice(d->ring, 1, left < 0.05 ? left : 0.05);
+        if ((ret = wait_held_slice(d->ring, 1, left < 0.05 ? left : 0.05)) < 0) {
+            d->step(d->ctx); /* what was already in the CQ */
+            return ret;
+        }
     }
 }

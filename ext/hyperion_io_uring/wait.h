@@ -50,6 +50,11 @@ struct hio_wait_ops {
     /* Optional: runs when the wait is over, also when it ends with an
      * exception (then raised is set and the exception goes on afterwards). */
     void (*end)(void *ctx, const struct hio_wait *w);
+    /* Optional: a CLOCK_MONOTONIC time (hio_now) by which the engine needs
+     * reap called again though nothing completed (a deadline of its own),
+     * or < 0 for none. A blocking wait returns by then, reaps, and goes on
+     * waiting for what the caller wants; the caller's timeout is unchanged. */
+    double (*wake_at)(void *ctx);
 };
 
 /* What waits add to: enters that may block, kernel batch waits, enters
@@ -95,7 +100,8 @@ struct hio_drain {
     int (*step)(void *ctx);  /* reaps (GVL held, never raises); nonzero once drained */
 };
 
-/* 0 once drained, -ETIME when the budget ran out first. */
+/* 0 once drained, -ETIME when the budget ran out first, or the fatal
+ * -errno that ended it at once (the ring refuses this task, its fd is gone). */
 int hio_drain(const struct hio_drain *d);
 
 /* Submits what is queued and flushes completions without blocking (GVL

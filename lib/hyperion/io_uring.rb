@@ -33,6 +33,10 @@ module Hyperion
     # The ring itself failed (a request could not be cancelled, or setup
     # succeeded but the ring later broke).
     class RingError < Error; end
+    # HotpathRing#submit_send refused a send: its copy would pass the ring's
+    # send_buffer_limit or the connection's connection_send_limit (the
+    # message names the fd, the limit and the bytes). Nothing was queued.
+    class SendBufferFull < Error; end
 
     POLICY_WORDS = {
       "on" => :on, "1" => :on, "true" => :on, "yes" => :on,

@@ -23,6 +23,18 @@ module Hyperion
         def default_buf_size
           IOUring.env_integer("HYPERION_IO_URING_HOTPATH_BUF_SIZE", 8192) { |v| v.between?(1, 1 << 20) }
         end
+
+        # send_buffer_limit used when HotpathRing.new is not given one: the
+        # bytes of send copies one ring may hold,
+        # HYPERION_IO_URING_SEND_BUFFER_LIMIT (a positive Integer of bytes)
+        # or 64 MiB. A bad value warns once and keeps the default.
+        #
+        # @return [Integer]
+        def default_send_buffer_limit
+          IOUring.env_integer("HYPERION_IO_URING_SEND_BUFFER_LIMIT", 64 << 20) do |v|
+            v.between?(1, (1 << 62) - 1)
+          end
+        end
       end
     end
   end

@@ -2,28 +2,52 @@
 
 module Hyperion
   module IOUring
+    # Errors of a probe that say nothing about the host: a signal, a
+    # momentary shortage of memory, fds or ports. The probes retry them a
+    # few times; a probe that still fails with one answers false but is not
+    # cached, so the next call probes again. (ENOMEM is among them: on
+    # kernels before 5.12 it means RLIMIT_MEMLOCK and will not go away,
+    # which costs a failed setup per call there; caching it would turn a
+    # moment of memory pressure into a slow path for the life of the
+    # process.)
+    TRANSIENT_ERRNOS = %w[EINTR EAGAIN EBUSY ENOMEM ENOBUFS EMFILE ENFILE EADDRINUSE EADDRNOTAVAIL]
+                       .filter_map { |n| Errno.const_get(n)::Errno if Errno.const_defined?(n) }.uniq.freeze
+
     class << self
       # Whether this host can use io_uring: Linux, a kernel of at least
       # {MIN_LINUX_KERNEL}, an extension built with liburing, and a ring that
       # really sets up. Probed once and cached; {reset!} clears the cache.
+      # A failure with a transient error ({TRANSIENT_ERRNOS}) is not cached.
       # Never raises.
       #
       # @return [Boolean]
       def supported?
         return @supported unless @supported.nil?
 
-        @supported = compute_supported
+        value = compute_supported
+        @supported = value unless @supported_transient
+        value
       end
 
       # Whether the hot path ({HotpathRing}) works here: {supported?}, and a
       # small ring with a provided-buffer ring really completes a multishot
-      # accept and a multishot recv on a loopback connection. Cached.
+      # accept and a multishot recv on a loopback connection. Cached, except
+      # a failure with a transient error (a signal never fails it).
       #
       # @return [Boolean]
       def hotpath_supported?
         return @hotpath_supported unless @hotpath_supported.nil?
 
-        @hotpath_supported = compute_hotpath_supported
+        value = compute_hotpath_supported
+        @hotpath_supported = value unless @hotpath_transient
+        value
+      end
+
+      # Whether errno (an Integer) is one of {TRANSIENT_ERRNOS}.
+      #
+      # @return [Boolean]
+      def transient_errno?(errno)
+        TRANSIENT_ERRNOS.include?(errno)
       end
 
       # Why io_uring cannot be used here, or nil when {supported?} is true.
@@ -51,6 +75,8 @@ module Hyperion
         @hotpath_supported = nil
         @unsupported_reason = nil
         @hotpath_unsupported_reason = nil
+        @supported_transient = nil
+        @hotpath_transient = nil
         nil
       end
 
@@ -58,9 +84,11 @@ module Hyperion
       #
       # @return [Boolean]
       def compute_supported
+        @supported_transient = false
         @unsupported_reason = probe_reason
         @unsupported_reason.nil?
       rescue StandardError => e
+        @supported_transient = e.is_a?(SystemCallError) && transient_errno?(e.errno)
         @unsupported_reason = "io_uring probe failed: #{e.class}: #{e.message}"
         false
       end
@@ -69,9 +97,13 @@ module Hyperion
       #
       # @return [Boolean]
       def compute_hotpath_supported
+        @hotpath_transient = false
         @hotpath_unsupported_reason = hotpath_probe_reason
         @hotpath_unsupported_reason.nil?
       rescue StandardError => e
+        # HotpathRing.native_probe raises Errno::* for a step that kept
+        # failing with a transient error.
+        @hotpath_transient = e.is_a?(SystemCallError) && transient_errno?(e.errno)
         @hotpath_unsupported_reason = "hotpath probe failed: #{e.class}: #{e.message}"
         false
       end
@@ -219,7 +251,8 @@ module Hyperion
       end
 
       # Reads a positive Integer setting from the environment (used for
-      # HYPERION_IO_URING_HOTPATH_BUFS and _BUF_SIZE). A value that is not an
+      # HYPERION_IO_URING_HOTPATH_BUFS, _BUF_SIZE and
+      # HYPERION_IO_URING_SEND_BUFFER_LIMIT). A value that is not an
       # Integer, or fails +valid+, warns once and gives +default+.
       #
       # @return [Integer]
@@ -271,7 +304,10 @@ module Hyperion
         return "extension built without liburing: #{STUB_REASON}" unless native?
 
         errno = native_probe
-        errno.zero? ? nil : setup_errno_reason(errno)
+        return nil if errno.zero?
+
+        @supported_transient = transient_errno?(errno)
+        setup_errno_reason(errno)
       end
 
       def setup_errno_reason(errno)
@@ -294,7 +330,11 @@ module Hyperion
       end
 
       def hotpath_probe_reason
-        return "io_uring unsupported: #{unsupported_reason}" unless supported?
+        unless supported?
+          # Not cached when supported? was not: the next call tries again.
+          @hotpath_transient = @supported_transient
+          return "io_uring unsupported: #{@unsupported_reason}"
+        end
         return "extension has no hot path" unless const_defined?(:HotpathRing, false)
 
         HotpathRing.native_probe
