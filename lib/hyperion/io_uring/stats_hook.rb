@@ -12,7 +12,8 @@ module Hyperion
     # variable is set; it costs nothing otherwise. Counters of a ring the GC
     # freed without #close are lost (Hyperion closes its rings).
     module StatsHook
-      COUNTERS = %i[ops waits cancels accepts recvs recv_bytes sends send_bytes closes enobufs].freeze
+      COUNTERS = %i[ops waits cancels accepts recvs recv_bytes sends send_bytes closes enobufs
+                    send_buffer_full close_timeouts].freeze
 
       @mutex = Mutex.new
       @totals = Hash.new { |h, k| h[k] = Hash.new(0) }
