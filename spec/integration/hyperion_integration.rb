@@ -241,8 +241,14 @@ RSpec.describe "Upstream Hyperion #{Integration::HYPERION_VERSION} on hyperion-i
         end
 
         it "ends within 2 s of SIGTERM" do
-          pending "#{ISSUE_11} closed-listener detection (Ring#accept raises when the listener is closed)" if ring_accept
           took = server.term(2.0)
+          if ring_accept && took.nil?
+            # Hyperion's stop closes the listener while Ring#accept waits on it;
+            # until issue 11's closed-listener detection is merged the accept
+            # goes on waiting (it sometimes ends sooner, when Hyperion's
+            # shutdown stops the reactor first, hence pending only on failure).
+            pending "#{ISSUE_11} closed-listener detection (Ring#accept raises when the listener is closed)"
+          end
           expect(took).not_to be_nil, "still running 2 s after SIGTERM"
         ensure
           server.finish
