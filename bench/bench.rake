@@ -26,3 +26,10 @@ namespace :bench do
     bench_run.call("--quick")
   end
 end
+
+namespace :bench do
+  desc "Upstream Hyperion 2.17.0 on this gem (ring accept, hot path) vs io_uring off at wrk -c50; writes bench/results/hyperion.md (Ruby 3.3+, wrk)"
+  task :hyperion do
+    ruby File.join(__dir__, "hyperion.rb")
+  end
+end

@@ -47,18 +47,41 @@ RSpec.describe "living beside upstream Hyperion" do
     end
   end
 
-  it "says what to do when upstream's io_uring.rb was loaded first" do
+  it "takes over when upstream's io_uring.rb was loaded first but never used (config.ru's require)" do
     with_fake_upstream do |up|
       out, status = ruby("-I#{up}", "-I#{lib}", "-e", <<~RUBY)
         require "hyperion"
+        require "hyperion-io_uring"
+        io = Hyperion::IOUring
+        p [defined?(io::UPSTREAM_IO_URING), io::Unsupported.superclass.name, io.respond_to?(:diagnostics),
+           io::Upstream.took_over[:constants].sort, io.diagnostics[:upstream]]
+        ring = io::Ring.new(queue_depth: 4) if io.supported?
+        ring&.close
+        puts "ok"
+      RUBY
+      expect(status).to be_success, out
+      expect(out).to include('[nil, "Hyperion::IOUring::Error", true, [:UPSTREAM_IO_URING, :Unsupported], ')
+      expect(out).to include("replaced")
+      expect(out).to include("ok")
+    end
+  end
+
+  it "refuses, saying why, when upstream's module is already in use (its library loaded)" do
+    with_fake_upstream do |up|
+      out, status = ruby("-I#{up}", "-I#{lib}", "-e", <<~RUBY)
+        require "hyperion"
+        Hyperion::IOUring.instance_variable_set(:@lib, Object.new) # what upstream's load! leaves
         begin
           require "hyperion-io_uring"
         rescue LoadError => e
           puts e.message
         end
+        p defined?(Hyperion::IOUring::UPSTREAM_IO_URING)
       RUBY
       expect(status).to be_success, out
-      expect(out).to include('require "hyperion-io_uring" before "hyperion"')
+      expect(out).to include("already in use")
+      expect(out).to include('the first line of config.ru')
+      expect(out).to include('"constant"') # upstream's module left as it was
     end
   end
 end

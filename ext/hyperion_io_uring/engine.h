@@ -39,6 +39,7 @@ struct hio_sreq {
     enum hio_sreq_kind kind;
     int fd;
     unsigned len;      /* READ: bytes at most, into the ring's buffer */
+    int flags;         /* ACCEPT: accept4(2) flags of the new fd (SOCK_*) */
     double timeout;    /* seconds it may wait; < 0: no limit */
     int res;           /* done: the request's result (fd, bytes, -errno) */
     int done;          /* 0: it timed out or was cancelled */

@@ -82,7 +82,10 @@ ms_arm(struct hio_hotpath *h, unsigned kind, int fd, struct hio_conn *c)
 
     if (!sqe) return -EBUSY;
     if (kind == HIO_OP_ACCEPT) {
-        io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+        /* O_NONBLOCK like the sockets Ruby accepts: a connection fiber that
+         * wraps the fd never blocks its thread in read(2) (the ring's own
+         * recv and send do not care; see spec/accepted_fd_spec.rb). */
+        io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
     } else {
         io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
         sqe->flags |= IOSQE_BUFFER_SELECT;

@@ -211,7 +211,7 @@ sring_prep(struct hio_sring *r)
     if (r->op.polling) {
         io_uring_prep_poll_add(sqe, req->fd, POLLIN);
     } else if (req->kind == HIO_SREQ_ACCEPT) {
-        io_uring_prep_accept(sqe, req->fd, NULL, NULL, SOCK_CLOEXEC);
+        io_uring_prep_accept(sqe, req->fd, NULL, NULL, req->flags);
     } else {
         /* offset -1: the file position, as read(2); ignored on sockets. */
         io_uring_prep_read(sqe, req->fd, r->buf, req->len, (uint64_t)-1);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/socket.h>
 
 VALUE hio_cRing;
 static ID id_queue_depth, id_timeout, id_max;
@@ -170,10 +171,13 @@ ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what)
 
 /*
  * call-seq:
- *   ring.accept(listener, timeout: nil) -> Integer or :wouldblock
+ *   ring.accept(listener, timeout: nil, nonblock: true) -> Integer or :wouldblock
  *
  * Accepts one connection on +listener+ (an Integer fd or an IO) and returns
- * the client fd, close-on-exec set. Waits in io_uring_enter with the GVL
+ * the client fd, close-on-exec set and, like the sockets Ruby's own
+ * TCPServer#accept returns, O_NONBLOCK set; nonblock: false leaves it
+ * blocking (what accept4(2) gives without flags, and what earlier versions
+ * returned). Waits in io_uring_enter with the GVL
  * released; Thread#raise, Timeout and signals interrupt it, and the request
  * is cancelled and reaped before the exception leaves. +timeout+ (seconds)
  * bounds the wait and gives :wouldblock when it passes. ECONNABORTED and
@@ -185,16 +189,19 @@ ringc_accept(int argc, VALUE *argv, VALUE self)
 {
     struct ringc *rc;
     struct hio_sreq req;
-    VALUE listener, opts, kw[1] = { Qundef }, res;
+    static ID kw_ids[2];
+    VALUE listener, opts, kw[2] = { Qundef, Qundef }, res;
     double timeout = -1.0;
 
+    if (!kw_ids[0]) { kw_ids[0] = id_timeout; kw_ids[1] = rb_intern("nonblock"); }
     rb_scan_args(argc, argv, "1:", &listener, &opts);
-    if (!NIL_P(opts)) rb_get_kwargs(opts, &id_timeout, 0, 1, kw);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 2, kw);
     if (kw[0] != Qundef) timeout = hio_timeout_arg(kw[0], "accept");
     memset(&req, 0, sizeof(req));
     req.fd = hio_fd_arg(listener, "accept");
     rc = ringc_usable(self);
     req.kind = HIO_SREQ_ACCEPT;
+    req.flags = SOCK_CLOEXEC | (kw[1] == Qundef || RTEST(kw[1]) ? SOCK_NONBLOCK : 0);
     req.timeout = timeout;
     res = ringc_run(rc, &req, "accept");
     if (res != Qundef) return res;

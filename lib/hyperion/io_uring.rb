@@ -4,7 +4,7 @@ require "etc"
 require_relative "io_uring/version"
 require_relative "io_uring/upstream"
 
-Hyperion::IOUring::Upstream.check_not_loaded_first!
+Hyperion::IOUring::Upstream.take_over!
 Hyperion::IOUring::Upstream.shadow!
 
 module Hyperion
@@ -76,4 +76,10 @@ unless Hyperion::IOUring.const_defined?(:Ring, false)
       end
     end
   end
+end
+
+# HYPERION_IO_URING_STATS=path: ring counters written at exit (stats_hook.rb).
+unless ENV.fetch("HYPERION_IO_URING_STATS", "").empty?
+  require_relative "io_uring/stats_hook"
+  Hyperion::IOUring::StatsHook.install!
 end

@@ -288,6 +288,7 @@ module Hyperion
           setup_flags: (native? && respond_to?(:native_setup_flags) ? native_setup_flags : nil),
           hotpath_supported: hotpath_supported?,
           hotpath_unsupported_reason: hotpath_unsupported_reason,
+          upstream: Upstream.status,
           env: ENV.select { |k, _| k.start_with?("HYPERION_IO_URING") }
         }
       end
