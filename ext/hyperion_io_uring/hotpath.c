@@ -593,10 +593,10 @@ hp_drain_all(struct hio_hotpath *h, double budget)
  * - otherwise, on a DEFER_TASKRUN ring of a 6.17+ kernel: the recv
  *   buffers now. They are written only by recv task_work, which on such a
  *   ring runs inside an io_uring_enter on this ring by its owner task
- *   (multishot recvs on sockets do not run in io-wq: owner.c), and nobody can enter it once its
- *   fd is closed here: the owner thread is either us or not inside a call
- *   on it (each_completion refuses #close; the GC never frees a ring a
- *   frame still uses). The one other runner is the ring's exit work, which
+ *   (multishot recvs on sockets do not run in io-wq: owner.c), and nobody
+ *   can enter it once its fd is closed here: the owner thread is either us
+ *   or not inside a call on it (each_completion refuses #close; the GC
+ *   never frees a ring a frame still uses). The one other runner is the ring's exit work, which
  *   hands that local work on; since 6.17 whoever runs it cancels it
  *   (hio_owner_dying_tw_cancelled). The payloads of sends still in flight
  *   wait for the owner task to be gone (a send can be in its io-wq);

@@ -114,12 +114,3 @@ hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate, struct 
     h->send_free = -1;
     h->send_held = 0;
 }
-
-unsigned
-hp_slots_inflight(const struct hio_hotpath *h)
-{
-    unsigned i, n = 0;
-
-    for (i = 0; i < h->nsends; i++) n += h->sends[i].data && h->sends[i].inflight;
-    return n;
-}

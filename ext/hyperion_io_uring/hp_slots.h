@@ -78,7 +78,5 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
  * flight gets inflight_fate (hotpath.c decides: now, or deferred in d until
  * the owner task is gone); the others are freed. */
 void hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate, struct hio_deferral *d);
-/* Payloads whose send the kernel still holds. */
-unsigned hp_slots_inflight(const struct hio_hotpath *h);
 
 #endif
