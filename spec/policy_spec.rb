@@ -31,6 +31,45 @@ RSpec.describe Hyperion::IOUring do
   before { described_class.reset! }
   after { described_class.reset! }
 
+  describe "M:N threads (RUBY_MN_THREADS, Ruby 3.3+)" do
+    include ChildHelpers
+
+    it "are on only for RUBY_MN_THREADS > 0 on Ruby 3.3 and later, as Ruby reads it" do
+      expect(described_class.mn_threads?({ "RUBY_MN_THREADS" => "1" }, "3.3.0")).to be(true)
+      expect(described_class.mn_threads?({ "RUBY_MN_THREADS" => "2" }, "3.4.1")).to be(true)
+      expect(described_class.mn_threads?({ "RUBY_MN_THREADS" => "0" }, "3.3.0")).to be(false)
+      expect(described_class.mn_threads?({ "RUBY_MN_THREADS" => "yes" }, "3.3.0")).to be(false)
+      expect(described_class.mn_threads?({}, "3.4.0")).to be(false)
+      expect(described_class.mn_threads?({ "RUBY_MN_THREADS" => "1" }, "3.2.4")).to be(false)
+      expect(described_class.mn_threads?({ "RUBY_MN_THREADS" => "1" }, "4.0.0")).to be(true)
+    end
+
+    it "make io_uring unsupported with the reason, and ring creation raise Unsupported naming it" do
+      skip "needs the native build" unless described_class.native?
+      allow(described_class).to receive(:mn_threads?).and_return(true)
+      with_env("RUBY_MN_THREADS", "1") do
+        described_class.reset!
+        expect(described_class.supported?).to be(false)
+        expect(described_class.unsupported_reason).to match(/RUBY_MN_THREADS=1: Ruby's M:N threads/)
+        expect(described_class.hotpath_supported?).to be(false)
+        expect(described_class.resolve_policy!(:auto)).to be(false)
+        expect { described_class.resolve_policy!(:on) }.to raise_error(described_class::Unsupported, /RUBY_MN_THREADS/)
+        expect { described_class::Ring.new }.to raise_error(described_class::Unsupported, /RUBY_MN_THREADS/)
+        expect { described_class::HotpathRing.new }.to raise_error(described_class::Unsupported, /RUBY_MN_THREADS/)
+      end
+    end
+
+    it "in a real Ruby 3.3+ process started with RUBY_MN_THREADS=1: Ring.new raises Unsupported" do
+      skip "Ruby #{RUBY_VERSION} has no M:N threads" if (RUBY_VERSION.split(".").map(&:to_i) <=> [3, 3]).negative?
+      skip "needs the native build" unless described_class.native?
+      script = 'require "hyperion/io_uring"; begin; Hyperion::IOUring::Ring.new; puts :opened; ' \
+               'rescue Hyperion::IOUring::Unsupported => e; puts e.message; end'
+      res = run_child(child_ruby_env.merge("RUBY_MN_THREADS" => "1"), child_ruby_cmd + ["-e", script], timeout: 30)
+      expect(res.success?).to be(true), res.describe
+      expect(res.out).to match(/RUBY_MN_THREADS=1: Ruby's M:N threads/)
+    end
+  end
+
   describe "errors" do
     it "has Unsupported as a StandardError and a Hyperion::IOUring::Error" do
       expect(described_class::Unsupported.ancestors).to include(described_class::Error, StandardError)

@@ -130,7 +130,7 @@ hio_bufring_bytes(const struct hio_bufring *b)
  */
 void
 hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, enum hio_release fate,
-                     const struct hio_owner *owner)
+                     struct hio_deferral *d)
 {
     if (b->registered && ring) io_uring_unregister_buf_ring(ring, b->bgid);
     b->registered = 0;
@@ -138,8 +138,9 @@ hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, enum hio_rele
         if (b->br) munmap(b->br, b->br_bytes);
         if (b->mem) munmap(b->mem, b->mem_bytes);
     } else if (fate == HIO_RELEASE_DEFER) {
-        hio_owner_defer_release(owner, HIO_MEM_MUNMAP, b->br, b->br_bytes);
-        hio_owner_defer_release(owner, HIO_MEM_MUNMAP, b->mem, b->mem_bytes);
+        /* Both DONTFORK (bufr_map): a forked child never had them. */
+        hio_owner_defer_add(d, HIO_MEM_MUNMAP_DONTFORK, b->br, b->br_bytes);
+        hio_owner_defer_add(d, HIO_MEM_MUNMAP_DONTFORK, b->mem, b->mem_bytes);
     }
     b->br = NULL;
     b->mem = NULL;

@@ -61,9 +61,9 @@ hio_bufring_len(const struct hio_bufring *b, unsigned bid)
 /* Memory it holds, for ObjectSpace.memsize_of. */
 size_t hio_bufring_bytes(const struct hio_bufring *b);
 /* Unregisters from ring (NULL: it is not ours to unregister from, or not
- * registered), then does what fate says with the memory (owner: whose
- * task HIO_RELEASE_DEFER waits for). */
+ * registered), then does what fate says with the memory (HIO_RELEASE_DEFER:
+ * added to d, the ring's deferral, whose owner task it waits for). */
 void hio_bufring_teardown(struct hio_bufring *b, struct io_uring *ring, enum hio_release fate,
-                          const struct hio_owner *owner);
+                          struct hio_deferral *d);
 
 #endif

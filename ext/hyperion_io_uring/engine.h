@@ -74,8 +74,10 @@ int hio_sring_fd(const struct hio_sring *r);
 const struct hio_owner *hio_sring_owner(const struct hio_sring *r);
 void hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out);
 /* Rings of this process closed while the kernel might still write their
- * read buffer, which was leaked rather than freed. */
+ * read buffer, whose buffer is held now until it cannot (a gauge), and its
+ * bytes. Both release what may be released first. */
 unsigned long hio_sring_leaked_rings(void);
+size_t hio_sring_deferred_bytes(void);
 
 /* ---- hotpath.c: HotpathRing ---- */
 
@@ -203,8 +205,10 @@ int hio_hp_buffer(const struct hio_hotpath *h, long bid, const unsigned char **d
 unsigned hio_hp_buffer_count(const struct hio_hotpath *h);
 
 /* Rings of this process closed while the kernel might still write their
- * memory, which was leaked rather than freed. */
+ * memory, whose memory is held now until it cannot (a gauge), and its
+ * bytes. Both release what may be released first. */
 unsigned long hio_hp_leaked_rings(void);
+size_t hio_hp_deferred_bytes(void);
 
 /* ---- hp_probe.c ---- */
 

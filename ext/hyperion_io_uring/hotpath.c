@@ -226,6 +226,7 @@ void
 hio_hp_free(struct hio_hotpath *h)
 {
     free(h);
+    hio_owner_release_deferred(0); /* the GC frees rings: a natural point */
 }
 
 size_t
@@ -259,7 +260,7 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
     if (cq < 256) cq = 256;
     if (cq < n_bufs * 2) cq = n_bufs * 2;
     if (cq > HP_MAX_CQ) cq = HP_MAX_CQ;
-    hio_owner_release_deferred();
+    hio_owner_release_deferred(0);
     h->uring.ring_fd = -1;
     h->send_free = -1;
     ret = hio_queue_init(&h->uring, depth, cq, &h->flags);
@@ -498,6 +499,7 @@ void
 hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, double timeout, unsigned min_wait_us,
                  unsigned how)
 {
+    hio_owner_release_deferred(0); /* a load, unless something is deferred */
     w->ring = &h->uring;
     w->ops = &hp_wait_ops;
     w->ctx = h;
@@ -514,20 +516,26 @@ hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, doubl
 
 /* ---- close ---- */
 
-/* Rings closed while the kernel might still write their memory, which was
- * leaked instead of freed. */
-static unsigned long hp_leaked_rings;
-
+/* Closed rings whose memory the kernel might still touch, held until it
+ * cannot (owner.c), and that memory's bytes: gauges, after a forced scan. */
 unsigned long
 hio_hp_leaked_rings(void)
 {
-    return hp_leaked_rings;
+    hio_owner_release_deferred(1);
+    return hio_owner_deferred_rings(HIO_RING_HOTPATH);
+}
+
+size_t
+hio_hp_deferred_bytes(void)
+{
+    hio_owner_release_deferred(1);
+    return hio_owner_deferred_bytes(HIO_RING_HOTPATH);
 }
 
 static void
-hp_free_tables(struct hio_hotpath *h, enum hio_release inflight_fate)
+hp_free_tables(struct hio_hotpath *h, enum hio_release inflight_fate, struct hio_deferral *d)
 {
-    hp_slots_teardown(h, inflight_fate);
+    hp_slots_teardown(h, inflight_fate, d);
     hp_conns_teardown(h);
     hp_ms_teardown(h);
     hp_queue_teardown(h);
@@ -585,10 +593,10 @@ hp_drain_all(struct hio_hotpath *h, double budget)
  * - otherwise, on a DEFER_TASKRUN ring of a 6.17+ kernel: the recv
  *   buffers now. They are written only by recv task_work, which on such a
  *   ring runs inside an io_uring_enter on this ring by its owner task
- *   (multishot recvs never run in io-wq), and nobody can enter it once its
- *   fd is closed here: the owner thread is either us or not inside a call
- *   on it (each_completion refuses #close; the GC never frees a ring a
- *   frame still uses). The one other runner is the ring's exit work, which
+ *   (multishot recvs on sockets do not run in io-wq: owner.c), and nobody
+ *   can enter it once its fd is closed here: the owner thread is either us
+ *   or not inside a call on it (each_completion refuses #close; the GC
+ *   never frees a ring a frame still uses). The one other runner is the ring's exit work, which
  *   hands that local work on; since 6.17 whoever runs it cancels it
  *   (hio_owner_dying_tw_cancelled). The payloads of sends still in flight
  *   wait for the owner task to be gone (a send can be in its io-wq);
@@ -597,12 +605,14 @@ hp_drain_all(struct hio_hotpath *h, double budget)
  *   live owner as normal task_work and let it run before the cancel):
  *   task_work may run whenever the owner returns to user space, so
  *   buffers and payloads wait for the owner task to be gone.
- * Memory that waits is counted in hio_hp_leaked_rings (the ring, once).
+ * Memory that waits is counted in hio_hp_leaked_rings (the ring, once)
+ * and hio_hp_deferred_bytes until it is released.
  */
 void
 hio_hp_close(struct hio_hotpath *h, int from_gc)
 {
     enum hio_release bufs_fate = HIO_RELEASE_NOW, sends_fate = HIO_RELEASE_NOW;
+    struct hio_deferral *d = NULL;
     int self, held;
 
     if (!h->inited) return;
@@ -610,10 +620,13 @@ hio_hp_close(struct hio_hotpath *h, int from_gc)
     h->magic = 0;
     if (hio_owner_forked(&h->owner)) {
         /* The child never submits to, cancels on or unregisters from the
-         * parent's ring; its buffer memory was never mapped here (DONTFORK). */
+         * parent's ring; its buffer memory was never mapped here (DONTFORK).
+         * Send payloads (malloc or plain mappings) are the child's own
+         * copies, which no request of the child's touches: freed. */
         hio_bufring_teardown(&h->bufs, NULL, HIO_RELEASE_FORGET, NULL);
         hio_owner_forget_ring(&h->uring);
-        hp_free_tables(h, HIO_RELEASE_FORGET);
+        hp_free_tables(h, HIO_RELEASE_NOW, NULL);
+        hio_owner_release_deferred(0);
         h->inited = 0;
         h->closed = 1;
         return;
@@ -628,17 +641,18 @@ hio_hp_close(struct hio_hotpath *h, int from_gc)
             bufs_fate = HIO_RELEASE_DEFER;
     }
     hp_conn_close_leftovers(h);
-    if (sends_fate == HIO_RELEASE_DEFER && hp_slots_inflight(h)) hp_leaked_rings++;
-    else if (bufs_fate == HIO_RELEASE_DEFER) hp_leaked_rings++;
+    if (sends_fate == HIO_RELEASE_DEFER || bufs_fate == HIO_RELEASE_DEFER)
+        d = hio_owner_defer_begin(&h->owner, HIO_RING_HOTPATH);
     /* Unregistering is an io_uring_register call: only the owner may, and
      * only once the kernel gave every buffer back; exiting the ring drops
      * the registration anyway. */
-    hio_bufring_teardown(&h->bufs, self && !held ? &h->uring : NULL, bufs_fate, &h->owner);
+    hio_bufring_teardown(&h->bufs, self && !held ? &h->uring : NULL, bufs_fate, d);
     io_uring_queue_exit(&h->uring);
-    hp_free_tables(h, sends_fate);
+    hp_free_tables(h, sends_fate, d);
+    hio_owner_defer_end(d); /* counted only if something waits */
     h->inited = 0;
     h->closed = 1;
-    hio_owner_release_deferred();
+    hio_owner_release_deferred(0);
 }
 
 /* ---- what the bindings read ---- */
@@ -700,6 +714,7 @@ hio_hp_queued(const struct hio_hotpath *h)
 void
 hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out)
 {
+    hio_owner_release_deferred(0);
     out->st = h->st;
     out->buffers_in_use = h->bufs.in_use;
     out->inflight = h->inflight < 0 ? 0 : (uint64_t)h->inflight;

@@ -567,6 +567,7 @@ hpc_close(VALUE self)
                              "from another fiber while it waits under the Fiber scheduler)");
     hio_hp_close(hc->h, 0);
     hio_sched_io_close(&hc->sched_io);
+    hc->owner_thread = Qnil; /* only a close of an open ring asks it: let the Thread go */
     return Qnil;
 }
 
@@ -729,16 +730,31 @@ hpc_s_probe(VALUE klass)
  * call-seq:
  *   HotpathRing.leaked_rings -> Integer
  *
- * How many rings of this process were closed while the kernel might still
- * write into their memory (buffer ring, send payloads), which was then
- * leaked rather than freed: #close gives the kernel a second to hand
- * everything back; the GC never waits, and a ring collected by another
- * thread than its own cannot cancel at all. 0 in a healthy process.
+ * How many closed rings of this process hold memory now that the kernel
+ * might still write (buffer ring, send payloads): #close gives the kernel a
+ * second to hand everything back; the GC never waits, and a ring collected
+ * by another thread than its own cannot cancel at all. That memory is
+ * released once the owner thread's kernel task has exited (and in a forked
+ * child at once), and the count goes down then: a gauge, 0 in a healthy
+ * process. Releases what may be released before it counts.
  */
 static VALUE
 hpc_s_leaked_rings(VALUE klass)
 {
     return ULONG2NUM(hio_hp_leaked_rings());
+}
+
+/*
+ * call-seq:
+ *   HotpathRing.deferred_bytes -> Integer
+ *
+ * The bytes of the memory leaked_rings counts: held now, until the kernel
+ * can no longer touch it. Releases what may be released before it counts.
+ */
+static VALUE
+hpc_s_deferred_bytes(VALUE klass)
+{
+    return SIZET2NUM(hio_hp_deferred_bytes());
 }
 
 void
@@ -779,6 +795,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_alloc_func(hio_cHotpathRing, hpc_alloc);
     rb_define_singleton_method(hio_cHotpathRing, "native_probe", hpc_s_probe, 0);
     rb_define_singleton_method(hio_cHotpathRing, "leaked_rings", hpc_s_leaked_rings, 0);
+    rb_define_singleton_method(hio_cHotpathRing, "deferred_bytes", hpc_s_deferred_bytes, 0);
     rb_define_method(hio_cHotpathRing, "initialize", hpc_initialize, -1);
     rb_define_method(hio_cHotpathRing, "submit_accept_multishot", hpc_submit_accept, 1);
     rb_define_method(hio_cHotpathRing, "submit_recv_multishot", hpc_submit_recv, 1);

@@ -88,7 +88,7 @@ hp_map_put(struct hio_hotpath *h, char *p, size_t size)
 }
 
 void
-hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate)
+hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate, struct hio_deferral *d)
 {
     unsigned i;
 
@@ -96,9 +96,10 @@ hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate)
         struct hio_send *s = &h->sends[i];
         if (!s->data) continue;
         if (s->inflight && inflight_fate != HIO_RELEASE_NOW) {
+            /* Plain mappings and malloc memory: a forked child has its
+             * own copy of either (owner.c releases them there). */
             if (inflight_fate == HIO_RELEASE_DEFER)
-                hio_owner_defer_release(&h->owner, s->map ? HIO_MEM_MUNMAP : HIO_MEM_FREE, s->data,
-                                        s->map ? s->map : s->len);
+                hio_owner_defer_add(d, s->map ? HIO_MEM_MUNMAP : HIO_MEM_FREE, s->data, s->map ? s->map : s->len);
             continue;
         }
         if (s->map) munmap(s->data, s->map);
@@ -112,13 +113,4 @@ hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate)
     h->nsends = 0;
     h->send_free = -1;
     h->send_held = 0;
-}
-
-unsigned
-hp_slots_inflight(const struct hio_hotpath *h)
-{
-    unsigned i, n = 0;
-
-    for (i = 0; i < h->nsends; i++) n += h->sends[i].data && h->sends[i].inflight;
-    return n;
 }

@@ -75,10 +75,8 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
     h->send_free = slot;
 }
 /* Frees the pool and the cached mappings. A payload whose send is still in
- * flight gets inflight_fate (hotpath.c decides: now, deferred until the
- * owner task is gone, or forgotten in a forked child); the others are freed. */
-void hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate);
-/* Payloads whose send the kernel still holds. */
-unsigned hp_slots_inflight(const struct hio_hotpath *h);
+ * flight gets inflight_fate (hotpath.c decides: now, or deferred in d until
+ * the owner task is gone); the others are freed. */
+void hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate, struct hio_deferral *d);
 
 #endif

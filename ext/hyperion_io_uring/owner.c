@@ -46,6 +46,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
+#include <time.h>
 #include <unistd.h>
 
 pid_t hio_owner_pid;
@@ -164,9 +165,10 @@ hio_owner_forget_ring(struct io_uring *ring)
  *     that ring by that task (io_run_local_work is refused to any other);
  *     without it, on any return of the owner to user space.
  *  2. io-wq workers of the submitter task (they share the mm), for requests
- *     punted there. Multishot requests never run in io-wq (it re-arms
- *     their poll instead), so recv buffers are never written from there;
- *     a send that met EAGAIN twice may be.
+ *     punted there. A multishot request runs there only if arming its
+ *     poll is aborted (io_queue_async -> io_queue_iowq: a file that
+ *     cannot be polled), which sockets never are, so recv buffers are not
+ *     written from there in practice; a send that met EAGAIN twice may be.
  *  3. The io_uring fallback kworker, which runs task_work the owner can no
  *     longer run. It is a kernel thread (PF_KTHREAD, no user mm), and
  *     io_should_terminate_tw() makes every request it runs complete with
@@ -183,67 +185,191 @@ hio_owner_forget_ring(struct io_uring *ring)
  * that), nothing can touch the memory any more: it is released here then.
  *
  * The engines free at close what 1-3 shows safe at once (hotpath.c says
- * what), and defer the rest to this list. It is touched with the GVL held
- * only (ring open/close and dfree all hold it), so it needs no lock.
+ * what), and defer the rest here, one hio_deferral per closed ring, grouped
+ * by owner task: a scan asks the kernel once per owner (tgkill), however
+ * many rings it left. Scans are rate-limited (HIO_OWNER_SCAN_MS on the
+ * coarse monotonic clock) except when forced, and run from the calls a
+ * process using rings makes anyway (owner.h lists them): no thread of our
+ * own, and no GC hook (an internal GC event hook puts every Ruby
+ * allocation on the slow path). A process that stops touching rings
+ * keeps the memory until it calls one of them again.
+ *
+ * After fork the child's scan (the first one, whatever the clock says)
+ * releases the parent's records at once: malloc memory and plain mappings
+ * (send payloads) are the child's own copy-on-write copies, which no
+ * kernel request of the child touches; DONTFORK mappings (buffer rings)
+ * were never inherited, and are only forgotten.
+ *
+ * The list is touched with the GVL held only (all callers hold it), so it
+ * needs no lock.
  */
-struct owner_deferred {
-    struct owner_deferred *next;
-    pid_t pid, tid;
-    enum hio_owner_mem kind;
+struct owner_block {
     void *p;
     size_t bytes;
+    enum hio_owner_mem kind;
 };
 
-static struct owner_deferred *owner_deferred_head;
+struct hio_deferral {
+    struct hio_deferral *next;
+    pid_t pid, tid;
+    enum hio_ring_class cls;
+    size_t bytes;
+    unsigned n, cap;
+    struct owner_block *blocks;
+};
 
-static void
-owner_release(enum hio_owner_mem kind, void *p, size_t bytes)
+struct owner_group {
+    struct owner_group *next;
+    pid_t pid, tid;
+    struct hio_deferral *rings;
+};
+
+static struct owner_group *owner_groups;
+void *hio_owner_deferred_any; /* owner_groups, for the inline check */
+static unsigned long owner_held_rings[HIO_RING_CLASSES];
+static size_t owner_held_bytes[HIO_RING_CLASSES];
+static long owner_last_scan_ms = -1;
+static pid_t owner_scan_pid; /* the process of the last scan: a child scans at once */
+
+static long
+owner_now_ms(void)
 {
-    if (kind == HIO_MEM_MUNMAP) munmap(p, bytes);
-    else free(p);
+    struct timespec ts;
+
+#ifdef CLOCK_MONOTONIC_COARSE
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) == 0) return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+#endif
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return 0;
 }
 
-void
-hio_owner_defer_release(const struct hio_owner *o, enum hio_owner_mem kind, void *p, size_t bytes)
+struct hio_deferral *
+hio_owner_defer_begin(const struct hio_owner *o, enum hio_ring_class cls)
 {
-    struct owner_deferred *d;
+    struct hio_deferral *d = calloc(1, sizeof(*d));
 
-    if (!p) return;
-    if (!(d = malloc(sizeof(*d)))) return; /* leaked: never freed under the kernel */
+    if (!d) return NULL; /* its blocks are leaked: never freed under the kernel */
     d->pid = o->pid;
     d->tid = o->thread.tid;
-    d->kind = kind;
-    d->p = p;
-    d->bytes = bytes;
-    d->next = owner_deferred_head;
-    owner_deferred_head = d;
+    d->cls = cls;
+    return d;
 }
 
 void
-hio_owner_release_deferred(void)
+hio_owner_defer_add(struct hio_deferral *d, enum hio_owner_mem kind, void *p, size_t bytes)
 {
-    struct owner_deferred **pp = &owner_deferred_head;
+    if (!d || !p) return;
+    if (d->n == d->cap) {
+        unsigned cap = d->cap ? d->cap * 2 : 4;
+        struct owner_block *nb = realloc(d->blocks, (size_t)cap * sizeof(*nb));
+        if (!nb) return; /* leaked */
+        d->blocks = nb;
+        d->cap = cap;
+    }
+    d->blocks[d->n].p = p;
+    d->blocks[d->n].bytes = bytes;
+    d->blocks[d->n].kind = kind;
+    d->n++;
+    d->bytes += bytes;
+}
 
-    while (*pp) {
-        struct owner_deferred *d = *pp;
-        struct hio_owner o;
+static void
+owner_free_deferral(struct hio_deferral *d)
+{
+    free(d->blocks);
+    free(d);
+}
 
-        o.pid = d->pid;
-        o.thread.tid = d->tid;
-        if (d->pid != hio_owner_pid) {
-            /* Inherited through fork: never mapped here (DONTFORK) or the
-             * child's own copy; forget the record only. */
-            *pp = d->next;
-            free(d);
-            continue;
+void
+hio_owner_defer_end(struct hio_deferral *d)
+{
+    struct owner_group *g;
+
+    if (!d) return;
+    if (!d->n) {
+        owner_free_deferral(d);
+        return;
+    }
+    for (g = owner_groups; g; g = g->next)
+        if (g->pid == d->pid && g->tid == d->tid) break;
+    if (!g) {
+        if (!(g = calloc(1, sizeof(*g)))) {
+            owner_free_deferral(d); /* its blocks are leaked */
+            return;
         }
-        if (!hio_owner_task_gone(&o)) {
-            pp = &d->next;
-            continue;
+        g->pid = d->pid;
+        g->tid = d->tid;
+        g->next = owner_groups;
+        owner_groups = g;
+        hio_owner_deferred_any = g;
+    }
+    d->next = g->rings;
+    g->rings = d;
+    owner_held_rings[d->cls]++;
+    owner_held_bytes[d->cls] += d->bytes;
+}
+
+/* Releases a group's memory: its owner task is gone, or (forked) it is a
+ * forked child's copy of the parent's records. */
+static void
+owner_release_group(struct owner_group *g, int forked)
+{
+    while (g->rings) {
+        struct hio_deferral *d = g->rings;
+        unsigned i;
+
+        g->rings = d->next;
+        for (i = 0; i < d->n; i++) {
+            struct owner_block *b = &d->blocks[i];
+            if (b->kind == HIO_MEM_FREE) free(b->p);
+            else if (b->kind == HIO_MEM_MUNMAP || !forked) munmap(b->p, b->bytes);
+            /* else: a DONTFORK mapping of the parent; not ours to unmap */
         }
-        *pp = d->next;
-        owner_release(d->kind, d->p, d->bytes);
-        free(d);
+        owner_held_rings[d->cls]--;
+        owner_held_bytes[d->cls] -= d->bytes;
+        owner_free_deferral(d);
     }
 }
 
+void
+hio_owner_release_deferred_scan(int force)
+{
+    struct owner_group **pp = &owner_groups;
+    long now = owner_now_ms();
+    pid_t me = hio_owner_tid_cache ? hio_owner_tid_cache : hio_owner_tid_slow();
+
+    if (!force && owner_scan_pid == hio_owner_pid && owner_last_scan_ms >= 0 &&
+        now - owner_last_scan_ms < HIO_OWNER_SCAN_MS)
+        return;
+    owner_last_scan_ms = now;
+    owner_scan_pid = hio_owner_pid;
+    while (*pp) {
+        struct owner_group *g = *pp;
+        struct hio_owner o;
+        int forked = g->pid != hio_owner_pid;
+
+        o.pid = g->pid;
+        o.thread.tid = g->tid;
+        /* The calling thread is alive: no syscall for its own group. */
+        if (!forked && g->rings && (g->tid == me || !hio_owner_task_gone(&o))) {
+            pp = &g->next;
+            continue;
+        }
+        owner_release_group(g, forked);
+        *pp = g->next;
+        free(g);
+    }
+    hio_owner_deferred_any = owner_groups;
+}
+
+unsigned long
+hio_owner_deferred_rings(enum hio_ring_class cls)
+{
+    return owner_held_rings[cls];
+}
+
+size_t
+hio_owner_deferred_bytes(enum hio_ring_class cls)
+{
+    return owner_held_bytes[cls];
+}

@@ -114,20 +114,50 @@ void hio_owner_dontfork_mem(void *p, size_t bytes);
  * without submitting, cancelling or unmapping through liburing. */
 void hio_owner_forget_ring(struct io_uring *ring);
 
-/* Memory the kernel may still touch on behalf of o's owner task, kept
- * until that task is gone (owner.c says why that is the moment). kind:
- * how to release it. Never fails: without memory for the record, the
- * memory is leaked instead. */
-enum hio_owner_mem { HIO_MEM_MUNMAP, HIO_MEM_FREE };
-void hio_owner_defer_release(const struct hio_owner *o, enum hio_owner_mem kind, void *p, size_t bytes);
-/* Releases what was deferred for owner tasks that are gone now. Cheap
- * when nothing is deferred; called on ring open and close. */
-void hio_owner_release_deferred(void);
+/*
+ * Memory the kernel may still touch on behalf of o's owner task, kept
+ * until that task is gone (owner.c, "Memory after the owner", says why
+ * that is the moment). One closed ring's memory is one deferral: begin,
+ * add each block, end. Never fails: without memory for the records, the
+ * blocks are leaked instead (never freed under the kernel). begin may
+ * return NULL (then add and end do nothing).
+ *
+ * kind says how to release a block, and what a forked child does with it:
+ * a child has its own copy-on-write copy of malloc memory and of plain
+ * mappings (released there), but not of MADV_DONTFORK mappings (their
+ * addresses may hold something else in the child: forgotten there).
+ */
+enum hio_owner_mem { HIO_MEM_FREE, HIO_MEM_MUNMAP, HIO_MEM_MUNMAP_DONTFORK };
+/* Which ring class a deferral counts for (Ring.leaked_rings, HotpathRing's). */
+enum hio_ring_class { HIO_RING_SINGLE, HIO_RING_HOTPATH, HIO_RING_CLASSES };
+struct hio_deferral;
+struct hio_deferral *hio_owner_defer_begin(const struct hio_owner *o, enum hio_ring_class cls);
+void hio_owner_defer_add(struct hio_deferral *d, enum hio_owner_mem kind, void *p, size_t bytes);
+void hio_owner_defer_end(struct hio_deferral *d);
+
+/* Releases what was deferred for owner tasks that are gone now (one
+ * tgkill per owner task), and in a forked child what the child has its
+ * own copy of. At most one scan per HIO_OWNER_SCAN_MS unless force;
+ * nothing but a load when nothing is deferred. Called with the GVL held:
+ * on ring open, close and GC free, on Ring#accept/#read and
+ * HotpathRing#each_completion, on #stats, and (forced) by the leaked_rings
+ * and deferred_bytes class methods. */
+#define HIO_OWNER_SCAN_MS 100
+extern void *hio_owner_deferred_any;
+void hio_owner_release_deferred_scan(int force);
+static inline void
+hio_owner_release_deferred(int force)
+{
+    if (hio_owner_deferred_any) hio_owner_release_deferred_scan(force);
+}
+/* Closed rings of cls whose memory is deferred now, and its bytes. */
+unsigned long hio_owner_deferred_rings(enum hio_ring_class cls);
+size_t hio_owner_deferred_bytes(enum hio_ring_class cls);
 
 /* What a teardown does with memory the kernel was given. */
 enum hio_release {
     HIO_RELEASE_NOW,   /* nothing can touch it any more: unmap or free it */
-    HIO_RELEASE_DEFER, /* hio_owner_defer_release: until the owner task is gone */
+    HIO_RELEASE_DEFER, /* hio_owner_defer_add: until the owner task is gone */
     HIO_RELEASE_FORGET /* a forked child's view of the parent's memory: drop the pointer only */
 };
 

@@ -115,6 +115,7 @@ hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out)
     out->waits = r->io.waits;
     out->cancels = r->cancels;
     out->setup_flags = r->flags;
+    hio_owner_release_deferred(0);
 }
 
 int
@@ -122,7 +123,7 @@ hio_sring_open(struct hio_sring *r, unsigned depth)
 {
     int ret;
 
-    hio_owner_release_deferred();
+    hio_owner_release_deferred(0);
     ret = hio_queue_init(&r->uring, depth, 0, &r->flags);
 
     if (ret < 0) {
@@ -134,14 +135,18 @@ hio_sring_open(struct hio_sring *r, unsigned depth)
     return 0;
 }
 
-/* Rings closed while the kernel might still write their read buffer, which
- * was leaked instead of freed. */
-static unsigned long sring_leaked_rings;
-
 unsigned long
 hio_sring_leaked_rings(void)
 {
-    return sring_leaked_rings;
+    hio_owner_release_deferred(1);
+    return hio_owner_deferred_rings(HIO_RING_SINGLE);
+}
+
+size_t
+hio_sring_deferred_bytes(void)
+{
+    hio_owner_release_deferred(1);
+    return hio_owner_deferred_bytes(HIO_RING_SINGLE);
 }
 
 /* Never blocks (the GC calls it too), and never enters the ring, so any
@@ -150,7 +155,8 @@ hio_sring_leaked_rings(void)
  * fiber parked in that call under a scheduler was dropped without
  * resuming). Their read buffer may still be written by the owner task
  * (owner.c, "Memory after the owner"): it is freed now if that task is
- * gone, else when it is (and counted). */
+ * gone, else when it is (and counted meanwhile). In a forked child it is
+ * the child's own copy of the parent's buffer: freed. */
 void
 hio_sring_close(struct hio_sring *r)
 {
@@ -162,15 +168,17 @@ hio_sring_close(struct hio_sring *r)
         r->inited = 0;
         if (!forked && held && hio_owner_task_gone(&r->owner)) held = 0;
     }
-    if (!held) {
+    if (!held || forked) {
         free(r->buf);
     } else if (r->buf) {
-        sring_leaked_rings++;
-        if (!forked) hio_owner_defer_release(&r->owner, HIO_MEM_FREE, r->buf, r->buf_cap);
+        struct hio_deferral *d = hio_owner_defer_begin(&r->owner, HIO_RING_SINGLE);
+
+        hio_owner_defer_add(d, HIO_MEM_FREE, r->buf, r->buf_cap);
+        hio_owner_defer_end(d);
     }
     r->buf = NULL;
     r->buf_cap = 0;
-    hio_owner_release_deferred();
+    hio_owner_release_deferred(0);
 }
 
 int
@@ -360,6 +368,7 @@ hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w)
     /* A call with no time to wait (timeout: 0) always peeks. */
     int direct = r->direct[req->kind] > 0 && req->timeout != 0;
 
+    hio_owner_release_deferred(0); /* a load, unless something is deferred */
     req->res = req->done = req->fatal = req->wedged = 0;
     req->data = NULL;
     r->op.req = req;

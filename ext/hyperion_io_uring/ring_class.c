@@ -290,6 +290,7 @@ ringc_close(VALUE self)
     if (why && why != HIO_REFUSE_CLOSED) ringc_refuse(rc->r, why);
     hio_sring_close(rc->r);
     hio_sched_io_close(&rc->sched_io);
+    rc->owner_thread = Qnil; /* only a close of an open ring asks it: let the Thread go */
     return Qnil;
 }
 
@@ -345,15 +346,30 @@ ringc_stats(VALUE self)
  * call-seq:
  *   Ring.leaked_rings -> Integer
  *
- * How many rings of this process were closed (by #close or the GC) while
- * the kernel might still write into their read buffer, which was then
- * leaked rather than freed: a wedged ring, or one the GC collected while a
- * fiber was parked in its call. 0 in a healthy process.
+ * How many closed rings of this process (by #close or the GC) hold a read
+ * buffer now that the kernel might still write: a wedged ring, or one the
+ * GC collected while a fiber was parked in its call. The buffer is freed
+ * once the owner thread's kernel task has exited (and in a forked child at
+ * once), and the count goes down then: a gauge, 0 in a healthy process.
+ * Releases what may be released before it counts.
  */
 static VALUE
 ringc_s_leaked_rings(VALUE klass)
 {
     return ULONG2NUM(hio_sring_leaked_rings());
+}
+
+/*
+ * call-seq:
+ *   Ring.deferred_bytes -> Integer
+ *
+ * The bytes of the read buffers leaked_rings counts. Releases what may be
+ * released before it counts.
+ */
+static VALUE
+ringc_s_deferred_bytes(VALUE klass)
+{
+    return SIZET2NUM(hio_sring_deferred_bytes());
 }
 
 void
@@ -368,6 +384,7 @@ hio_init_ring_class(VALUE mIOUring)
     rb_define_const(hio_cRing, "DEFAULT_QUEUE_DEPTH", INT2FIX(256));
     rb_define_alloc_func(hio_cRing, ringc_alloc);
     rb_define_singleton_method(hio_cRing, "leaked_rings", ringc_s_leaked_rings, 0);
+    rb_define_singleton_method(hio_cRing, "deferred_bytes", ringc_s_deferred_bytes, 0);
     rb_define_method(hio_cRing, "initialize", ringc_initialize, -1);
     rb_define_method(hio_cRing, "accept", ringc_accept, -1);
     rb_define_method(hio_cRing, "read", ringc_read, -1);

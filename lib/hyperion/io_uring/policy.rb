@@ -108,6 +108,20 @@ module Hyperion
         false
       end
 
+      # Whether Ruby's M:N thread scheduler (Ruby 3.3+, RUBY_MN_THREADS=1)
+      # runs this process's threads. Then a Ruby Thread may move from one
+      # native thread to another between calls, while a ring belongs to the
+      # kernel task that made it (IORING_SETUP_SINGLE_ISSUER; owner.c): the
+      # kernel would refuse the moved thread with EEXIST, or the owner check
+      # with ThreadError, at random. So {supported?} is false then. Ruby
+      # reads the variable once at boot (`atoi(...) > 0`); this reads ENV,
+      # which says the same unless the application changed it since.
+      #
+      # @return [Boolean]
+      def mn_threads?(env = ENV, version = RUBY_VERSION)
+        (version.split(".").map(&:to_i) <=> [3, 3]) >= 0 && env["RUBY_MN_THREADS"].to_s.to_i.positive?
+      end
+
       # @return [Boolean] whether Etc.uname says Linux
       def linux?
         Etc.uname[:sysname] == "Linux"
@@ -302,6 +316,10 @@ module Hyperion
                  "the first with a stable IORING_OP_ACCEPT"
         end
         return "extension built without liburing: #{STUB_REASON}" unless native?
+        if mn_threads?
+          return "RUBY_MN_THREADS=#{ENV['RUBY_MN_THREADS']}: Ruby's M:N threads may move a Thread between " \
+                 "native threads, and a ring belongs to one (unset RUBY_MN_THREADS to use io_uring)"
+        end
 
         errno = native_probe
         return nil if errno.zero?
