@@ -421,7 +421,10 @@ hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, doubl
     if (timeout == 0 || want == 0) w->flags |= HIO_WAIT_POLL;
     w->want = want;
     w->min_wait_us = min_wait_us;
-    w->err = w->timed_out = w->peek_missed = w->raised = 0;
+    w->watch.check = NULL;
+    w->watch.arg = NULL;
+    w->watch.every = 0;
+    w->err = w->timed_out = w->peek_missed = w->raised = w->watched = w->watch_err = 0;
 }
 
 /* ---- close ---- */

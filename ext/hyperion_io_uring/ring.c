@@ -334,8 +334,16 @@ sring_wait_end(void *ctx, const struct hio_wait *w)
         HIO_MEM_DEFINED(r->buf, (size_t)req->res); /* the kernel wrote it */
         req->data = r->buf;
     }
-    /* An exception ends the call: an fd accepted in the race would leak. */
-    if (w->raised && req->done && req->kind == HIO_SREQ_ACCEPT && req->res >= 0) close(req->res);
+    /* An exception ends the call: an fd accepted in the race would leak.
+     * A watch that found the listener closed ends it too: a connection
+     * that came in meanwhile (the socket listened until the cancel) is
+     * nobody's, and the client sees it reset, as for the rest of the
+     * closed socket's backlog. */
+    if ((w->raised || w->watch_err) && req->done && req->kind == HIO_SREQ_ACCEPT && req->res >= 0) {
+        close(req->res);
+        req->done = 0;
+        req->res = -ECANCELED;
+    }
 }
 
 static const struct hio_wait_ops sring_wait_ops = { sring_wait_reap, sring_wait_ready, NULL, sring_wait_end };
@@ -366,5 +374,8 @@ hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w)
     w->flags = HIO_WAIT_RUBY | HIO_WAIT_PEEK | (direct ? HIO_WAIT_NO_FIRST_PEEK : 0);
     w->want = 1;
     w->min_wait_us = 0;
-    w->err = w->timed_out = w->peek_missed = w->raised = 0;
+    w->watch.check = NULL; /* the binding may set one (a listener closed elsewhere) */
+    w->watch.arg = NULL;
+    w->watch.every = 0;
+    w->err = w->timed_out = w->peek_missed = w->raised = w->watched = w->watch_err = 0;
 }

@@ -9,6 +9,7 @@
  * wait.c runs it.
  */
 #include "hyperion_io_uring.h"
+#include "fdid.h"
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -149,17 +150,79 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
     return self;
 }
 
+/* ---- A listener closed while accept waits ---- */
+
+/*
+ * Nothing tells a waiting accept that its listener was closed: Ruby's
+ * IO#close interrupts only threads it knows to be blocked on that fd (an
+ * io_uring wait is not one), and the kernel's request holds its own
+ * reference to the socket, which stays bound and goes on accepting. So
+ * while accept blocks, it wakes every RINGC_WATCH_EVERY seconds and looks:
+ * an IO listener that is closed?, or a number that no longer names the
+ * socket it named when the wait began (fstat: closed, or reused for another
+ * file). Then the request is cancelled (the port is free once the kernel
+ * drops its reference) and accept raises IOError or Errno::EBADF.
+ */
+#define RINGC_WATCH_EVERY 0.1
+
+struct ringc_listener {
+    VALUE io;        /* the IO given, or Qnil for an Integer fd */
+    int fd;
+    int have_id;
+    struct hio_fdid id;
+};
+
+/* wait.c's watch: before each blocking wait (GVL held, never raises). The
+ * first call notes which socket the number names. */
+static int
+ringc_listener_check(void *arg)
+{
+    struct ringc_listener *l = arg;
+
+    if (!NIL_P(l->io) && hio_io_closed(l->io)) return -EBADF;
+    if (!l->have_id) {
+        if (hio_fdid_get(l->fd, &l->id) < 0) return -EBADF;
+        l->have_id = 1;
+        return 0;
+    }
+    return hio_fdid_check(l->fd, &l->id);
+}
+
+NORETURN(static void ringc_raise_listener_closed(const struct ringc_listener *l));
+
+static void
+ringc_raise_listener_closed(const struct ringc_listener *l)
+{
+    if (!NIL_P(l->io) && hio_io_closed(l->io))
+        rb_raise(rb_eIOError, "accept: listener (fd %d) closed while accept waited", l->fd);
+    rb_syserr_fail(EBADF, "accept: listener fd closed (or reused for another file) while accept waited");
+}
+
 /* Runs req on the ring; returns :wouldblock or raises when it did not
- * complete, Qundef when req->res is its result. */
+ * complete, Qundef when req->res is its result. With a listener, the wait
+ * watches it (above). */
 static VALUE
-ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what)
+ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what, struct ringc_listener *l)
 {
     struct hio_wait w;
 
     hio_sring_begin(rc->r, req, &w);
+    if (l) {
+        w.watch.check = ringc_listener_check;
+        w.watch.arg = l;
+        w.watch.every = RINGC_WATCH_EVERY;
+    }
     hio_wait_ruby(&w, &rc->sched_io);
+    /* A connection that came after a wait that blocked: the listener may
+     * have been closed since the last look, and the kernel's socket went
+     * on accepting. Look once more; it is nobody's if the listener is gone. */
+    if (l && w.watched && req->done && req->res >= 0 && ringc_listener_check(l) < 0) {
+        close(req->res);
+        ringc_raise_listener_closed(l);
+    }
     if (req->fatal) hio_raise_errno(req->fatal, "io_uring_enter(%s fd %d)", what, req->fd);
     if (req->wedged) rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, req->fd);
+    if (w.watch_err) ringc_raise_listener_closed(l);
     if (!req->done) return sym_wouldblock; /* timed out, request cancelled */
     return Qundef;
 }
@@ -181,6 +244,7 @@ ringc_accept(int argc, VALUE *argv, VALUE self)
 {
     struct ringc *rc;
     struct hio_sreq req;
+    struct ringc_listener l;
     VALUE listener, opts, kw[1] = { Qundef }, res;
     double timeout = -1.0;
 
@@ -192,7 +256,10 @@ ringc_accept(int argc, VALUE *argv, VALUE self)
     rc = ringc_usable(self);
     req.kind = HIO_SREQ_ACCEPT;
     req.timeout = timeout;
-    res = ringc_run(rc, &req, "accept");
+    memset(&l, 0, sizeof(l));
+    l.io = RB_TYPE_P(listener, T_FILE) ? listener : Qnil;
+    l.fd = req.fd;
+    res = ringc_run(rc, &req, "accept", &l);
     if (res != Qundef) return res;
     if (req.res >= 0) return INT2FIX(req.res);
     switch (-req.res) {
@@ -245,7 +312,7 @@ ringc_read(int argc, VALUE *argv, VALUE self)
     req.kind = HIO_SREQ_READ;
     req.len = (unsigned)max;
     req.timeout = timeout;
-    res = ringc_run(rc, &req, "read");
+    res = ringc_run(rc, &req, "read", NULL);
     if (res != Qundef) return res;
     if (req.res >= 0) return rb_str_new(req.data, req.res); /* ASCII-8BIT */
     switch (-req.res) {
