@@ -234,7 +234,16 @@ ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what, struct ringc
  * Accepts one connection on +listener+ (an Integer fd or an IO) and returns
  * the client fd, close-on-exec set. Waits in io_uring_enter with the GVL
  * released; Thread#raise, Timeout and signals interrupt it, and the request
- * is cancelled and reaped before the exception leaves. +timeout+ (seconds)
+ * is cancelled and reaped before the exception leaves.
+ *
+ * A listener closed elsewhere while accept waits (another thread, a trap
+ * handler, another fiber) ends it within about 100 ms: the wait wakes every
+ * 100 ms to look at the listener (IO#closed? for an IO; for any listener,
+ * whether its fd number still names the socket it named when the wait
+ * began). Then the request is cancelled, so the socket is released and the
+ * port can be bound again, and accept raises IOError (an IO that is
+ * closed) or Errno::EBADF (an fd closed, or reused for another file). A
+ * client that connected in between is not returned: it is closed. +timeout+ (seconds)
  * bounds the wait and gives :wouldblock when it passes. ECONNABORTED and
  * ECANCELED also give :wouldblock, as upstream; a bad fd, a non-socket or a
  * socket that is not listening raises Errno::* (a loop never spins on them).
@@ -281,6 +290,14 @@ ringc_accept(int argc, VALUE *argv, VALUE self)
  * (then :wouldblock). The kernel reads into memory the ring owns, never into
  * a Ruby object, so an interrupted read can never write into freed memory.
  * Errors raise Errno::* naming the fd.
+ *
+ * Nothing is lost to an interrupt: when Thread#raise, Timeout or a trap
+ * that raises ends a read whose bytes the kernel had already taken from
+ * the socket (the cancel came too late), the exception goes on and the
+ * bytes are kept by the ring; the next #read of the same fd on this ring
+ * returns them first (up to +max+ at a time), before anything newer. They
+ * are dropped if the fd number names another file by then (closed and
+ * reused), and when the ring is closed. stats[:kept_reads] counts them.
  */
 static VALUE
 ringc_read(int argc, VALUE *argv, VALUE self)
@@ -377,6 +394,8 @@ ringc_fileno(VALUE self)
  * +:waits+ (io_uring_enter calls that may block: after a call of the same
  * kind had to wait, the next ones submit and wait in one enter),
  * +:cancels+ (requests cancelled by a timeout or an interrupt),
+ * +:kept_reads+ (reads whose data arrived as an interrupt ended them, kept
+ * for the next #read of that fd),
  * +:setup_flags+ (IORING_SETUP_* in force).
  */
 static VALUE
@@ -390,6 +409,7 @@ ringc_stats(VALUE self)
     rb_hash_aset(h, ID2SYM(rb_intern("ops")), ULL2NUM(st.ops));
     rb_hash_aset(h, ID2SYM(rb_intern("waits")), ULL2NUM(st.waits));
     rb_hash_aset(h, ID2SYM(rb_intern("cancels")), ULL2NUM(st.cancels));
+    rb_hash_aset(h, ID2SYM(rb_intern("kept_reads")), ULL2NUM(st.kept_reads));
     rb_hash_aset(h, ID2SYM(rb_intern("setup_flags")), UINT2NUM(st.setup_flags));
     return h;
 }
