@@ -38,6 +38,18 @@ hio_fd_arg(VALUE v, const char *what)
     UNREACHABLE_RETURN(-1);
 }
 
+/* Whether io (a T_FILE) is closed; never raises. */
+int
+hio_io_closed(VALUE io)
+{
+#ifdef HAVE_RB_IO_CLOSED_P
+    return RTEST(rb_io_closed_p(io));
+#else
+    rb_io_t *fptr = RFILE(io)->fptr;
+    return !fptr || fptr->fd < 0;
+#endif
+}
+
 /* nil -> -1 (wait forever); Numeric seconds >= 0 otherwise, capped at 1e9
  * (no limit, in practice; wait.c's timespec conversion needs a bound). */
 double

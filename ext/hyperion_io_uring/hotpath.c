@@ -495,6 +495,16 @@ hp_wait_wake_at(void *ctx)
 
 static const struct hio_wait_ops hp_wait_ops = { hp_wait_reap, hp_wait_ready, hp_wait_broken, NULL, hp_wait_wake_at };
 
+/* wait.c's watch: the listeners of armed accepts (hp_ms_watch rate-limits
+ * itself). A closed one's cancel goes with the wait's next submit, and its
+ * end is a completion like any other: the check never ends the wait. */
+static int
+hp_wait_watch(void *ctx)
+{
+    hp_ms_watch(ctx);
+    return 0;
+}
+
 void
 hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, double timeout, unsigned min_wait_us,
                  unsigned how)
@@ -511,7 +521,18 @@ hio_hp_wait_plan(struct hio_hotpath *h, struct hio_wait *w, unsigned want, doubl
     if (timeout == 0 || want == 0) w->flags |= HIO_WAIT_POLL;
     w->want = want;
     w->min_wait_us = min_wait_us;
-    w->err = w->timed_out = w->peek_missed = w->raised = 0;
+    w->watch.check = NULL;
+    w->watch.arg = NULL;
+    w->watch.every = 0;
+    if (hp_ms_watching(h)) {
+        /* Looked at here too (one coarse clock read when not due): a busy
+         * ring's waits end on completions, never after an idle slice. */
+        hp_ms_watch(h);
+        w->watch.check = hp_wait_watch;
+        w->watch.arg = h;
+        w->watch.every = HP_MS_WATCH_EVERY;
+    }
+    w->err = w->timed_out = w->peek_missed = w->raised = w->watched = w->watch_err = 0;
 }
 
 /* ---- close ---- */

@@ -27,8 +27,9 @@
 #define HP_MAP_CACHE 32
 #define HP_GEN_MASK 0xffffffu
 
-/* A multishot request's state (hp_multishot.c). */
-enum hio_arm_state { HIO_ARM_NONE = 0, HIO_ARM_ARMED, HIO_ARM_PARKED, HIO_ARM_CANCELLING };
+/* A multishot request's state (hp_multishot.c). ORPHANED: an accept whose
+ * listener was closed behind the ring's back, cancelled by the ring. */
+enum hio_arm_state { HIO_ARM_NONE = 0, HIO_ARM_ARMED, HIO_ARM_PARKED, HIO_ARM_CANCELLING, HIO_ARM_ORPHANED };
 
 /* submit_close: QUEUED waits for the fd's queued sends to end; ISSUED has
  * its IORING_OP_CLOSE in the SQ, not yet taken by the kernel (the number is
@@ -112,6 +113,9 @@ struct hio_hotpath {
     int close_skip;              /* closes use IOSQE_CQE_SKIP_SUCCESS (IORING_FEAT_CQE_SKIP) */
     /* hp_multishot.c */
     struct hio_fifo parked;      /* int: fds whose recv ended with ENOBUFS */
+    int *listeners;              /* fds with an accept armed once (pruned when it ends) */
+    unsigned nlisteners, cap_listeners;
+    double watch_next;           /* hio_now_coarse() of the next look at them */
     /* buf_ring.c */
     struct hio_bufring bufs;
     /* every file counts what its concern does */

@@ -14,6 +14,7 @@
 #include "hp_conn.h"
 #include "hp_queue.h"
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,6 +37,20 @@ ms_table(unsigned kind, unsigned state, int stale, int res, unsigned flags)
 
     if (stale) {
         v.act = HP_MS_STALE; /* the entry's state is the new connection's */
+        return v;
+    }
+    if (state == HIO_ARM_ORPHANED) {
+        /* Its listener was closed behind the ring's back and the ring
+         * cancelled it: a connection it accepted meanwhile is nobody's
+         * (dropped and closed, as the closed socket's backlog is reset),
+         * and its end reaches Ruby as -EBADF, whatever ended it. */
+        if (!v.final) {
+            v.act = HP_MS_STALE;
+        } else {
+            v.act = HP_MS_END;
+            v.next = HIO_ARM_NONE;
+            v.res = -EBADF;
+        }
         return v;
     }
     if (!v.final) return v;
@@ -74,13 +89,34 @@ ms_park(struct hio_hotpath *h, int fd)
     *slot = fd;
 }
 
+/* fd joins the listeners the waits watch (once). */
+static int
+ms_listener_add(struct hio_hotpath *h, int fd)
+{
+    unsigned i;
+
+    for (i = 0; i < h->nlisteners; i++)
+        if (h->listeners[i] == fd) return 0;
+    if (h->nlisteners == h->cap_listeners) {
+        unsigned cap = h->cap_listeners ? h->cap_listeners * 2 : 4;
+        int *nl = realloc(h->listeners, cap * sizeof(*nl));
+        if (!nl) return -ENOMEM;
+        h->listeners = nl;
+        h->cap_listeners = cap;
+    }
+    h->listeners[h->nlisteners++] = fd;
+    return 0;
+}
+
 /* Arms a multishot accept or recv on fd, for the entry's generation. */
 static int
 ms_arm(struct hio_hotpath *h, unsigned kind, int fd, struct hio_conn *c)
 {
-    struct io_uring_sqe *sqe = hp_sqe(h);
+    struct io_uring_sqe *sqe;
 
-    if (!sqe) return -EBUSY;
+    /* An accept that is not watched could outlive its listener. */
+    if (kind == HIO_OP_ACCEPT && ms_listener_add(h, fd) < 0) return -ENOMEM;
+    if (!(sqe = hp_sqe(h))) return -EBUSY;
     if (kind == HIO_OP_ACCEPT) {
         /* O_NONBLOCK like the sockets Ruby accepts: a connection fiber that
          * wraps the fd never blocks its thread in read(2) (the ring's own
@@ -140,6 +176,7 @@ hp_ms_complete(struct hio_hotpath *h, unsigned kind, int fd, uint32_t gen, int r
         ms_park(h, fd);
         break;
       case HP_MS_END:
+        if (kind == HIO_OP_ACCEPT && res >= 0) close(res); /* an orphaned accept's last connection */
         hp_push(h, (int)kind, fd, v.res, -1, flags);
         break;
       default:
@@ -162,9 +199,11 @@ hp_ms_submit(struct hio_hotpath *h, unsigned kind, int fd, struct hio_conn *c)
     /* Already armed: a second accept would double every accept; a parked
      * recv is re-armed when buffers come back. */
     if (state == HIO_ARM_ARMED || (kind == HIO_OP_RECV && state == HIO_ARM_PARKED)) return 0;
-    if (kind == HIO_OP_RECV && state == HIO_ARM_CANCELLING) {
+    if (state == HIO_ARM_CANCELLING || state == HIO_ARM_ORPHANED) {
         /* Re-armed before the cancel's final CQE: that CQE belongs to the
-         * old request; a new generation keeps it from ending this one. */
+         * old request; a new generation keeps it from ending this one (it
+         * is dropped as stale). For an accept, the old end would otherwise
+         * look like a cancel the kernel made and re-arm a second one. */
         hp_conn_new_generation(c);
     }
     return ms_arm(h, kind, fd, c);
@@ -229,8 +268,44 @@ hp_ms_cancel_every(struct hio_hotpath *h)
         struct hio_conn *c = &h->conns[i];
         if (c->recv == HIO_ARM_ARMED || c->recv == HIO_ARM_CANCELLING)
             hp_prep_cancel(h, hp_ud(HIO_OP_RECV, c->gen, i));
-        if (c->accept == HIO_ARM_ARMED || c->accept == HIO_ARM_CANCELLING)
+        if (c->accept == HIO_ARM_ARMED || c->accept == HIO_ARM_CANCELLING || c->accept == HIO_ARM_ORPHANED)
             hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, i));
+    }
+}
+
+/*
+ * A listener closed elsewhere while its accept is armed: the kernel's
+ * request keeps its own reference to the socket, which stays bound and
+ * goes on accepting, and nothing tells the ring. So the waits look, at
+ * most every HP_MS_WATCH_EVERY seconds (each_completion's plan, and each
+ * blocking slice of its wait): does the number still name the socket
+ * claimed for it (fstat)? If not, the accept is cancelled and ORPHANED.
+ * Entries whose accept ended leave the list here.
+ */
+void
+hp_ms_watch(struct hio_hotpath *h)
+{
+    double now = hio_now_coarse();
+    unsigned i = 0;
+
+    /* 10 ms early is due: the coarse clock (a tick of a few ms) would
+     * otherwise make a wait's slice end just short of it, and double the
+     * time to notice. */
+    if (now + 0.01 < h->watch_next) return;
+    h->watch_next = now + HP_MS_WATCH_EVERY;
+    while (i < h->nlisteners) {
+        int fd = h->listeners[i];
+        struct hio_conn *c = &h->conns[fd];
+
+        if (c->accept == HIO_ARM_NONE) {
+            h->listeners[i] = h->listeners[--h->nlisteners];
+            continue;
+        }
+        /* With no SQE to be had, it stays ARMED and is tried next time. */
+        if (c->accept == HIO_ARM_ARMED && !hp_conn_same_socket(fd, c) &&
+            hp_prep_cancel(h, hp_ud(HIO_OP_ACCEPT, c->gen, (uint32_t)fd)) == 0)
+            c->accept = HIO_ARM_ORPHANED;
+        i++;
     }
 }
 
@@ -238,4 +313,7 @@ void
 hp_ms_teardown(struct hio_hotpath *h)
 {
     hio_fifo_free(&h->parked);
+    free(h->listeners);
+    h->listeners = NULL;
+    h->nlisteners = h->cap_listeners = 0;
 }

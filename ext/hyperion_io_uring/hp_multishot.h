@@ -51,7 +51,19 @@ void hp_ms_forget(struct hio_hotpath *h, int fd, struct hio_conn *c);
 void hp_ms_unpark(struct hio_hotpath *h);
 /* Closing the ring without IORING_ASYNC_CANCEL_ANY: cancels each request. */
 void hp_ms_cancel_every(struct hio_hotpath *h);
-/* Frees the parked list. */
+/* Looks at the listeners of armed accepts, at most every HP_MS_WATCH_EVERY
+ * seconds: one closed behind the ring's back (the number closed, or naming
+ * another socket now) gets its accept cancelled, which ends with an
+ * OP_ACCEPT completion of -EBADF. Never blocks; an fstat per listener. */
+#define HP_MS_WATCH_EVERY 0.1
+void hp_ms_watch(struct hio_hotpath *h);
+/* Whether an accept is armed (the waits then watch its listener). */
+static inline int
+hp_ms_watching(const struct hio_hotpath *h)
+{
+    return h->nlisteners > 0;
+}
+/* Frees the parked list and the listener list. */
 void hp_ms_teardown(struct hio_hotpath *h);
 
 #endif

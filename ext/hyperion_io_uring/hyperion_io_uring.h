@@ -47,6 +47,7 @@ void hio_init_errors(VALUE mIOUring);
 
 /* ---- args.c: argument helpers of the bindings ---- */
 int hio_fd_arg(VALUE io_or_fd, const char *what);
+int hio_io_closed(VALUE io);
 double hio_timeout_arg(VALUE timeout, const char *what);
 double hio_timeout_ms_arg(VALUE timeout_ms);
 unsigned hio_depth_arg(VALUE v, const char *what);

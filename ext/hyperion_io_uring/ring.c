@@ -12,6 +12,7 @@
  * into memory that is gone.
  */
 #include "engine.h"
+#include "fdid.h"
 #include "hio_valgrind.h"
 #include "setup.h"
 #include <errno.h>
@@ -25,6 +26,16 @@
 #define SRING_DRAIN_SECONDS 2.0
 #define SRING_DIRECT_STREAK 16
 
+/* Bytes of a read that completed as an exception ended its call: kept for
+ * the next read of the same file (fd number and identity) on this ring. */
+struct sring_kept {
+    struct sring_kept *next;
+    int fd;
+    struct hio_fdid id;
+    size_t len, off;
+    char data[];
+};
+
 struct hio_sring {
     struct io_uring uring;
     int inited;       /* io_uring_queue_init succeeded */
@@ -34,7 +45,8 @@ struct hio_sring {
     uint64_t seq;     /* request tokens */
     char *buf;        /* read scratch, owned here, never moved by the GC */
     size_t buf_cap;
-    uint64_t ops, cancels;
+    uint64_t ops, cancels, kept_reads;
+    struct sring_kept *kept; /* in the order they were kept */
     struct hio_wait_counts io; /* its waits */
     int busy;         /* a call is running; under a scheduler its fiber may be parked */
     unsigned char direct[3]; /* per hio_sreq_kind: calls left that submit and wait in one enter */
@@ -66,6 +78,9 @@ size_t
 hio_sring_memsize(const struct hio_sring *r)
 {
     size_t sz = sizeof(*r) + r->buf_cap;
+    const struct sring_kept *k;
+
+    for (k = r->kept; k; k = k->next) sz += sizeof(*k) + k->len;
 
     if (r->inited) {
         sz += (size_t)r->uring.sq.ring_sz + (size_t)r->uring.cq.ring_sz;
@@ -114,6 +129,7 @@ hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out)
     out->ops = r->ops;
     out->waits = r->io.waits;
     out->cancels = r->cancels;
+    out->kept_reads = r->kept_reads;
     out->setup_flags = r->flags;
     hio_owner_release_deferred(0);
 }
@@ -175,6 +191,11 @@ hio_sring_close(struct hio_sring *r)
 
         hio_owner_defer_add(d, HIO_MEM_FREE, r->buf, r->buf_cap);
         hio_owner_defer_end(d);
+    }
+    while (r->kept) {
+        struct sring_kept *k = r->kept;
+        r->kept = k->next;
+        free(k);
     }
     r->buf = NULL;
     r->buf_cap = 0;
@@ -326,6 +347,74 @@ sring_cancel_and_drain(struct hio_sring *r)
     sring_reap(r);
 }
 
+/* ---- Reads that completed as an exception ended their call ---- */
+
+/*
+ * An interrupt (Thread#raise, Timeout, a trap that raises) can end a read
+ * whose data the kernel had already copied out of the socket: the cancel
+ * came too late, or the CQE was in the CQ when the exception arrived. The
+ * bytes are not in the socket any more, so dropping them would lose them.
+ * They are kept (copied out of the ring's buffer) and the next read of the
+ * same file on this ring returns them first, without a request. The file
+ * is told by its identity: if the number was closed and names another
+ * file now, the bytes were the old connection's and are dropped.
+ */
+static void
+sring_keep(struct hio_sring *r, const struct hio_sreq *req)
+{
+    struct sring_kept *k, **tail;
+
+    k = malloc(sizeof(*k) + (size_t)req->res);
+    if (!k) return; /* no memory: lost, as before */
+    if (hio_fdid_get(req->fd, &k->id) < 0) { /* closed meanwhile: nobody reads it */
+        free(k);
+        return;
+    }
+    HIO_MEM_DEFINED(r->buf, (size_t)req->res); /* the kernel wrote it */
+    memcpy(k->data, r->buf, (size_t)req->res);
+    k->next = NULL;
+    k->fd = req->fd;
+    k->len = (size_t)req->res;
+    k->off = 0;
+    for (tail = &r->kept; *tail; tail = &(*tail)->next) {}
+    *tail = k;
+    r->kept_reads++;
+}
+
+/* Serves req from what was kept for its file: 1 when it did (the bytes are
+ * in the ring's buffer, req done), 0 when nothing was kept for it. */
+static int
+sring_take_kept(struct hio_sring *r, struct hio_sreq *req)
+{
+    struct sring_kept **p = &r->kept;
+
+    while (*p) {
+        struct sring_kept *k = *p;
+        size_t n;
+
+        if (k->fd != req->fd) {
+            p = &k->next;
+            continue;
+        }
+        if (hio_fdid_check(req->fd, &k->id) < 0) { /* another file on the number now */
+            *p = k->next;
+            free(k);
+            continue;
+        }
+        n = k->len - k->off < req->len ? k->len - k->off : req->len;
+        memcpy(r->buf, k->data + k->off, n);
+        k->off += n;
+        if (k->off == k->len) {
+            *p = k->next;
+            free(k);
+        }
+        req->res = (int)n;
+        req->done = 1;
+        return 1;
+    }
+    return 0;
+}
+
 /* wait.c's end: runs however the wait ended (an exception included), so
  * the request never outlives the call. */
 static void
@@ -353,11 +442,20 @@ sring_wait_end(void *ctx, const struct hio_wait *w)
     r->busy = 0;
     req->wedged = r->wedged;
     if (req->done && req->kind == HIO_SREQ_READ && req->res > 0) {
-        HIO_MEM_DEFINED(r->buf, (size_t)req->res); /* the kernel wrote it */
+        if (w->raised) sring_keep(r, req);
+        HIO_MEM_DEFINED(r->buf, (size_t)req->res); /* the kernel wrote it (or a kept read was copied) */
         req->data = r->buf;
     }
-    /* An exception ends the call: an fd accepted in the race would leak. */
-    if (w->raised && req->done && req->kind == HIO_SREQ_ACCEPT && req->res >= 0) close(req->res);
+    /* An exception ends the call: an fd accepted in the race would leak.
+     * A watch that found the listener closed ends it too: a connection
+     * that came in meanwhile (the socket listened until the cancel) is
+     * nobody's, and the client sees it reset, as for the rest of the
+     * closed socket's backlog. */
+    if ((w->raised || w->watch_err) && req->done && req->kind == HIO_SREQ_ACCEPT && req->res >= 0) {
+        close(req->res);
+        req->done = 0;
+        req->res = -ECANCELED;
+    }
 }
 
 static const struct hio_wait_ops sring_wait_ops = { sring_wait_reap, sring_wait_ready, NULL, sring_wait_end };
@@ -378,7 +476,8 @@ hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w)
      * reallocate the read buffer on this ring (ring_class.c checks). */
     r->busy = 1;
     if (direct) r->direct[req->kind]--;
-    sring_prep(r);
+    /* Bytes kept from an interrupted read of this file come first. */
+    if (!(req->kind == HIO_SREQ_READ && r->kept && sring_take_kept(r, req))) sring_prep(r);
     w->ring = &r->uring;
     w->ops = &sring_wait_ops;
     w->ctx = r;
@@ -389,5 +488,8 @@ hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w)
     w->flags = HIO_WAIT_RUBY | HIO_WAIT_PEEK | (direct ? HIO_WAIT_NO_FIRST_PEEK : 0);
     w->want = 1;
     w->min_wait_us = 0;
-    w->err = w->timed_out = w->peek_missed = w->raised = 0;
+    w->watch.check = NULL; /* the binding may set one (a listener closed elsewhere) */
+    w->watch.arg = NULL;
+    w->watch.every = 0;
+    w->err = w->timed_out = w->peek_missed = w->raised = w->watched = w->watch_err = 0;
 }

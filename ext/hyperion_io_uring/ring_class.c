@@ -9,6 +9,7 @@
  * wait.c runs it.
  */
 #include "hyperion_io_uring.h"
+#include "fdid.h"
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
@@ -154,17 +155,79 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
     return self;
 }
 
+/* ---- A listener closed while accept waits ---- */
+
+/*
+ * Nothing tells a waiting accept that its listener was closed: Ruby's
+ * IO#close interrupts only threads it knows to be blocked on that fd (an
+ * io_uring wait is not one), and the kernel's request holds its own
+ * reference to the socket, which stays bound and goes on accepting. So
+ * while accept blocks, it wakes every RINGC_WATCH_EVERY seconds and looks:
+ * an IO listener that is closed?, or a number that no longer names the
+ * socket it named when the wait began (fstat: closed, or reused for another
+ * file). Then the request is cancelled (the port is free once the kernel
+ * drops its reference) and accept raises IOError or Errno::EBADF.
+ */
+#define RINGC_WATCH_EVERY 0.1
+
+struct ringc_listener {
+    VALUE io;        /* the IO given, or Qnil for an Integer fd */
+    int fd;
+    int have_id;
+    struct hio_fdid id;
+};
+
+/* wait.c's watch: before each blocking wait (GVL held, never raises). The
+ * first call notes which socket the number names. */
+static int
+ringc_listener_check(void *arg)
+{
+    struct ringc_listener *l = arg;
+
+    if (!NIL_P(l->io) && hio_io_closed(l->io)) return -EBADF;
+    if (!l->have_id) {
+        if (hio_fdid_get(l->fd, &l->id) < 0) return -EBADF;
+        l->have_id = 1;
+        return 0;
+    }
+    return hio_fdid_check(l->fd, &l->id);
+}
+
+NORETURN(static void ringc_raise_listener_closed(const struct ringc_listener *l));
+
+static void
+ringc_raise_listener_closed(const struct ringc_listener *l)
+{
+    if (!NIL_P(l->io) && hio_io_closed(l->io))
+        rb_raise(rb_eIOError, "accept: listener (fd %d) closed while accept waited", l->fd);
+    rb_syserr_fail(EBADF, "accept: listener fd closed (or reused for another file) while accept waited");
+}
+
 /* Runs req on the ring; returns :wouldblock or raises when it did not
- * complete, Qundef when req->res is its result. */
+ * complete, Qundef when req->res is its result. With a listener, the wait
+ * watches it (above). */
 static VALUE
-ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what)
+ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what, struct ringc_listener *l)
 {
     struct hio_wait w;
 
     hio_sring_begin(rc->r, req, &w);
+    if (l) {
+        w.watch.check = ringc_listener_check;
+        w.watch.arg = l;
+        w.watch.every = RINGC_WATCH_EVERY;
+    }
     hio_wait_ruby(&w, &rc->sched_io);
+    /* A connection that came after a wait that blocked: the listener may
+     * have been closed since the last look, and the kernel's socket went
+     * on accepting. Look once more; it is nobody's if the listener is gone. */
+    if (l && w.watched && req->done && req->res >= 0 && ringc_listener_check(l) < 0) {
+        close(req->res);
+        ringc_raise_listener_closed(l);
+    }
     if (req->fatal) hio_raise_errno(req->fatal, "io_uring_enter(%s fd %d)", what, req->fd);
     if (req->wedged) rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, req->fd);
+    if (w.watch_err) ringc_raise_listener_closed(l);
     if (!req->done) return sym_wouldblock; /* timed out, request cancelled */
     return Qundef;
 }
@@ -179,7 +242,16 @@ ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what)
  * blocking (what accept4(2) gives without flags, and what earlier versions
  * returned). Waits in io_uring_enter with the GVL
  * released; Thread#raise, Timeout and signals interrupt it, and the request
- * is cancelled and reaped before the exception leaves. +timeout+ (seconds)
+ * is cancelled and reaped before the exception leaves.
+ *
+ * A listener closed elsewhere while accept waits (another thread, a trap
+ * handler, another fiber) ends it within about 100 ms: the wait wakes every
+ * 100 ms to look at the listener (IO#closed? for an IO; for any listener,
+ * whether its fd number still names the socket it named when the wait
+ * began). Then the request is cancelled, so the socket is released and the
+ * port can be bound again, and accept raises IOError (an IO that is
+ * closed) or Errno::EBADF (an fd closed, or reused for another file). A
+ * client that connected in between is not returned: it is closed. +timeout+ (seconds)
  * bounds the wait and gives :wouldblock when it passes. ECONNABORTED and
  * ECANCELED also give :wouldblock, as upstream; a bad fd, a non-socket or a
  * socket that is not listening raises Errno::* (a loop never spins on them).
@@ -190,6 +262,7 @@ ringc_accept(int argc, VALUE *argv, VALUE self)
     struct ringc *rc;
     struct hio_sreq req;
     static ID kw_ids[2];
+    struct ringc_listener l;
     VALUE listener, opts, kw[2] = { Qundef, Qundef }, res;
     double timeout = -1.0;
 
@@ -203,7 +276,10 @@ ringc_accept(int argc, VALUE *argv, VALUE self)
     req.kind = HIO_SREQ_ACCEPT;
     req.flags = SOCK_CLOEXEC | (kw[1] == Qundef || RTEST(kw[1]) ? SOCK_NONBLOCK : 0);
     req.timeout = timeout;
-    res = ringc_run(rc, &req, "accept");
+    memset(&l, 0, sizeof(l));
+    l.io = RB_TYPE_P(listener, T_FILE) ? listener : Qnil;
+    l.fd = req.fd;
+    res = ringc_run(rc, &req, "accept", &l);
     if (res != Qundef) return res;
     if (req.res >= 0) return INT2FIX(req.res);
     switch (-req.res) {
@@ -225,6 +301,14 @@ ringc_accept(int argc, VALUE *argv, VALUE self)
  * (then :wouldblock). The kernel reads into memory the ring owns, never into
  * a Ruby object, so an interrupted read can never write into freed memory.
  * Errors raise Errno::* naming the fd.
+ *
+ * Nothing is lost to an interrupt: when Thread#raise, Timeout or a trap
+ * that raises ends a read whose bytes the kernel had already taken from
+ * the socket (the cancel came too late), the exception goes on and the
+ * bytes are kept by the ring; the next #read of the same fd on this ring
+ * returns them first (up to +max+ at a time), before anything newer. They
+ * are dropped if the fd number names another file by then (closed and
+ * reused), and when the ring is closed. stats[:kept_reads] counts them.
  */
 static VALUE
 ringc_read(int argc, VALUE *argv, VALUE self)
@@ -256,7 +340,7 @@ ringc_read(int argc, VALUE *argv, VALUE self)
     req.kind = HIO_SREQ_READ;
     req.len = (unsigned)max;
     req.timeout = timeout;
-    res = ringc_run(rc, &req, "read");
+    res = ringc_run(rc, &req, "read", NULL);
     if (res != Qundef) return res;
     if (req.res >= 0) return rb_str_new(req.data, req.res); /* ASCII-8BIT */
     switch (-req.res) {
@@ -325,6 +409,8 @@ ringc_fileno(VALUE self)
  * +:waits+ (io_uring_enter calls that may block: after a call of the same
  * kind had to wait, the next ones submit and wait in one enter),
  * +:cancels+ (requests cancelled by a timeout or an interrupt),
+ * +:kept_reads+ (reads whose data arrived as an interrupt ended them, kept
+ * for the next #read of that fd),
  * +:setup_flags+ (IORING_SETUP_* in force).
  */
 static VALUE
@@ -338,6 +424,7 @@ ringc_stats(VALUE self)
     rb_hash_aset(h, ID2SYM(rb_intern("ops")), ULL2NUM(st.ops));
     rb_hash_aset(h, ID2SYM(rb_intern("waits")), ULL2NUM(st.waits));
     rb_hash_aset(h, ID2SYM(rb_intern("cancels")), ULL2NUM(st.cancels));
+    rb_hash_aset(h, ID2SYM(rb_intern("kept_reads")), ULL2NUM(st.kept_reads));
     rb_hash_aset(h, ID2SYM(rb_intern("setup_flags")), UINT2NUM(st.setup_flags));
     return h;
 }

@@ -44,6 +44,14 @@ hio_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+double
+hio_now_coarse(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 struct wait_args {
     struct io_uring *ring;
     unsigned wait_nr;
@@ -445,6 +453,14 @@ wait_loop(struct hio_wait *w, VALUE *sched_io, int look, int peeked)
                 if (until < 0) until = 0;
                 if (left < 0 || until < left) left = until;
             }
+        }
+        if (w->watch.check) {
+            /* Before each blocking wait (the first one included, so the
+             * check can note what it watches), and each wait a slice of at
+             * most watch.every. */
+            if ((w->watch_err = w->watch.check(w->watch.arg)) < 0) return 0;
+            w->watched = 1;
+            if (left < 0 || left > w->watch.every) left = w->watch.every;
         }
         if (w->counts) w->counts->waits++;
         wait_count_submit(w);

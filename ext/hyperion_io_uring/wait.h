@@ -14,6 +14,9 @@
 
 /* CLOCK_MONOTONIC, in seconds. */
 double hio_now(void);
+/* CLOCK_MONOTONIC_COARSE (a few ms of resolution, no syscall): for checks
+ * made at most every so often on a hot path. */
+double hio_now_coarse(void);
 
 enum hio_wait_flag {
     /* A Ruby method waits: without the GVL, Ruby's interrupts (Thread#raise,
@@ -63,6 +66,23 @@ struct hio_wait_counts {
     uint64_t waits, batch_waits, submits;
 };
 
+/*
+ * Something to look at while a wait blocks, that no completion announces:
+ * a listener closed behind the ring's back (the ring's request holds its
+ * own reference to the socket, so the kernel never ends it). With a check,
+ * no blocking wait lasts longer than every seconds, and check runs before
+ * each blocking wait, the first one included (so it can note what it watches
+ * before the wait blocks; later ones follow Ruby's interrupts, trap
+ * handlers included, and a look at the CQ). GVL held; never raises, never
+ * blocks. 0: go on; a -errno ends the wait (watch_err), and the engine's
+ * end callback cancels what is in flight as for any early end.
+ */
+struct hio_wait_watch {
+    double every;
+    int (*check)(void *arg);
+    void *arg;
+};
+
 struct hio_wait {
     struct io_uring *ring;
     const struct hio_wait_ops *ops;
@@ -78,11 +98,14 @@ struct hio_wait {
      * there; elsewhere the wait ends at the first completion. Either way
      * the caller may get fewer than want. */
     unsigned min_wait_us;
+    struct hio_wait_watch watch;     /* optional (check NULL: none) */
     /* Results (the engine sets them to 0). */
     int err;                 /* -errno that ended the wait, or 0 */
     int timed_out;           /* the timeout passed first */
     int peek_missed;         /* a peek found nothing: the request had to wait */
     int raised;              /* for end: an exception ends the wait */
+    int watched;             /* the wait blocked with a watch (its check ran) */
+    int watch_err;           /* -errno of the check that ended the wait, or 0 */
 };
 
 /* Runs a wait without HIO_WAIT_RUBY (GVL held). Returns w->err. */

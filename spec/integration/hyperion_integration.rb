@@ -19,7 +19,6 @@ RSpec.describe "Upstream Hyperion #{Integration::HYPERION_VERSION} on hyperion-i
     "HYPERION_IO_URING=on + HYPERION_IO_URING_HOTPATH=on" => { "HYPERION_IO_URING" => "on", "HYPERION_IO_URING_HOTPATH" => "on" }
   }.freeze
   SELECTORS = %w[EPoll URing].freeze
-  ISSUE_11 = "needs issue 11 (hardening) merged:"
   MIB = 1024 * 1024
 
   # A running `bundle exec hyperion`: its pid (bundle exec loads hyperion in
@@ -242,13 +241,6 @@ RSpec.describe "Upstream Hyperion #{Integration::HYPERION_VERSION} on hyperion-i
 
         it "ends within 2 s of SIGTERM" do
           took = server.term(2.0)
-          if ring_accept && took.nil?
-            # Hyperion's stop closes the listener while Ring#accept waits on it;
-            # until issue 11's closed-listener detection is merged the accept
-            # goes on waiting (it sometimes ends sooner, when Hyperion's
-            # shutdown stops the reactor first, hence pending only on failure).
-            pending "#{ISSUE_11} closed-listener detection (Ring#accept raises when the listener is closed)"
-          end
           expect(took).not_to be_nil, "still running 2 s after SIGTERM"
         ensure
           server.finish
