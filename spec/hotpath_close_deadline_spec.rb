@@ -127,10 +127,12 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     expect(got.map { |c| c[:result] }).to eq([65_536] * 8)
     expect(ring.stats[:close_timeouts]).to eq(0)
     # The deadline went with the close: an idle wait is one wait, not
-    # wake-ups at a stale deadline (under valgrind, waits are 10 ms slices).
+    # wake-ups at a stale deadline (under valgrind, waits are 10 ms slices;
+    # with a multishot accept armed, the closed-listener watch slices waits
+    # at 100 ms, so 300 ms is at most 4 waits, against 30 at a 10 ms tick).
     waits = ring.stats[:waits]
     ring.each_completion(timeout_ms: 300) { |_| nil }
-    expect(ring.stats[:waits] - waits).to be <= (slow > 1 ? 60 : 2)
+    expect(ring.stats[:waits] - waits).to be <= (slow > 1 ? 60 : 4)
   end
 
   it "meets several deadlines in their order, whatever order they were given in" do

@@ -33,7 +33,7 @@ RSpec.describe "HYPERION_IO_URING_STATS" do
           c.close
         end
         ring.close
-        Hyperion::IOUring::Ring.new(queue_depth: 4) # left open
+        $left_open = Hyperion::IOUring::Ring.new(queue_depth: 4) # left open (held: the GC may free an unheld one first)
         puts Process.pid
       RUBY
       file = File.join(dir, "stats-#{out.to_i}.json")
