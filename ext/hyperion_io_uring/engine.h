@@ -106,6 +106,7 @@ struct hio_stats {
         cq_overflows, stale_completions, closes;
     uint64_t send_buffer_full; /* sends refused with -ENOBUFS (hp_send.c) */
     uint64_t close_timeouts;   /* submit_close deadlines that cancelled sends (hotpath.c) */
+    uint64_t cancels_owed;     /* cancels that found no SQE and were issued later (hp_queue.c) */
     struct hio_wait_counts io; /* submits, waits, batch_waits */
 };
 

@@ -95,7 +95,7 @@ hp_expire_closes(struct hio_hotpath *h)
     while ((fd = hp_conn_pop_expired(h, now)) >= 0) {
         struct hio_conn *c = &h->conns[fd];
         if (hp_send_cancel(h, fd, c) < 0) {
-            /* No SQE for the cancel (CQ overflowing): try again shortly. */
+            /* No memory to keep the cancel owed: try again shortly. */
             hp_conn_close_after_sends(h, fd, c, now + 0.01);
             break;
         }
@@ -204,6 +204,7 @@ hp_reap(struct hio_hotpath *h)
         io_uring_cq_advance(&h->uring, n);
         for (i = 0; i < n; i++) hp_dispatch(h, batch[i].user_data, batch[i].res, batch[i].flags);
     }
+    if (h->cancels_owed.count) hp_cancels_retry(h);
 }
 
 /* ---- open ---- */

@@ -666,7 +666,9 @@ hpc_batch_wait_supported_p(VALUE self)
  * as kernel batch waits, see #each_completion's min_wait_us:), :closes
  * (closes made for #submit_close), :close_timeouts (submit_close deadlines
  * that cancelled the sends they waited for), :send_buffer_full (sends
- * refused with SendBufferFull), plus :inflight (requests the kernel holds),
+ * refused with SendBufferFull), :cancels_owed (cancels that found no free
+ * SQE even after the full SQ was submitted, kept and issued at the next
+ * reap instead of dropped), plus :inflight (requests the kernel holds),
  * :queued (completions not yet yielded), :queued_send_bytes (bytes of send
  * copies the ring holds now, see #queued_send_bytes) and :setup_flags.
  */
@@ -695,6 +697,7 @@ hpc_stats(VALUE self)
     HPC_STAT("closes", st.st.closes);
     HPC_STAT("close_timeouts", st.st.close_timeouts);
     HPC_STAT("send_buffer_full", st.st.send_buffer_full);
+    HPC_STAT("cancels_owed", st.st.cancels_owed);
     HPC_STAT("inflight", st.inflight);
     HPC_STAT("queued", st.queued);
     HPC_STAT("queued_send_bytes", st.queued_send_bytes);

@@ -93,6 +93,7 @@ struct hio_hotpath {
     /* hp_queue.c */
     long inflight;               /* requests whose final CQE is still due */
     struct hio_fifo done;        /* struct hio_completion: reaped, not yet yielded */
+    struct hio_fifo cancels_owed; /* uint64_t targets: cancels no SQE could be had for (hp_queue.c) */
     /* hp_slots.c */
     struct hio_send *sends;
     unsigned nsends;

@@ -28,16 +28,48 @@ hp_sqe(struct hio_hotpath *h)
     return sqe;
 }
 
-int
-hp_prep_cancel(struct hio_hotpath *h, uint64_t target)
+/* A cancel is never dropped. hp_sqe has already pushed a full SQ to the
+ * kernel; when even that gives no SQE (the kernel refusing a submit while
+ * its CQ overflows), the target waits in cancels_owed, and every reap (which
+ * makes room in the CQ) issues what is owed first. A target that ended in
+ * the meantime gets -ENOENT from its cancel, which is harmless. */
+static int
+hp_issue_cancel(struct hio_hotpath *h, struct io_uring_sqe *sqe, uint64_t target)
 {
-    struct io_uring_sqe *sqe = hp_sqe(h);
-
-    if (!sqe) return -EBUSY;
     io_uring_prep_cancel64(sqe, target, 0);
     io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_CANCEL, 0, 0));
     h->inflight++;
     return 0;
+}
+
+int
+hp_prep_cancel(struct hio_hotpath *h, uint64_t target)
+{
+    struct io_uring_sqe *sqe;
+    uint64_t *owed;
+
+    /* Owed ones first, so cancels reach the kernel in the order asked. */
+    if (h->cancels_owed.count) hp_cancels_retry(h);
+    if (!h->cancels_owed.count && (sqe = hp_sqe(h))) return hp_issue_cancel(h, sqe, target);
+    if (!(owed = hio_fifo_push(&h->cancels_owed, sizeof(*owed), 8))) {
+        h->healthy = 0;
+        return -ENOMEM;
+    }
+    *owed = target;
+    h->st.cancels_owed++;
+    return 0;
+}
+
+void
+hp_cancels_retry(struct hio_hotpath *h)
+{
+    const uint64_t *owed;
+    struct io_uring_sqe *sqe;
+
+    while ((owed = hio_fifo_front(&h->cancels_owed, sizeof(*owed))) && (sqe = hp_sqe(h))) {
+        hp_issue_cancel(h, sqe, *owed);
+        hio_fifo_drop(&h->cancels_owed);
+    }
 }
 
 /* io_uring_get_sqe handed the last SQE out at sq.sqe_tail - 1; the kernel
@@ -69,6 +101,7 @@ void
 hp_queue_teardown(struct hio_hotpath *h)
 {
     hio_fifo_free(&h->done);
+    hio_fifo_free(&h->cancels_owed);
 }
 
 int

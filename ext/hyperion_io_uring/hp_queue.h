@@ -19,8 +19,11 @@ static inline uint32_t hp_ud_idx(uint64_t ud) { return (uint32_t)ud; }
 
 /* An SQE, or NULL when the SQ is full and the kernel refuses to take it. */
 struct io_uring_sqe *hp_sqe(struct hio_hotpath *h);
-/* Queues a cancel of the request with user_data target; -EBUSY without an SQE. */
+/* Queues a cancel of the request with user_data target: 0, or -ENOMEM
+ * (the ring is then unhealthy). Without an SQE the cancel is owed and
+ * issued by the next hp_cancels_retry, which each reap calls. */
 int hp_prep_cancel(struct hio_hotpath *h, uint64_t target);
+void hp_cancels_retry(struct hio_hotpath *h);
 /* The free-running SQ position of the SQE hp_sqe handed out last. */
 uint32_t hp_sq_last(const struct hio_hotpath *h);
 /* Whether the kernel has taken the SQE at SQ position pos. */
