@@ -152,6 +152,12 @@ int hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, 
  * connection's (<= conn_limit; at most ring_limit). Set before sending. */
 void hio_hp_set_send_limits(struct hio_hotpath *h, uint64_t ring_limit, uint64_t conn_limit);
 void hio_hp_send_limits(const struct hio_hotpath *h, uint64_t *ring_limit, uint64_t *conn_limit);
+/* Which send completions reach Ruby: every one (upstream's contract, the
+ * default), or only failures (a send that went out in full ends silently:
+ * one completion per request in a server's steady state). */
+enum hio_send_report { HIO_SEND_REPORT_ALL = 0, HIO_SEND_REPORT_FAILURES = 1 };
+void hio_hp_set_send_report(struct hio_hotpath *h, enum hio_send_report report);
+enum hio_send_report hio_hp_send_report(const struct hio_hotpath *h);
 /* The last send refused with -ENOBUFS. */
 void hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out);
 /* Bytes of send copies held for fd's connection now (0 for a fd without). */

@@ -379,6 +379,18 @@ hio_hp_send_limits(const struct hio_hotpath *h, uint64_t *ring_limit, uint64_t *
 }
 
 void
+hio_hp_set_send_report(struct hio_hotpath *h, enum hio_send_report report)
+{
+    h->send_failures_only = report == HIO_SEND_REPORT_FAILURES;
+}
+
+enum hio_send_report
+hio_hp_send_report(const struct hio_hotpath *h)
+{
+    return h->send_failures_only ? HIO_SEND_REPORT_FAILURES : HIO_SEND_REPORT_ALL;
+}
+
+void
 hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out)
 {
     *out = h->refused;

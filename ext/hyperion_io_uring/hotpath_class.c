@@ -17,8 +17,8 @@
 VALUE hio_cHotpathRing;
 static ID id_queue_depth, id_n_bufs, id_buf_size, id_min_complete, id_timeout_ms, id_raw, id_min_wait_us;
 static ID id_default_n_bufs, id_default_buf_size, id_default_send_buffer_limit;
-static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_timeout;
-static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags;
+static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_timeout, id_send_completions;
+static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags, sym_all, sym_failures;
 
 #define HP_MAX_BUF_SIZE (1024u * 1024u)
 
@@ -93,7 +93,7 @@ hpc_limit_arg(VALUE v, const char *what)
 
 /*
  * call-seq:
- *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192, send_buffer_limit: 64 MiB, connection_send_limit: send_buffer_limit / 4, close_timeout: 60) -> ring
+ *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192, send_buffer_limit: 64 MiB, connection_send_limit: send_buffer_limit / 4, close_timeout: 60, send_completions: :all) -> ring
  *
  * Opens a ring of +queue_depth+ SQEs (1..32768; the CQ is 4x larger, since
  * multishot requests complete many times per submission) with a provided-
@@ -117,13 +117,22 @@ hpc_limit_arg(VALUE v, const char *what)
  * +close_timeout+ is #submit_close's deadline when it is given no
  * +timeout:+ (Numeric seconds, or nil for none): 60 s, like common
  * servers' send timeouts.
+ *
+ * +send_completions+ says which #submit_send completions #each_completion
+ * yields: +:all+ (the default, upstream's contract: one OP_SEND completion
+ * per call, with the length or -errno) or +:failures+ (only those with a
+ * negative +result+: a send that went out in full ends silently). A server
+ * that only reacts to failed sends saves a completion per response with
+ * +:failures+; its steady state is then one completion per request.
+ * Counters (stats[:sends], [:send_bytes]) count every send either way.
  */
 static VALUE
 hpc_initialize(int argc, VALUE *argv, VALUE self)
 {
-    static ID kw_ids[6];
+    static ID kw_ids[7];
     struct hio_hotpath *h = hpc_get(self)->h;
-    VALUE opts, kw[6] = { Qundef, Qundef, Qundef, Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
+    VALUE opts, kw[7] = { Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
+    enum hio_send_report report = HIO_SEND_REPORT_ALL;
     unsigned depth = 1024, n_bufs, buf_size;
     uint64_t send_limit, conn_limit;
     double close_timeout = HIO_DEFAULT_CLOSE_TIMEOUT;
@@ -136,9 +145,10 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
         kw_ids[3] = id_send_buffer_limit;
         kw_ids[4] = id_connection_send_limit;
         kw_ids[5] = id_close_timeout;
+        kw_ids[6] = id_send_completions;
     }
     rb_scan_args(argc, argv, "0:", &opts);
-    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 6, kw);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 7, kw);
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
     if (kw[1] == Qundef) kw[1] = rb_respond_to(klass, id_default_n_bufs) ? rb_funcall(klass, id_default_n_bufs, 0) : INT2FIX(512);
     if (kw[2] == Qundef) kw[2] = rb_respond_to(klass, id_default_buf_size) ? rb_funcall(klass, id_default_buf_size, 0) : INT2FIX(8192);
@@ -157,6 +167,11 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
                      (unsigned long long)conn_limit, (unsigned long long)send_limit);
     }
     if (kw[5] != Qundef) close_timeout = hio_timeout_arg(kw[5], "close_timeout");
+    if (kw[6] != Qundef && kw[6] != sym_all) {
+        if (kw[6] != sym_failures)
+            rb_raise(rb_eArgError, "send_completions must be :all or :failures (got %"PRIsVALUE")", rb_inspect(kw[6]));
+        report = HIO_SEND_REPORT_FAILURES;
+    }
     if (hio_hp_was_opened(h)) rb_raise(rb_eRuntimeError, "ring already initialized");
     hio_require_supported("io_uring hotpath", "hotpath_supported?", "hotpath_unsupported_reason");
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
@@ -166,7 +181,20 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     RB_OBJ_WRITE(self, &hpc_get(self)->owner_thread, rb_thread_current());
     hio_hp_set_send_limits(h, send_limit, conn_limit);
     hio_hp_set_close_timeout(h, close_timeout);
+    hio_hp_set_send_report(h, report);
     return self;
+}
+
+/*
+ * call-seq:
+ *   ring.send_completions -> :all or :failures
+ *
+ * Which send completions #each_completion yields (see HotpathRing.new).
+ */
+static VALUE
+hpc_send_completions(VALUE self)
+{
+    return hio_hp_send_report(hpc_get(self)->h) == HIO_SEND_REPORT_FAILURES ? sym_failures : sym_all;
 }
 
 /* SendBufferFull for the send h just refused with -ENOBUFS. */
@@ -250,8 +278,9 @@ hpc_submit_recv(VALUE self, VALUE fdv)
  * Queues a send of +data+ (a String; its bytes are copied into ring-owned
  * memory, so the String may change or die at once) with MSG_NOSIGNAL. A
  * short send is continued by the ring; exactly one OP_SEND completion
- * arrives per call, with the total length or -errno. Sends on one fd go out
- * in order.
+ * arrives per call, with the total length or -errno (with
+ * <tt>send_completions: :failures</tt>, only when it failed). Sends on one
+ * fd go out in order.
  *
  * The copies count against the ring's +send_buffer_limit+ and the fd's
  * +connection_send_limit+ (see HotpathRing.new) until their completions:
@@ -774,6 +803,9 @@ hio_init_hotpath_class(VALUE mIOUring)
     id_connection_send_limit = rb_intern("connection_send_limit");
     id_close_timeout = rb_intern("close_timeout");
     id_timeout = rb_intern("timeout");
+    id_send_completions = rb_intern("send_completions");
+    sym_all = ID2SYM(rb_intern("all"));
+    sym_failures = ID2SYM(rb_intern("failures"));
     sym_op_kind = ID2SYM(rb_intern("op_kind"));
     sym_fd = ID2SYM(rb_intern("fd"));
     sym_result = ID2SYM(rb_intern("result"));
@@ -804,6 +836,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_method(hio_cHotpathRing, "cancel", hpc_cancel, 1);
     rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, -1);
     rb_define_method(hio_cHotpathRing, "queued_send_bytes", hpc_queued_send_bytes, 1);
+    rb_define_method(hio_cHotpathRing, "send_completions", hpc_send_completions, 0);
     rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);
     rb_define_method(hio_cHotpathRing, "close", hpc_close, 0);
     rb_define_method(hio_cHotpathRing, "closed?", hpc_closed_p, 0);

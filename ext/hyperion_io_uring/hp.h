@@ -102,6 +102,7 @@ struct hio_hotpath {
     size_t map_cached_bytes;
     /* hp_send.c (the limits: hotpath.c, before the first send) */
     uint64_t send_limit, conn_send_limit; /* send_buffer_limit, connection_send_limit */
+    int send_failures_only;               /* send_completions: :failures (hotpath.c sets it) */
     struct hio_send_refusal refused;      /* the last send refused with -ENOBUFS */
     /* hp_conn.c */
     struct hio_conn *conns;

@@ -6,7 +6,16 @@
  * Each fd has a queue of send slots; only its head is in the kernel, so
  * sends on one fd go out in order and a short send is continued before the
  * next starts. Exactly one OP_SEND completion reaches Ruby per submit, with
- * the total length or -errno. A send that fails or is cancelled fails the
+ * the total length or -errno; with send_failures_only (send_completions:
+ * :failures) only the failed ones do: a send that went out in full ends
+ * without a word.
+ *
+ * Why not IOSQE_CQE_SKIP_SUCCESS for those: the ring itself must learn
+ * that a send ended, to free (or unpin) its payload and start the next
+ * send queued on the fd, and a skipped CQE says nothing. So the kernel
+ * still posts it and the ring reaps it (a few ns in C: hp_reap copies a
+ * batch of CQEs at a time); what is saved is the completion Ruby would
+ * yield and dispatch (a block call, about a microsecond in Ruby 3.1). A send that fails or is cancelled fails the
  * ones queued behind it (a stream cannot skip bytes), in the order they
  * were queued. When the last queued send has ended, a close submit_close
  * held back goes out (hp_conn.c).
@@ -97,7 +106,7 @@ hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct i
     int ret;
 
     if (len == 0) {
-        hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
+        if (!h->send_failures_only) hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
         return 0;
     }
     if ((ret = send_check_limits(h, fd, c, len)) < 0) return ret;
@@ -159,7 +168,7 @@ hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res)
     } else {
         result = res < 0 ? res : -ECANCELED;
     }
-    hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
+    if (result < 0 || !h->send_failures_only) hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
     c->send_head = s->next;
     if (c->send_head < 0) c->send_tail = -1;
     send_dequeued(h, c, slot);
