@@ -106,6 +106,7 @@ struct hio_stats {
         cq_overflows, stale_completions, closes;
     uint64_t send_buffer_full; /* sends refused with -ENOBUFS (hp_send.c) */
     uint64_t close_timeouts;   /* submit_close deadlines that cancelled sends (hotpath.c) */
+    uint64_t send_copy_allocs; /* malloc/mmap calls for send copies: 0 per send once warm (hp_slots.c) */
     struct hio_wait_counts io; /* submits, waits, batch_waits */
 };
 

@@ -240,7 +240,7 @@ hio_hp_memsize(const struct hio_hotpath *h)
         sz += (size_t)h->done.cap * sizeof(struct hio_completion) + (size_t)h->parked.cap * sizeof(int);
         sz += (size_t)h->closes.cap * sizeof(struct hio_close_pending);
         sz += (size_t)h->close_dls_cap * sizeof(struct hio_close_dl);
-        sz += (size_t)h->send_held + h->map_cached_bytes;
+        sz += (size_t)h->send_held + h->map_cached_bytes + h->slab_cached_bytes;
     }
     return sz;
 }

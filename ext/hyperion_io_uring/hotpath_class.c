@@ -695,7 +695,10 @@ hpc_batch_wait_supported_p(VALUE self)
  * as kernel batch waits, see #each_completion's min_wait_us:), :closes
  * (closes made for #submit_close), :close_timeouts (submit_close deadlines
  * that cancelled the sends they waited for), :send_buffer_full (sends
- * refused with SendBufferFull), plus :inflight (requests the kernel holds),
+ * refused with SendBufferFull), :send_copy_allocs (allocations made for
+ * send copies: small copies come from a per-ring slab of freed chunks and
+ * large ones from a cache of mappings, so it stops growing once a server
+ * is warm), plus :inflight (requests the kernel holds),
  * :queued (completions not yet yielded), :queued_send_bytes (bytes of send
  * copies the ring holds now, see #queued_send_bytes) and :setup_flags.
  */
@@ -724,6 +727,7 @@ hpc_stats(VALUE self)
     HPC_STAT("closes", st.st.closes);
     HPC_STAT("close_timeouts", st.st.close_timeouts);
     HPC_STAT("send_buffer_full", st.st.send_buffer_full);
+    HPC_STAT("send_copy_allocs", st.st.send_copy_allocs);
     HPC_STAT("inflight", st.inflight);
     HPC_STAT("queued", st.queued);
     HPC_STAT("queued_send_bytes", st.queued_send_bytes);

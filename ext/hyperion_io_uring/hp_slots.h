@@ -17,6 +17,17 @@ struct iovec;
 #define HP_MAP_MIN (32u * 1024u)
 /* At most this many bytes of freed mappings are kept for reuse per ring. */
 #define HP_MAP_CACHE_BYTES (4u * 1024u * 1024u)
+/* At most this many bytes of freed slab chunks are kept per ring. */
+#define HP_SLAB_CACHE_BYTES (1u * 1024u * 1024u)
+
+/* The slab class of a payload of len (1..HP_MAP_MIN - 1) bytes: chunks of
+ * 64 << cls bytes. */
+static inline unsigned
+hp_slab_class(size_t len)
+{
+    return len <= 64 ? 0 : (unsigned)(64 - __builtin_clzll((unsigned long long)(len - 1))) - 6;
+}
+static inline size_t hp_slab_size(unsigned cls) { return (size_t)64 << cls; }
 
 /* Adds free slots to the pool: 0, or -1 without memory. */
 int hp_slots_grow(struct hio_hotpath *h);
@@ -41,8 +52,20 @@ hp_slot_new(struct hio_hotpath *h, const struct iovec *iov, unsigned iovcnt, siz
     if (h->send_free < 0 && hp_slots_grow(h) < 0) return -1;
     slot = h->send_free;
     s = &h->sends[slot];
-    if (len >= HP_MAP_MIN) s->data = hp_map_get(h, len, &map);
-    else s->data = malloc(len);
+    if (len >= HP_MAP_MIN) {
+        s->data = hp_map_get(h, len, &map);
+    } else {
+        unsigned cls = hp_slab_class(len);
+        s->cls = (uint8_t)cls;
+        if ((s->data = h->slab[cls])) {
+            /* A freed chunk of the class: no allocation. */
+            h->slab[cls] = *(void **)s->data;
+            h->slab_cached_bytes -= hp_slab_size(cls);
+        } else {
+            h->st.send_copy_allocs++;
+            s->data = malloc(hp_slab_size(cls));
+        }
+    }
     if (!s->data) return -1;
     s->map = map;
     h->send_free = s->next;
@@ -64,8 +87,16 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
 
     if (s->data) {
         h->send_held -= s->len;
-        if (s->map) hp_map_put(h, s->data, s->map);
-        else free(s->data);
+        if (s->map) {
+            hp_map_put(h, s->data, s->map);
+        } else if (h->slab_cached_bytes + hp_slab_size(s->cls) <= HP_SLAB_CACHE_BYTES) {
+            /* Kept for the next payload of its class. */
+            *(void **)s->data = h->slab[s->cls];
+            h->slab[s->cls] = s->data;
+            h->slab_cached_bytes += hp_slab_size(s->cls);
+        } else {
+            free(s->data);
+        }
     }
     s->data = NULL;
     s->map = 0;
