@@ -107,6 +107,7 @@ struct hio_stats {
     uint64_t send_buffer_full; /* sends refused with -ENOBUFS (hp_send.c) */
     uint64_t close_timeouts;   /* submit_close deadlines that cancelled sends (hotpath.c) */
     uint64_t send_copy_allocs; /* malloc/mmap calls for send copies: 0 per send once warm (hp_slots.c) */
+    uint64_t borrowed_sends;   /* sends of the caller's memory, without a copy (hp_send.c) */
     struct hio_wait_counts io; /* submits, waits, batch_waits */
 };
 
@@ -149,6 +150,13 @@ struct iovec;
 /* The send submits: 0, or -errno; -ENOBUFS when the bytes would pass the
  * ring's or the connection's limit (hio_hp_send_refusal says which). */
 int hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt);
+/* A send of len bytes at data without a copy: the memory is the caller's,
+ * pinned under token, and must stay put and unchanged until the engine
+ * calls hio_owner_unpin(token): the kernel is done with it (the send's
+ * final CQE, or its ring's memory released at close, owner.c), or at once
+ * when this returns -errno. The engine owns the token from the call on.
+ * len > 0. It counts against the send limits like a copy. */
+int hio_hp_submit_send_borrowed(struct hio_hotpath *h, int fd, const void *data, size_t len, uint64_t token);
 /* Bytes of copies held for the ring's sends (<= ring_limit), and for one
  * connection's (<= conn_limit; at most ring_limit). Set before sending. */
 void hio_hp_set_send_limits(struct hio_hotpath *h, uint64_t ring_limit, uint64_t conn_limit);

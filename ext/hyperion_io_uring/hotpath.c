@@ -316,6 +316,23 @@ hio_hp_submit_recv(struct hio_hotpath *h, int fd)
     return ret < 0 ? ret : hp_ms_submit(h, HIO_OP_RECV, fd, c);
 }
 
+/* The entry a send on fd goes to. Claimed on its first use since it was
+ * accepted or armed, when sends are still pending on it (if it names
+ * another socket now, the new send must not queue behind the old
+ * connection's), and after submit_close. Otherwise no syscall: an idle
+ * keep-alive connection's send costs none. */
+static int
+hp_send_entry(struct hio_hotpath *h, int fd, struct hio_conn **out)
+{
+    struct hio_conn *c;
+
+    if (fd < 0) return -EBADF;
+    c = (unsigned)fd < h->nconns ? &h->conns[fd] : NULL;
+    if (!c || (!c->ino && !c->dev) || hp_send_pending(c) || c->closing) return hp_claim(h, fd, out);
+    *out = c;
+    return 0;
+}
+
 int
 hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt)
 {
@@ -330,15 +347,20 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
         if (iov[i].iov_len > SIZE_MAX / 2 - len) return -EINVAL;
         len += iov[i].iov_len;
     }
-    if (fd < 0) return -EBADF;
-    c = (unsigned)fd < h->nconns ? &h->conns[fd] : NULL;
-    /* Claimed on its first use since it was accepted or armed, when sends
-     * are still pending on it (if it names another socket now, the new send
-     * must not queue behind the old connection's), and after submit_close.
-     * Otherwise no syscall: an idle keep-alive connection's send costs none. */
-    if ((!c || (!c->ino && !c->dev) || hp_send_pending(c) || c->closing) && (ret = hp_claim(h, fd, &c)) < 0)
-        return ret;
+    if ((ret = hp_send_entry(h, fd, &c)) < 0) return ret;
     return hp_send_submit(h, fd, c, iov, iovcnt, len);
+}
+
+int
+hio_hp_submit_send_borrowed(struct hio_hotpath *h, int fd, const void *data, size_t len, uint64_t token)
+{
+    struct hio_conn *c;
+    int ret;
+
+    if (!data || len == 0 || len > SIZE_MAX / 2) ret = -EINVAL;
+    else if ((ret = hp_send_entry(h, fd, &c)) == 0) return hp_send_submit_borrowed(h, fd, c, data, len, token);
+    hio_owner_unpin(token);
+    return ret;
 }
 
 int

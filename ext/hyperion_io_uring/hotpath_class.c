@@ -21,6 +21,12 @@ static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_t
 static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags, sym_all, sym_failures;
 
 #define HP_MAX_BUF_SIZE (1024u * 1024u)
+/* Frozen Strings of at least this many bytes are sent without a copy.
+ * Smaller ones are copied (a slab chunk and a memcpy cost less than a pin
+ * and its release); at this size a String's bytes are never embedded in
+ * its object, on any Ruby (3.3's largest embedded String holds 640 bytes),
+ * nor a substring's shared root. */
+#define HP_BORROW_MIN 1024
 
 /* ---- TypedData ---- */
 
@@ -275,8 +281,12 @@ hpc_submit_recv(VALUE self, VALUE fdv)
  *   ring.submit_send(fd, data) -> nil
  *   ring.submit_send(fd, iov_ptr, iov_count) -> nil
  *
- * Queues a send of +data+ (a String; its bytes are copied into ring-owned
- * memory, so the String may change or die at once) with MSG_NOSIGNAL. A
+ * Queues a send of +data+ (a String) with MSG_NOSIGNAL. Its bytes are
+ * copied into ring-owned memory, so the String may change or die at once;
+ * except a frozen String of BORROW_MIN (1024) bytes or more, which is sent
+ * without a copy: the ring keeps it alive and pinned (never moved by
+ * GC.compact) until the kernel is done with it (stats[:borrowed_sends]
+ * counts those). A
  * short send is continued by the ring; exactly one OP_SEND completion
  * arrives per call, with the total length or -errno (with
  * <tt>send_completions: :failures</tt>, only when it failed). Sends on one
@@ -307,7 +317,10 @@ hpc_submit_send(int argc, VALUE *argv, VALUE self)
     if (NIL_P(count)) {
         StringValue(data);
         h = hpc_usable(self)->h;
-        ret = hio_hp_submit_send(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data));
+        if (OBJ_FROZEN(data) && RSTRING_LEN(data) >= HP_BORROW_MIN)
+            ret = hio_hp_submit_send_borrowed(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data), hio_pin(data));
+        else
+            ret = hio_hp_submit_send(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data));
         RB_GC_GUARD(data);
     } else {
         unsigned iovcnt;
@@ -698,7 +711,8 @@ hpc_batch_wait_supported_p(VALUE self)
  * refused with SendBufferFull), :send_copy_allocs (allocations made for
  * send copies: small copies come from a per-ring slab of freed chunks and
  * large ones from a cache of mappings, so it stops growing once a server
- * is warm), plus :inflight (requests the kernel holds),
+ * is warm), :borrowed_sends (frozen Strings sent without a copy), plus
+ * :inflight (requests the kernel holds),
  * :queued (completions not yet yielded), :queued_send_bytes (bytes of send
  * copies the ring holds now, see #queued_send_bytes) and :setup_flags.
  */
@@ -728,6 +742,7 @@ hpc_stats(VALUE self)
     HPC_STAT("close_timeouts", st.st.close_timeouts);
     HPC_STAT("send_buffer_full", st.st.send_buffer_full);
     HPC_STAT("send_copy_allocs", st.st.send_copy_allocs);
+    HPC_STAT("borrowed_sends", st.st.borrowed_sends);
     HPC_STAT("inflight", st.inflight);
     HPC_STAT("queued", st.queued);
     HPC_STAT("queued_send_bytes", st.queued_send_bytes);
@@ -757,6 +772,21 @@ hpc_s_probe(VALUE klass)
 
     if (r && hio_probe_transient(err)) rb_syserr_fail(-err, r);
     return r ? rb_str_new_cstr(r) : Qnil;
+}
+
+/*
+ * call-seq:
+ *   HotpathRing.pinned_strings -> Integer
+ *
+ * Frozen Strings of this process that sends hold now without a copy (see
+ * #submit_send): each is kept alive and unmoved until the kernel is done
+ * with it. A gauge: 0 once every such send has completed (or its ring's
+ * memory was released).
+ */
+static VALUE
+hpc_s_pinned_strings(VALUE klass)
+{
+    return LONG2NUM(hio_pins_live());
 }
 
 /*
@@ -823,6 +853,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_const(hio_cHotpathRing, "DEFAULT_SEND_BUFFER_LIMIT", ULL2NUM(HIO_DEFAULT_SEND_LIMIT));
     rb_define_const(hio_cHotpathRing, "DEFAULT_CLOSE_TIMEOUT", INT2FIX((int)HIO_DEFAULT_CLOSE_TIMEOUT));
     rb_define_const(hio_cHotpathRing, "COMPLETION_BYTES", INT2FIX(24));
+    rb_define_const(hio_cHotpathRing, "BORROW_MIN", INT2FIX(HP_BORROW_MIN));
     rb_define_const(hio_cHotpathRing, "MAX_BATCH", INT2FIX(64));
     rb_define_const(hio_cHotpathRing, "OP_ACCEPT", INT2FIX(HIO_OP_ACCEPT));
     rb_define_const(hio_cHotpathRing, "OP_RECV", INT2FIX(HIO_OP_RECV));
@@ -831,6 +862,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_alloc_func(hio_cHotpathRing, hpc_alloc);
     rb_define_singleton_method(hio_cHotpathRing, "native_probe", hpc_s_probe, 0);
     rb_define_singleton_method(hio_cHotpathRing, "leaked_rings", hpc_s_leaked_rings, 0);
+    rb_define_singleton_method(hio_cHotpathRing, "pinned_strings", hpc_s_pinned_strings, 0);
     rb_define_singleton_method(hio_cHotpathRing, "deferred_bytes", hpc_s_deferred_bytes, 0);
     rb_define_method(hio_cHotpathRing, "initialize", hpc_initialize, -1);
     rb_define_method(hio_cHotpathRing, "submit_accept_multishot", hpc_submit_accept, 1);

@@ -73,7 +73,9 @@ struct hio_send {
     uint32_t gen;
     char *data;       /* ring-owned copy of the payload */
     size_t map;       /* 0: data is a slab chunk (class cls); else the size of data's own mapping */
+    uint64_t token;   /* borrowed: the binding's pin of the memory data points into */
     uint8_t cls;
+    uint8_t borrowed; /* data is the caller's (pinned under token), not a copy */
     size_t len, off;
     int32_t next;     /* next in the fd's queue, or in the free list */
     uint8_t inflight; /* the kernel holds a send SQE of it */

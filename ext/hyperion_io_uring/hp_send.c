@@ -97,22 +97,14 @@ send_check_limits(struct hio_hotpath *h, int fd, const struct hio_conn *c, size_
     return -ENOBUFS;
 }
 
-int
-hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct iovec *iov, unsigned iovcnt,
-               size_t len)
+/* Queues the new slot (len bytes) on fd: started at once when nothing is
+ * ahead of it. On failure the slot is freed (a borrowed one unpinned). */
+static int
+send_enqueue(struct hio_hotpath *h, int fd, struct hio_conn *c, int32_t slot, size_t len)
 {
-    struct hio_send *s;
-    int32_t slot;
+    struct hio_send *s = &h->sends[slot];
     int ret;
 
-    if (len == 0) {
-        if (!h->send_failures_only) hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
-        return 0;
-    }
-    if ((ret = send_check_limits(h, fd, c, len)) < 0) return ret;
-    slot = hp_slot_new(h, iov, iovcnt, len);
-    if (slot < 0) return -ENOMEM;
-    s = &h->sends[slot];
     s->fd = fd;
     s->gen = c->gen;
     if (c->send_tail < 0) {
@@ -129,6 +121,40 @@ hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct i
         c->send_tail = slot;
     }
     c->send_bytes += len;
+    return 0;
+}
+
+int
+hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct iovec *iov, unsigned iovcnt,
+               size_t len)
+{
+    int32_t slot;
+    int ret;
+
+    if (len == 0) {
+        if (!h->send_failures_only) hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
+        return 0;
+    }
+    if ((ret = send_check_limits(h, fd, c, len)) < 0) return ret;
+    slot = hp_slot_new(h, iov, iovcnt, len);
+    if (slot < 0) return -ENOMEM;
+    return send_enqueue(h, fd, c, slot, len);
+}
+
+int
+hp_send_submit_borrowed(struct hio_hotpath *h, int fd, struct hio_conn *c, const void *data, size_t len,
+                        uint64_t token)
+{
+    int32_t slot;
+    int ret;
+
+    if ((ret = send_check_limits(h, fd, c, len)) < 0 || (slot = hp_slot_borrow(h, data, len, token)) < 0) {
+        hio_owner_unpin(token);
+        return ret < 0 ? ret : -ENOMEM;
+    }
+    /* On failure send_enqueue frees the slot, which unpins the token. */
+    if ((ret = send_enqueue(h, fd, c, slot, len)) < 0) return ret;
+    h->st.borrowed_sends++;
     return 0;
 }
 

@@ -30,6 +30,11 @@
  * (stats[:send_copy_allocs] counts the ones made; glibc's malloc/free pair
  * for a hello-sized copy cost about 4% of a hello server's CPU, perf).
  * What is kept is at most 1 MiB per ring, freed at close.
+ *
+ * A borrowed slot (hio_hp_submit_send_borrowed: a frozen Ruby String sent
+ * without a copy) holds the caller's memory under the binding's token:
+ * freeing the slot unpins it (hio_owner_unpin), and a teardown with the
+ * send still in flight defers the unpin with the ring's other memory.
  */
 #include "hp_slots.h"
 #include <stdlib.h>
@@ -104,6 +109,15 @@ hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate, struct 
     for (i = 0; i < h->nsends; i++) {
         struct hio_send *s = &h->sends[i];
         if (!s->data) continue;
+        if (s->borrowed) {
+            /* The caller's memory (a pinned Ruby String): unpinned once
+             * the kernel cannot read it, like a copy would be freed. */
+            if (s->inflight && inflight_fate == HIO_RELEASE_DEFER)
+                hio_owner_defer_add(d, HIO_MEM_UNPIN, (void *)(uintptr_t)s->token, s->len);
+            else if (!s->inflight || inflight_fate == HIO_RELEASE_NOW)
+                hio_owner_unpin(s->token);
+            continue;
+        }
         if (s->inflight && inflight_fate != HIO_RELEASE_NOW) {
             /* Plain mappings and malloc memory: a forked child has its
              * own copy of either (owner.c releases them there). */

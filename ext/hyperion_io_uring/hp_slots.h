@@ -79,7 +79,30 @@ hp_slot_new(struct hio_hotpath *h, const struct iovec *iov, unsigned iovcnt, siz
     h->send_held += len;
     return slot;
 }
-/* Frees the slot's payload and returns it to the pool. */
+/* A free slot whose payload is the caller's len bytes at data, pinned
+ * under token (counted in send_held like a copy), or -1 without memory. */
+static inline int32_t
+hp_slot_borrow(struct hio_hotpath *h, const void *data, size_t len, uint64_t token)
+{
+    struct hio_send *s;
+    int32_t slot;
+
+    if (h->send_free < 0 && hp_slots_grow(h) < 0) return -1;
+    slot = h->send_free;
+    s = &h->sends[slot];
+    h->send_free = s->next;
+    s->next = -1;
+    s->data = (char *)data;
+    s->map = 0;
+    s->borrowed = 1;
+    s->token = token;
+    s->len = len;
+    s->off = 0;
+    h->send_held += len;
+    return slot;
+}
+/* Frees the slot's payload (a borrowed one is unpinned) and returns the
+ * slot to the pool. */
 static inline void
 hp_slot_free(struct hio_hotpath *h, int32_t slot)
 {
@@ -87,7 +110,9 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
 
     if (s->data) {
         h->send_held -= s->len;
-        if (s->map) {
+        if (s->borrowed) {
+            hio_owner_unpin(s->token);
+        } else if (s->map) {
             hp_map_put(h, s->data, s->map);
         } else if (h->slab_cached_bytes + hp_slab_size(s->cls) <= HP_SLAB_CACHE_BYTES) {
             /* Kept for the next payload of its class. */
@@ -100,6 +125,7 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
     }
     s->data = NULL;
     s->map = 0;
+    s->borrowed = 0;
     s->fd = -1;
     s->inflight = s->cancelled = 0;
     s->next = h->send_free;
