@@ -478,7 +478,7 @@ RSpec.describe "Bad input sweep" do
         batch_wait_supported?: []
       }
       answers = {
-        close: nil, closed?: true, fileno: nil, ptr: nil, healthy?: false, force_unhealthy!: nil
+        close: nil, closed?: true, fileno: nil, ptr: nil, healthy?: false, force_unhealthy!: nil, send_completions: :all
       }
       [[Hyperion::IOUring::Ring, -> { Hyperion::IOUring::Ring.new(queue_depth: 2).tap(&:close) }],
        [k, -> { k.new(queue_depth: 4, n_bufs: 4, buf_size: 64).tap(&:close) }],
