@@ -108,6 +108,8 @@ struct hio_stats {
     uint64_t close_timeouts;   /* submit_close deadlines that cancelled sends (hotpath.c) */
     uint64_t send_copy_allocs; /* malloc/mmap calls for send copies: 0 per send once warm (hp_slots.c) */
     uint64_t borrowed_sends;   /* sends of the caller's memory, without a copy (hp_send.c) */
+    uint64_t zc_sends;         /* IORING_OP_SEND_ZC requests made (hp_send.c) */
+    uint64_t zc_copied;        /* ... whose notification said the kernel copied the bytes anyway */
     struct hio_wait_counts io; /* submits, waits, batch_waits */
 };
 
@@ -167,6 +169,11 @@ void hio_hp_send_limits(const struct hio_hotpath *h, uint64_t *ring_limit, uint6
 enum hio_send_report { HIO_SEND_REPORT_ALL = 0, HIO_SEND_REPORT_FAILURES = 1 };
 void hio_hp_set_send_report(struct hio_hotpath *h, enum hio_send_report report);
 enum hio_send_report hio_hp_send_report(const struct hio_hotpath *h);
+/* Borrowed sends of at least min bytes go as IORING_OP_SEND_ZC where the
+ * kernel has it (0: never). Whether it has it: */
+void hio_hp_set_zero_copy_min(struct hio_hotpath *h, size_t min);
+size_t hio_hp_zero_copy_min(const struct hio_hotpath *h);
+int hio_hp_zero_copy_supported(const struct hio_hotpath *h);
 /* The last send refused with -ENOBUFS. */
 void hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out);
 /* Bytes of send copies held for fd's connection now (0 for a fd without). */

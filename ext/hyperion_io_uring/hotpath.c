@@ -150,7 +150,8 @@ hp_dispatch(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
             if (!h->close_skip) h->inflight--;
             return;
         }
-        if (kind == HIO_OP_SEND || kind == HIO_OP_CANCEL ||
+        /* A SEND_ZC's CQE with F_MORE is not its last: its notification is. */
+        if ((kind == HIO_OP_SEND && !(flags & IORING_CQE_F_MORE)) || kind == HIO_OP_CANCEL ||
             ((kind == HIO_OP_ACCEPT || kind == HIO_OP_RECV) && hp_ms_final(kind, res, flags)))
             h->inflight--;
         if (kind == HIO_OP_CANCEL && res == -EINVAL && !h->cancel_fallback) h->cancel_fallback = 1;
@@ -165,7 +166,13 @@ hp_dispatch(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
             hp_ms_delivered(h, kind, (int)idx, v);
         break;
       case HIO_OP_SEND:
-        hp_send_complete(h, (int32_t)idx, gen, res);
+#ifdef IORING_CQE_F_NOTIF
+        if (flags & IORING_CQE_F_NOTIF) {
+            hp_send_notif(h, (int32_t)idx, res);
+            break;
+        }
+#endif
+        hp_send_complete(h, (int32_t)idx, gen, res, flags);
         break;
       case HIO_OP_CLOSE:
         /* Under CQE_SKIP_SUCCESS only a failure posts a CQE; without it the
@@ -251,6 +258,29 @@ hio_hp_open_error(const struct hio_hotpath *h)
     return h->err;
 }
 
+/* IORING_OP_SEND_ZC (Linux 6.0): asked of the kernel's opcode probe. */
+static int
+hp_probe_send_zc(struct io_uring *ring)
+{
+#if defined(HAVE_IO_URING_PREP_SEND_ZC) && defined(HAVE_IO_URING_GET_PROBE_RING)
+    struct io_uring_probe *p = io_uring_get_probe_ring(ring);
+    int ok;
+    const char *env = getenv("HYPERION_IO_URING_SEND_ZC");
+
+    /* HYPERION_IO_URING_SEND_ZC=0: as on kernels without it (a test seam). */
+    if (!p || (env && strcmp(env, "0") == 0)) {
+        if (p) io_uring_free_probe(p);
+        return 0;
+    }
+    ok = io_uring_opcode_supported(p, IORING_OP_SEND_ZC);
+    io_uring_free_probe(p);
+    return ok;
+#else
+    (void)ring;
+    return 0;
+#endif
+}
+
 int
 hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf_size)
 {
@@ -282,6 +312,8 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
         const char *env = getenv("HYPERION_IO_URING_CQE_SKIP");
         h->close_skip = (h->uring.features & IORING_FEAT_CQE_SKIP) && !(env && strcmp(env, "0") == 0);
     }
+    h->zc_ok = hp_probe_send_zc(&h->uring);
+    h->zc_flags = 1u << 3; /* IORING_SEND_ZC_REPORT_USAGE (6.2); dropped on a kernel that refuses it */
     hio_owner_init(&h->owner);
     {
         /* HYPERION_IO_URING_MIN_WAIT=0: no kernel batch waits, as on kernels
@@ -411,6 +443,25 @@ hio_hp_send_report(const struct hio_hotpath *h)
 {
     return h->send_failures_only ? HIO_SEND_REPORT_FAILURES : HIO_SEND_REPORT_ALL;
 }
+
+void
+hio_hp_set_zero_copy_min(struct hio_hotpath *h, size_t min)
+{
+    h->zc_min = min;
+}
+
+size_t
+hio_hp_zero_copy_min(const struct hio_hotpath *h)
+{
+    return h->zc_min;
+}
+
+int
+hio_hp_zero_copy_supported(const struct hio_hotpath *h)
+{
+    return h->zc_ok;
+}
+
 
 void
 hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out)

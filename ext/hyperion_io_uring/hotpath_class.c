@@ -17,7 +17,8 @@
 VALUE hio_cHotpathRing;
 static ID id_queue_depth, id_n_bufs, id_buf_size, id_min_complete, id_timeout_ms, id_raw, id_min_wait_us;
 static ID id_default_n_bufs, id_default_buf_size, id_default_send_buffer_limit;
-static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_timeout, id_send_completions;
+static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_timeout, id_send_completions,
+    id_zero_copy_min;
 static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags, sym_all, sym_failures;
 
 #define HP_MAX_BUF_SIZE (1024u * 1024u)
@@ -99,7 +100,7 @@ hpc_limit_arg(VALUE v, const char *what)
 
 /*
  * call-seq:
- *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192, send_buffer_limit: 64 MiB, connection_send_limit: send_buffer_limit / 4, close_timeout: 60, send_completions: :all) -> ring
+ *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192, send_buffer_limit: 64 MiB, connection_send_limit: send_buffer_limit / 4, close_timeout: 60, send_completions: :all, zero_copy_min: nil) -> ring
  *
  * Opens a ring of +queue_depth+ SQEs (1..32768; the CQ is 4x larger, since
  * multishot requests complete many times per submission) with a provided-
@@ -131,13 +132,24 @@ hpc_limit_arg(VALUE v, const char *what)
  * that only reacts to failed sends saves a completion per response with
  * +:failures+; its steady state is then one completion per request.
  * Counters (stats[:sends], [:send_bytes]) count every send either way.
+ *
+ * +zero_copy_min+ (bytes, or nil: never, the default): frozen Strings sent
+ * without a copy (BORROW_MIN bytes or more, see #submit_send) of at least
+ * this size go as IORING_OP_SEND_ZC where the kernel has it (Linux 6.0+,
+ * #zero_copy_supported?): the network stack reads the String's pages in
+ * place instead of copying them into socket buffers, and the String stays
+ * pinned until the kernel's notification that it is done. It pays for
+ * large bodies sent through a real NIC; on loopback the kernel copies
+ * anyway (stats[:zc_copied] counts the sends it copied after all), so it
+ * only adds a completion per send there.
  */
 static VALUE
 hpc_initialize(int argc, VALUE *argv, VALUE self)
 {
-    static ID kw_ids[7];
+    static ID kw_ids[8];
     struct hio_hotpath *h = hpc_get(self)->h;
-    VALUE opts, kw[7] = { Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
+    VALUE opts, kw[8] = { Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
+    uint64_t zc_min = 0;
     enum hio_send_report report = HIO_SEND_REPORT_ALL;
     unsigned depth = 1024, n_bufs, buf_size;
     uint64_t send_limit, conn_limit;
@@ -152,9 +164,10 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
         kw_ids[4] = id_connection_send_limit;
         kw_ids[5] = id_close_timeout;
         kw_ids[6] = id_send_completions;
+        kw_ids[7] = id_zero_copy_min;
     }
     rb_scan_args(argc, argv, "0:", &opts);
-    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 7, kw);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 8, kw);
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
     if (kw[1] == Qundef) kw[1] = rb_respond_to(klass, id_default_n_bufs) ? rb_funcall(klass, id_default_n_bufs, 0) : INT2FIX(512);
     if (kw[2] == Qundef) kw[2] = rb_respond_to(klass, id_default_buf_size) ? rb_funcall(klass, id_default_buf_size, 0) : INT2FIX(8192);
@@ -178,6 +191,7 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
             rb_raise(rb_eArgError, "send_completions must be :all or :failures (got %"PRIsVALUE")", rb_inspect(kw[6]));
         report = HIO_SEND_REPORT_FAILURES;
     }
+    if (kw[7] != Qundef && !NIL_P(kw[7])) zc_min = hpc_limit_arg(kw[7], "zero_copy_min");
     if (hio_hp_was_opened(h)) rb_raise(rb_eRuntimeError, "ring already initialized");
     hio_require_supported("io_uring hotpath", "hotpath_supported?", "hotpath_unsupported_reason");
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
@@ -188,7 +202,36 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     hio_hp_set_send_limits(h, send_limit, conn_limit);
     hio_hp_set_close_timeout(h, close_timeout);
     hio_hp_set_send_report(h, report);
+    hio_hp_set_zero_copy_min(h, (size_t)zc_min);
     return self;
+}
+
+/*
+ * call-seq:
+ *   ring.zero_copy_min -> Integer or nil
+ *
+ * The +zero_copy_min+ the ring was made with (nil: zero-copy sends off).
+ */
+static VALUE
+hpc_zero_copy_min(VALUE self)
+{
+    size_t min = hio_hp_zero_copy_min(hpc_get(self)->h);
+    return min ? SIZET2NUM(min) : Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.zero_copy_supported? -> true or false
+ *
+ * Whether this ring's kernel has IORING_OP_SEND_ZC (Linux 6.0+; false with
+ * HYPERION_IO_URING_SEND_ZC=0 in the environment when the ring was made).
+ * Without it +zero_copy_min+ is accepted and sends are plain ones. IOError
+ * on a closed ring.
+ */
+static VALUE
+hpc_zero_copy_supported_p(VALUE self)
+{
+    return hio_hp_zero_copy_supported(hpc_usable(self)->h) ? Qtrue : Qfalse;
 }
 
 /*
@@ -711,7 +754,9 @@ hpc_batch_wait_supported_p(VALUE self)
  * refused with SendBufferFull), :send_copy_allocs (allocations made for
  * send copies: small copies come from a per-ring slab of freed chunks and
  * large ones from a cache of mappings, so it stops growing once a server
- * is warm), :borrowed_sends (frozen Strings sent without a copy), plus
+ * is warm), :borrowed_sends (frozen Strings sent without a copy),
+ * :zc_sends (IORING_OP_SEND_ZC requests, see zero_copy_min:), :zc_copied
+ * (those the kernel copied after all, Linux 6.2+), plus
  * :inflight (requests the kernel holds),
  * :queued (completions not yet yielded), :queued_send_bytes (bytes of send
  * copies the ring holds now, see #queued_send_bytes) and :setup_flags.
@@ -743,6 +788,8 @@ hpc_stats(VALUE self)
     HPC_STAT("send_buffer_full", st.st.send_buffer_full);
     HPC_STAT("send_copy_allocs", st.st.send_copy_allocs);
     HPC_STAT("borrowed_sends", st.st.borrowed_sends);
+    HPC_STAT("zc_sends", st.st.zc_sends);
+    HPC_STAT("zc_copied", st.st.zc_copied);
     HPC_STAT("inflight", st.inflight);
     HPC_STAT("queued", st.queued);
     HPC_STAT("queued_send_bytes", st.queued_send_bytes);
@@ -838,6 +885,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     id_close_timeout = rb_intern("close_timeout");
     id_timeout = rb_intern("timeout");
     id_send_completions = rb_intern("send_completions");
+    id_zero_copy_min = rb_intern("zero_copy_min");
     sym_all = ID2SYM(rb_intern("all"));
     sym_failures = ID2SYM(rb_intern("failures"));
     sym_op_kind = ID2SYM(rb_intern("op_kind"));
@@ -873,6 +921,8 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, -1);
     rb_define_method(hio_cHotpathRing, "queued_send_bytes", hpc_queued_send_bytes, 1);
     rb_define_method(hio_cHotpathRing, "send_completions", hpc_send_completions, 0);
+    rb_define_method(hio_cHotpathRing, "zero_copy_min", hpc_zero_copy_min, 0);
+    rb_define_method(hio_cHotpathRing, "zero_copy_supported?", hpc_zero_copy_supported_p, 0);
     rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);
     rb_define_method(hio_cHotpathRing, "close", hpc_close, 0);
     rb_define_method(hio_cHotpathRing, "closed?", hpc_closed_p, 0);

@@ -76,6 +76,9 @@ struct hio_send {
     uint64_t token;   /* borrowed: the binding's pin of the memory data points into */
     uint8_t cls;
     uint8_t borrowed; /* data is the caller's (pinned under token), not a copy */
+    uint8_t zc;       /* sent with IORING_OP_SEND_ZC (hp_send.c) */
+    uint8_t notifs;   /* SEND_ZC notifications still due: the kernel may read data until then */
+    uint8_t ended;    /* the send has ended and left its fd's queue; freed at its last notification */
     size_t len, off;
     int32_t next;     /* next in the fd's queue, or in the free list */
     uint8_t inflight; /* the kernel holds a send SQE of it */
@@ -111,6 +114,9 @@ struct hio_hotpath {
     /* hp_send.c (the limits: hotpath.c, before the first send) */
     uint64_t send_limit, conn_send_limit; /* send_buffer_limit, connection_send_limit */
     int send_failures_only;               /* send_completions: :failures (hotpath.c sets it) */
+    size_t zc_min;                        /* zero_copy_min: borrowed sends this big use SEND_ZC; 0: never */
+    unsigned zc_flags;                    /* SEND_ZC's zc_flags (IORING_SEND_ZC_REPORT_USAGE, or 0) */
+    int zc_ok;                            /* this kernel has IORING_OP_SEND_ZC (hotpath.c probes) */
     struct hio_send_refusal refused;      /* the last send refused with -ENOBUFS */
     /* hp_conn.c */
     struct hio_conn *conns;

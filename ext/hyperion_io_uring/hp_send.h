@@ -25,8 +25,12 @@ int hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const stru
  * end, or at once on -errno. */
 int hp_send_submit_borrowed(struct hio_hotpath *h, int fd, struct hio_conn *c, const void *data, size_t len,
                             uint64_t token);
-/* The CQE of a send (user_data's slot and generation). */
-void hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res);
+/* The CQE of a send (user_data's slot and generation; flags: F_MORE when a
+ * SEND_ZC notification follows). */
+void hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned flags);
+/* A SEND_ZC notification (IORING_CQE_F_NOTIF): the kernel no longer reads
+ * the slot's memory. */
+void hp_send_notif(struct hio_hotpath *h, int32_t slot, int res);
 /* Ruby (or a submit_close deadline) cancels fd's sends: 0, or -EBUSY when
  * no SQE could be had for the cancel (the in-flight send is marked, so its
  * end fails it). */

@@ -108,17 +108,18 @@ hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate, struct 
 
     for (i = 0; i < h->nsends; i++) {
         struct hio_send *s = &h->sends[i];
+        int held = s->inflight || s->notifs; /* a SEND_ZC's memory is the kernel's until its notification */
         if (!s->data) continue;
         if (s->borrowed) {
             /* The caller's memory (a pinned Ruby String): unpinned once
              * the kernel cannot read it, like a copy would be freed. */
-            if (s->inflight && inflight_fate == HIO_RELEASE_DEFER)
+            if (held && inflight_fate == HIO_RELEASE_DEFER)
                 hio_owner_defer_add(d, HIO_MEM_UNPIN, (void *)(uintptr_t)s->token, s->len);
-            else if (!s->inflight || inflight_fate == HIO_RELEASE_NOW)
+            else if (!held || inflight_fate == HIO_RELEASE_NOW)
                 hio_owner_unpin(s->token);
             continue;
         }
-        if (s->inflight && inflight_fate != HIO_RELEASE_NOW) {
+        if (held && inflight_fate != HIO_RELEASE_NOW) {
             /* Plain mappings and malloc memory: a forked child has its
              * own copy of either (owner.c releases them there). */
             if (inflight_fate == HIO_RELEASE_DEFER)

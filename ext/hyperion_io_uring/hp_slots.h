@@ -125,7 +125,7 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
     }
     s->data = NULL;
     s->map = 0;
-    s->borrowed = 0;
+    s->borrowed = s->zc = s->notifs = s->ended = 0;
     s->fd = -1;
     s->inflight = s->cancelled = 0;
     s->next = h->send_free;
