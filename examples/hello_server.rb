@@ -7,6 +7,12 @@
 #
 #   ruby examples/hello_server.rb [--port 9292] [--seconds 30] [--batch N|auto] [--batch-wait-us U]
 #                                 [--high-water BYTES] [--close-timeout S]
+#                                 [--send-completions failures|all]
+#
+# --send-completions: which send completions the ring yields (default
+# failures: a response that went out in full ends silently, so each request
+# costs one completion, its recv; "all" yields one per response as well,
+# upstream's default).
 #
 # --batch/--batch-wait-us: each_completion(min_complete: N, min_wait_us: U),
 # a kernel batch wait (Linux 6.12+): wait up to U microseconds for N
@@ -35,7 +41,7 @@ require "socket"
 require "optparse"
 
 opts = { port: 9292, seconds: 30.0, host: "127.0.0.1", batch: 1, batch_wait_us: 50, high_water: 1 << 20,
-         close_timeout: 10.0 }
+         close_timeout: 10.0, send_completions: :failures }
 OptionParser.new do |o|
   o.on("--port N", Integer) { |v| opts[:port] = v }
   o.on("--seconds S", Float) { |v| opts[:seconds] = v }
@@ -43,6 +49,7 @@ OptionParser.new do |o|
   o.on("--batch-wait-us U", Integer) { |v| opts[:batch_wait_us] = v }
   o.on("--high-water BYTES", Integer) { |v| opts[:high_water] = v }
   o.on("--close-timeout S", Float) { |v| opts[:close_timeout] = v }
+  o.on("--send-completions MODE", %w[failures all]) { |v| opts[:send_completions] = v.to_sym }
 end.parse!(ARGV)
 
 unless Hyperion::IOUring.hotpath_supported?
@@ -57,7 +64,7 @@ HR = Hyperion::IOUring::HotpathRing
 
 listener = TCPServer.new(opts[:host], opts[:port])
 listener.listen(1024)
-ring = HR.new(close_timeout: opts[:close_timeout])
+ring = HR.new(close_timeout: opts[:close_timeout], send_completions: opts[:send_completions])
 ring.submit_accept_multishot(listener)
 high_water = opts[:high_water]
 dropped = 0

@@ -25,6 +25,9 @@
 /* Freed payload mappings hp_slots.c keeps for reuse, at most (and at most
  * HP_MAP_CACHE_BYTES of them). */
 #define HP_MAP_CACHE 32
+/* Size classes of the slab for smaller payloads: 64 B << 0..9, up to
+ * 32 KiB (hp_slots.c). */
+#define HP_SLAB_CLASSES 10
 #define HP_GEN_MASK 0xffffffu
 
 /* A multishot request's state (hp_multishot.c). ORPHANED: an accept whose
@@ -70,7 +73,13 @@ struct hio_send {
     int fd;
     uint32_t gen;
     char *data;       /* ring-owned copy of the payload */
-    size_t map;       /* 0: data is malloc'd; else the size of data's own mapping */
+    size_t map;       /* 0: data is a slab chunk (class cls); else the size of data's own mapping */
+    uint64_t token;   /* borrowed: the binding's pin of the memory data points into */
+    uint8_t cls;
+    uint8_t borrowed; /* data is the caller's (pinned under token), not a copy */
+    uint8_t zc;       /* sent with IORING_OP_SEND_ZC (hp_send.c) */
+    uint8_t notifs;   /* SEND_ZC notifications still due: the kernel may read data until then */
+    uint8_t ended;    /* the send has ended and left its fd's queue; freed at its last notification */
     size_t len, off;
     int32_t next;     /* next in the fd's queue, or in the free list */
     uint8_t inflight; /* the kernel holds a send SQE of it */
@@ -102,8 +111,14 @@ struct hio_hotpath {
     struct hio_map { void *p; size_t size; } map_cache[HP_MAP_CACHE]; /* freed mappings kept for reuse */
     unsigned map_cached;
     size_t map_cached_bytes;
+    void *slab[HP_SLAB_CLASSES]; /* free chunks per size class, linked through their first word */
+    size_t slab_cached_bytes;
     /* hp_send.c (the limits: hotpath.c, before the first send) */
     uint64_t send_limit, conn_send_limit; /* send_buffer_limit, connection_send_limit */
+    int send_failures_only;               /* send_completions: :failures (hotpath.c sets it) */
+    size_t zc_min;                        /* zero_copy_min: borrowed sends this big use SEND_ZC; 0: never */
+    unsigned zc_flags;                    /* SEND_ZC's zc_flags (IORING_SEND_ZC_REPORT_USAGE, or 0) */
+    int zc_ok;                            /* this kernel has IORING_OP_SEND_ZC (hotpath.c probes) */
     struct hio_send_refusal refused;      /* the last send refused with -ENOBUFS */
     /* hp_conn.c */
     struct hio_conn *conns;
