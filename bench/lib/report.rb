@@ -164,7 +164,7 @@ module Bench
       b = ->(v, k) { (x = med(:conns, row, v, k)) ? format("%.0f B", x) : "–" }
       [Target.new(text: "HotpathRing server RSS per idle connection <= 0.1x the nio4r server's (#{fmt(n, 0)} " \
                         "connections, after a warm-up)",
-                  measured: rss && format("%.2fx (%s vs %s; from the start, as first measured: %.2fx, %s vs %s)",
+                  measured: rss && format("%.2fx (%s vs %s; cold, as first measured: %.2fx, %s vs %s)",
                                           rss, b.call("hotpath", :rss_idle), b.call("nio4r", :rss_idle),
                                           rss_cold || Float::NAN, b.call("hotpath", :rss_cold),
                                           b.call("nio4r", :rss_cold)),
@@ -424,10 +424,11 @@ module Bench
              "RSS per idle connection: the server's VmRSS once every connection was answered once and sits " \
              "idle, minus its VmRSS after a #{m['conns_warmup']} s warm-up on 50 connections (closed again), " \
              "which touches what a server touches once whatever its connections (the ring's provided " \
-             "buffers, Ruby's heap after a few GCs), divided by #{fmt(n, 0)}; \"from start\": minus its VmRSS " \
-             "when it started listening instead, as a first measurement would take it.", "",
+             "buffers, Ruby's heap after a few GCs), divided by #{fmt(n, 0)}; \"cold\": on a fresh server of " \
+             "its own, minus its VmRSS when it started listening (the first measurement's method; it includes " \
+             "those fixed costs).", "",
              "| server | req/s | p50 ms | p99 ms | server CPU µs/req | vs nio4r | RSS/idle conn | vs nio4r | " \
-             "RSS/idle conn from start | others |",
+             "RSS/idle conn cold | others |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
       CONNS_VARIANTS.each do |v, (label, _)|
         next if @r.runs(:conns, row, v).empty?

@@ -42,21 +42,21 @@ module Bench
     Server.new(label, path, ["--seconds", "600", *args], cpu: SERVER_CPU)
   end
 
-  # RSS per idle connection, two ways: "warm" from a baseline taken after a
+  # RSS per idle connection, two ways, each on a server of its own:
+  # "cold", the first measurement's method: a fresh server's VmRSS when it
+  # listens, and again once every connection was answered once and sits
+  # idle; "warm" (the target's): the same from a baseline taken after a
   # warm-up of cfg.conns_warmup seconds on 50 connections (closed again),
-  # which fills what every server touches once whatever its connections
-  # (the ring's provided buffers, Ruby's heap after a few GCs); "cold" from
-  # the server's RSS when it started listening, as a first measurement
-  # would take it.
+  # which touches what a server touches once whatever its connections (the
+  # ring's provided buffers, Ruby's heap after a few GCs). The warm server
+  # then runs the timed load.
   def self.conns_once(cfg, results, interference, row, variant, round)
     label, script = CONNS_VARIANTS.fetch(variant)
     n = cfg.conns_n
     active = [(n * cfg.conns_active).round, 1].max
+    rss = { rss_cold: rss_cold(label, script, n) }
     server = start_server(label, script, [])
-    rss = nil
     begin
-      sleep 0.2
-      cold0 = server.rss
       warm = ConnClient.new(server.port, n: 50, active: 50, seconds: cfg.conns_warmup)
       warm.ready
       warm.go
@@ -68,8 +68,8 @@ module Bench
         begin
           setup = client.ready
           sleep 0.2
-          rss ||= { rss_idle: (server.rss - warm0).fdiv(n), rss_cold: (server.rss - cold0).fdiv(n),
-                    setup_s: setup[:setup_seconds] }
+          rss[:rss_idle] ||= (server.rss - warm0).fdiv(n)
+          rss[:setup_s] ||= setup[:setup_seconds]
           cpu0, = server.cpu
           mark = interference.start
           r = client.go
@@ -85,11 +85,29 @@ module Bench
       end
       results.add(:conns, row, variant, metrics)
       log format("  conns   %-6s %-8s round %-7s %9.0f req/s  p50 %.3f ms  p99 %.3f ms  %6.2f us CPU/req  " \
-                 "RSS/idle conn %5.0f B (from start: %5.0f B)  others %2.0f%%", row, variant, "#{round}:",
+                 "RSS/idle conn %5.0f B (cold: %5.0f B)  others %2.0f%%", row, variant, "#{round}:",
                  metrics[:rps], metrics[:p50], metrics[:p99], metrics[:cpu_us], metrics[:rss_idle],
                  metrics[:rss_cold], metrics[:other] * 100)
     ensure
       server&.stop
     end
+  end
+
+  # A fresh server's RSS growth per connection, n connections answered once
+  # and held idle (VmRSS once they are, minus VmRSS when it listened).
+  def self.rss_cold(label, script, n)
+    server = start_server(label, script, [])
+    sleep 0.2
+    rss0 = server.rss
+    client = ConnClient.new(server.port, n: n, active: 1, seconds: 0.01)
+    begin
+      client.ready
+      sleep 0.2
+      (server.rss - rss0).fdiv(n)
+    ensure
+      client.finish
+    end
+  ensure
+    server&.stop
   end
 end
