@@ -7,7 +7,7 @@
 #   bundle exec rake bench:quick  CI: one short round per variant, proves the
 #                                 harness still works; writes tmp/bench/quick.*
 #
-# BENCH_ONLY=accept,http,percall narrows either; the BENCH_* variables in
+# BENCH_ONLY=accept,http,percall,conns,bodies narrows either; the BENCH_* variables in
 # bench/lib/config.rb (Bench.config) override counts and durations.
 bench_run = lambda do |*args|
   only = ENV["BENCH_ONLY"].to_s.strip
@@ -15,7 +15,7 @@ bench_run = lambda do |*args|
   ruby File.join(__dir__, "run.rb"), *args
 end
 
-desc "Benchmark the rings against plain Ruby I/O (accept, HTTP hello, per call); writes bench/results/latest.md"
+desc "Benchmark the rings against plain Ruby I/O (accept, HTTP hello, per call, 10,000 connections, bodies); writes bench/results/latest.md"
 task bench: :compile do
   bench_run.call
 end

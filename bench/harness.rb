@@ -14,6 +14,12 @@
 #    bench/hello_epoll.c (c_epoll, the ceiling: a reference); wrk's own CPU
 #    use is recorded too.
 # 3. percall: bench/percall.rb, ns per call.
+# 4. conns: bench/conn_client.c holds 10,000 keep-alive connections, a
+#    rotating 5% active, against examples/hello_server.rb, the nio4r server
+#    (bench/hello_nio4r_server.rb) and bench/hello_epoll.c; req/s, latency,
+#    server CPU per request and server RSS per idle connection.
+# 5. bodies: 64 KiB and 1 MiB responses at 50 connections (conn_client -b,
+#    every byte checked), HotpathRing vs the IO.select server.
 #
 # Server CPU comes from the server's own CLOCK_PROCESS_CPUTIME_ID, read
 # through bench/cpu_probe.rb (SIGUSR1 before and after the load). Syscalls
@@ -44,9 +50,12 @@ require_relative "lib/interference"
 require_relative "lib/results"
 require_relative "lib/report"
 require_relative "lib/chart"
+require_relative "lib/conn_client"
 require_relative "workloads/accept"
 require_relative "workloads/http"
 require_relative "workloads/percall"
+require_relative "workloads/conns"
+require_relative "workloads/bodies"
 
 module Bench
   ROOT = File.expand_path("..", __dir__)
@@ -126,11 +135,17 @@ module Bench
       "wrk_warmup" => cfg.wrk_warmup,
       "wrk_conns" => cfg.wrk_conns,
       "count_seconds" => cfg.count_seconds,
-      "percall_iterations" => cfg.percall_iterations
+      "percall_iterations" => cfg.percall_iterations,
+      "conns_n" => cfg.conns_n,
+      "conns_active" => cfg.conns_active,
+      "conns_seconds" => cfg.conns_seconds,
+      "conns_warmup" => cfg.conns_warmup,
+      "body_sizes" => cfg.body_sizes,
+      "body_conns" => cfg.body_conns
     }
   end
 
-  WORKLOADS = %w[accept http percall].freeze
+  WORKLOADS = %w[accept http percall conns bodies].freeze
 
   # Writes the Markdown and SVG again from a run's JSON (after a change to
   # the report), next to it.
@@ -141,6 +156,8 @@ module Bench
     cfg.accept_conc = meta["accept_conc"] || []
     cfg.accept_burst = meta["accept_burst"] || []
     cfg.wrk_conns = meta["wrk_conns"] || []
+    cfg.conns_n = meta["conns_n"] || cfg.conns_n
+    cfg.body_sizes = meta["body_sizes"] || []
     base = json_path.delete_suffix(".json")
     cfg.out_md = "#{base}.md"
     cfg.out_svg = "#{base}.svg"
@@ -199,7 +216,7 @@ module Bench
       log "bench: wrk not found (apt-get install -y wrk): skipping the HTTP workload in quick mode"
       only -= ["http"]
     end
-    if (only.include?("accept") || only.include?("http")) && !have.call("gcc")
+    if (only & %w[accept http conns bodies]).any? && !have.call("gcc")
       raise Error, "gcc not found (apt-get install -y gcc)"
     end
     require "hyperion/io_uring"
@@ -216,7 +233,8 @@ module Bench
     log "syscalls: #{counter.note}"
     log "load average before: #{results.meta['load_before']}"
     accept_client if only.include?("accept")
-    hello_epoll if only.include?("accept") || only.include?("http")
+    hello_epoll if (only & %w[accept http conns]).any?
+    conn_client if (only & %w[conns bodies]).any?
     if only.include?("accept")
       log "accept: #{cfg.accept_n} connections per run, loads #{cfg.accept_loads.map(&:first).join('/')} " \
           "(cN: N in flight; bN: bursts of N queued while the server is stopped)"
@@ -229,6 +247,16 @@ module Bench
     if only.include?("percall")
       log "percall: #{cfg.percall_iterations} calls per variant per round"
       run_percall(cfg, results, interference)
+    end
+    if only.include?("conns")
+      log "conns: #{cfg.conns_n} connections, #{(cfg.conns_active * 100).round}% active (rotating), " \
+          "#{cfg.conns_seconds} s per run"
+      run_conns(cfg, results, interference)
+    end
+    if only.include?("bodies")
+      log "bodies: #{cfg.body_sizes.map { |b| body_label(b) }.join(', ')} at #{cfg.body_conns} connections, " \
+          "#{cfg.wrk_seconds} s per run, every byte checked"
+      run_bodies(cfg, results, interference)
     end
     results.meta["load_after"] = loadavg
     results.meta["waited"] = interference.waited.round

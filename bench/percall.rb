@@ -19,6 +19,11 @@
 #   copy_release     copy_buffer(id, 100) + release_buffer(id) of a buffer
 #                    the kernel filled with 100 bytes
 #   take_buffer      take_buffer(id, 100), the same in one call
+#   pair_rt          a 16-byte IO#syswrite on one end of a UNIX socketpair and
+#                    IO#sysread(16) on the other: the floor of a round trip
+#   ring_rt          the same 16-byte syswrite, answered through the ring: a
+#                    multishot recv armed on the other end, each_completion
+#                    (raw: true) waiting for its completion, take_buffer
 #
 # "Data ready" is arranged without timing it: the sender writes a block of
 # 100-byte records first, then the timed loop reads exactly that many.
@@ -29,7 +34,8 @@ require "json"
 require "optparse"
 
 module PerCall
-  VARIANTS = %w[sysread read_nonblock ring_read each_completion each_completion_hash copy_release take_buffer].freeze
+  VARIANTS = %w[sysread read_nonblock ring_read each_completion each_completion_hash copy_release take_buffer
+                pair_rt ring_rt].freeze
   RECORD = 100
   BLOCK_RECORDS = 250 # 25 kB written per refill: fits the socket buffers below
 
@@ -213,6 +219,66 @@ module PerCall
         i += 1
       end
     end
+  end
+
+  MSG16 = ("x" * 16).b.freeze
+  RT_BLOCK = 250
+
+  # Round trips in blocks of RT_BLOCK on a UNIX socketpair (a, b): the
+  # block writes 16 bytes on a and returns what arrived on b. ns per round
+  # trip (median over blocks).
+  def time_round_trips(iterations, a, b)
+    samples = []
+    done = 0
+    while done < iterations
+      n = [RT_BLOCK, iterations - done].min
+      t0 = now
+      i = 0
+      while i < n
+        s = yield a, b
+        raise "short read #{s.inspect[0, 40]}" unless s.bytesize == 16
+
+        i += 1
+      end
+      samples << (now - t0).fdiv(n)
+      done += n
+    end
+    block_median(samples)
+  end
+
+  def pair_rt(iterations)
+    a, b = UNIXSocket.pair
+    time_round_trips(iterations, a, b) do
+      a.syswrite(MSG16)
+      b.sysread(16)
+    end
+  ensure
+    a&.close
+    b&.close
+  end
+
+  def ring_rt(iterations)
+    hr = Hyperion::IOUring::HotpathRing.new(queue_depth: 64, n_bufs: 64, buf_size: 256)
+    a, b = UNIXSocket.pair
+    got = nil
+    blk = proc do |op, _fd, res, bid, _fl|
+      next unless op == Hyperion::IOUring::HotpathRing::OP_RECV
+      raise "recv failed: #{res}" unless res.positive?
+
+      got = hr.take_buffer(bid, res)
+    end
+    hr.submit_recv_multishot(b.fileno)
+    time_round_trips(iterations, a, b) do
+      a.syswrite(MSG16)
+      got = nil
+      hr.each_completion(raw: true, timeout_ms: 1000, &blk) until got
+      got
+    end
+  ensure
+    hr&.cancel(b.fileno) if b && hr && !hr.closed?
+    hr&.close
+    a&.close
+    b&.close
   end
 
   # The bare loop of copy_release (array read, counter): what the

@@ -3,7 +3,7 @@
 
 # Runs the benchmarks (see bench/harness.rb and bench/README.md).
 #
-#   ruby bench/run.rb [--quick] [--only accept,http,percall]
+#   ruby bench/run.rb [--quick] [--only accept,http,percall,conns,bodies]
 #   ruby bench/run.rb --render bench/results/latest.json   (report again)
 #
 # `rake bench` and `rake bench:quick` call this after compiling.

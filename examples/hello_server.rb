@@ -6,7 +6,13 @@
 # submit_send, all reaped in batches by each_completion(raw: true).
 #
 #   ruby examples/hello_server.rb [--port 9292] [--seconds 30] [--batch N|auto] [--batch-wait-us U]
-#                                 [--high-water BYTES] [--close-timeout S]
+#                                 [--high-water BYTES] [--close-timeout S] [--body-size BYTES]
+#                                 [--send-completions failures|all]
+#
+# --send-completions: which send completions the ring yields (default
+# failures: a response that went out in full ends silently, so each request
+# costs one completion, its recv; "all" yields one per response as well,
+# upstream's default).
 #
 # --batch/--batch-wait-us: each_completion(min_complete: N, min_wait_us: U),
 # a kernel batch wait (Linux 6.12+): wait up to U microseconds for N
@@ -27,6 +33,16 @@
 # bytes drain). --close-timeout S bounds how long any close waits for its
 # responses to go out (close_timeout:).
 #
+# --body-size BYTES: the body is BYTES of "a".."z" repeated (what the bench's
+# bench/conn_client.c -b checks, byte for byte) instead of "Hello World\n".
+# The response is one frozen String, sent as it is for every request.
+#
+# Idle connections cost this server no Ruby object: a connection is its fd
+# number in the ring (multishot recv armed), and the only per-connection Ruby
+# state is the tail of a request split across reads, kept only while one is.
+# It holds as many connections as the hard RLIMIT_NOFILE allows (the soft
+# limit is raised to it).
+#
 # It prints "listening on 127.0.0.1:PORT" when ready and the ring's stats when
 # it stops (after --seconds, or on INT/TERM). Loopback only.
 $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
@@ -35,7 +51,7 @@ require "socket"
 require "optparse"
 
 opts = { port: 9292, seconds: 30.0, host: "127.0.0.1", batch: 1, batch_wait_us: 50, high_water: 1 << 20,
-         close_timeout: 10.0 }
+         close_timeout: 10.0, send_completions: :failures, body_size: nil }
 OptionParser.new do |o|
   o.on("--port N", Integer) { |v| opts[:port] = v }
   o.on("--seconds S", Float) { |v| opts[:seconds] = v }
@@ -43,6 +59,8 @@ OptionParser.new do |o|
   o.on("--batch-wait-us U", Integer) { |v| opts[:batch_wait_us] = v }
   o.on("--high-water BYTES", Integer) { |v| opts[:high_water] = v }
   o.on("--close-timeout S", Float) { |v| opts[:close_timeout] = v }
+  o.on("--send-completions MODE", %w[failures all]) { |v| opts[:send_completions] = v.to_sym }
+  o.on("--body-size BYTES", Integer) { |v| opts[:body_size] = v }
 end.parse!(ARGV)
 
 unless Hyperion::IOUring.hotpath_supported?
@@ -50,16 +68,21 @@ unless Hyperion::IOUring.hotpath_supported?
   exit 2
 end
 
-BODY = "Hello World\n"
+soft, hard = Process.getrlimit(:NOFILE)
+Process.setrlimit(:NOFILE, hard) if soft < hard
+
+BODY = opts[:body_size] ? ("abcdefghijklmnopqrstuvwxyz" * (opts[:body_size] / 26 + 1))[0, opts[:body_size]] : "Hello World\n"
 RESPONSE = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: #{BODY.bytesize}\r\n\r\n#{BODY}".b.freeze
 TERMINATOR = "\r\n\r\n"
 HR = Hyperion::IOUring::HotpathRing
 
 listener = TCPServer.new(opts[:host], opts[:port])
 listener.listen(1024)
-ring = HR.new(close_timeout: opts[:close_timeout])
+ring = HR.new(close_timeout: opts[:close_timeout], send_completions: opts[:send_completions])
 ring.submit_accept_multishot(listener)
-high_water = opts[:high_water]
+# A response bigger than the mark would never be sent: the mark is at least
+# two of them.
+high_water = [opts[:high_water], 2 * RESPONSE.bytesize].max
 dropped = 0
 partial = {} # fd => bytes of a request not complete yet
 stop = false

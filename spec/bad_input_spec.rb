@@ -475,10 +475,11 @@ RSpec.describe "Bad input sweep" do
       args = {
         accept: [0], read: [0], submit_accept_multishot: [0], submit_recv_multishot: [0], submit_send: [0, "x"],
         copy_buffer: [0, 1], take_buffer: [0, 1], release_buffer: [0], cancel: [0], submit_close: [0], flush: [],
-        batch_wait_supported?: []
+        batch_wait_supported?: [], zero_copy_supported?: []
       }
       answers = {
-        close: nil, closed?: true, fileno: nil, ptr: nil, healthy?: false, force_unhealthy!: nil
+        close: nil, closed?: true, fileno: nil, ptr: nil, healthy?: false, force_unhealthy!: nil, send_completions: :all,
+        zero_copy_min: nil
       }
       [[Hyperion::IOUring::Ring, -> { Hyperion::IOUring::Ring.new(queue_depth: 2).tap(&:close) }],
        [k, -> { k.new(queue_depth: 4, n_bufs: 4, buf_size: 64).tap(&:close) }],

@@ -40,6 +40,28 @@ module Bench
                    v == "ring_read" ? 2.5 : nil, :lower]
         end
       end
+      if @only.include?("percall")
+        list << ["per call: 16-byte round trip through the ring vs syswrite + sysread",
+                 Bench.ratio(med(:percall, "ns", "ring_rt", :ns), med(:percall, "ns", "pair_rt", :ns)), 1.3, :lower]
+      end
+      if @only.include?("conns")
+        row = conns_row
+        list << ["#{fmt(@cfg.conns_n, 0)} conns: HotpathRing vs nio4r, RSS per idle conn",
+                 Bench.ratio(med(:conns, row, "hotpath", :rss_idle), med(:conns, row, "nio4r", :rss_idle)), 0.1, :lower]
+        list << ["#{fmt(@cfg.conns_n, 0)} conns: HotpathRing vs nio4r, CPU/req",
+                 Bench.ratio(med(:conns, row, "hotpath", :cpu_us), med(:conns, row, "nio4r", :cpu_us)), 0.8, :lower]
+        list << ["#{fmt(@cfg.conns_n, 0)} conns: C epoll server (ceiling) vs nio4r, CPU/req",
+                 Bench.ratio(med(:conns, row, "c_epoll", :cpu_us), med(:conns, row, "nio4r", :cpu_us)), nil, :lower,
+                 true]
+      end
+      if @only.include?("bodies")
+        @cfg.body_sizes.each do |size|
+          row = Bench.body_row(size)
+          list << ["#{Bench.body_label(size)} bodies -c#{@cfg.body_conns}: HotpathRing vs IO.select, CPU/req",
+                   Bench.ratio(med(:bodies, row, "hotpath", :cpu_us), med(:bodies, row, "select", :cpu_us)), 0.7,
+                   :lower]
+        end
+      end
       list.reject { |b| b[1].nil? }
     end
 

@@ -6,7 +6,8 @@ require "etc"
 # overridable with a BENCH_* variable (bench/README.md lists them).
 module Bench
   Config = Struct.new(:mode, :rounds, :accept_n, :accept_conc, :accept_burst, :accept_count_n, :wrk_seconds, :wrk_warmup,
-                      :wrk_conns, :count_seconds, :percall_iterations, :out_md, :out_svg, :out_json, :pin,
+                      :wrk_conns, :count_seconds, :percall_iterations, :conns_n, :conns_active, :conns_seconds,
+                      :conns_warmup, :body_sizes, :body_conns, :out_md, :out_svg, :out_json, :pin,
                       :syscalls, :max_other, :retries, :wait_budget, keyword_init: true) do
     def quick? = mode == :quick
 
@@ -42,6 +43,16 @@ module Bench
       wrk_conns: env_list("BENCH_WRK_CONNS", quick ? "50" : "1,50,200"),
       count_seconds: Integer(ENV.fetch("BENCH_COUNT_SECONDS", quick ? "1" : "2")),
       percall_iterations: Integer(ENV.fetch("BENCH_PERCALL_ITERATIONS", quick ? "20000" : "200000")),
+      # conns: connections held, the share of them active, seconds of load
+      # and of the warm-up before the RSS baseline.
+      conns_n: Integer(ENV.fetch("BENCH_CONNS_N", quick ? "1000" : "10000")),
+      conns_active: Float(ENV.fetch("BENCH_CONNS_ACTIVE", "0.05")),
+      conns_seconds: Float(ENV.fetch("BENCH_CONNS_SECONDS", quick ? "1" : "5")),
+      conns_warmup: Float(ENV.fetch("BENCH_CONNS_WARMUP", quick ? "0.5" : "1")),
+      # bodies: response body sizes at BENCH_BODY_CONNS connections, for
+      # wrk_seconds each.
+      body_sizes: env_list("BENCH_BODY_SIZES", "65536,1048576"),
+      body_conns: Integer(ENV.fetch("BENCH_BODY_CONNS", "50")),
       out_md: File.join(results, quick ? "quick.md" : "latest.md"),
       out_svg: File.join(results, quick ? "quick.svg" : "latest.svg"),
       out_json: File.join(results, quick ? "quick.json" : "latest.json"),

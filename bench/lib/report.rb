@@ -127,13 +127,61 @@ module Bench
                       measured: one && format("%.3f: %s (%s: %.3f)", one, top_syscalls(:accept, b, "ring"),
                                               load_label(rr_), one_r || Float::NAN),
                       value: one, limit: 1.0, cmp: :eq)
+      if @only.include?("http") && !@r.runs(:http, "c1", "hotpath").empty?
+        p50 = Bench.ratio(med(:http, "c1", "hotpath", :p50), med(:http, "c1", "select", :p50))
+        t << Target.new(text: "HotpathRing hello server p50 latency at -c1 <= the IO.select server's (wrk -c1)",
+                        measured: p50 && format("%.2fx (%.3f ms vs %.3f ms)", p50, med(:http, "c1", "hotpath", :p50),
+                                                med(:http, "c1", "select", :p50)),
+                        value: p50, limit: 1.0, cmp: :le)
+      end
+      t.concat(conns_targets) if @only.include?("conns")
+      t.concat(bodies_targets) if @only.include?("bodies")
       rr = Bench.ratio(med(:percall, "ns", "ring_read", :ns), med(:percall, "ns", "sysread", :ns))
       t << Target.new(text: "Ring#read on ready data <= 2.5x IO#sysread",
                       measured: ratio_s(rr), value: rr, limit: 2.5, cmp: :le)
       cr = med(:percall, "ns", "copy_release", :ns)
       t << Target.new(text: "copy_buffer + release_buffer of 100 bytes < 300 ns",
                       measured: cr && format("%.0f ns", cr), value: cr, limit: 300, cmp: :lt)
+      rt = Bench.ratio(med(:percall, "ns", "ring_rt", :ns), med(:percall, "ns", "pair_rt", :ns))
+      if @only.include?("percall") && rt
+        t << Target.new(text: "16-byte syswrite answered through the ring (each_completion + take_buffer) <= 1.3x " \
+                              "syswrite + sysread on a socketpair",
+                        measured: format("%.2fx (%.0f ns vs %.0f ns)", rt, med(:percall, "ns", "ring_rt", :ns),
+                                         med(:percall, "ns", "pair_rt", :ns)),
+                        value: rt, limit: 1.3, cmp: :le)
+      end
       t
+    end
+
+    def conns_row = "n#{@cfg.conns_n}"
+
+    def conns_targets
+      row = conns_row
+      n = @cfg.conns_n
+      rss = Bench.ratio(med(:conns, row, "hotpath", :rss_idle), med(:conns, row, "nio4r", :rss_idle))
+      rss_cold = Bench.ratio(med(:conns, row, "hotpath", :rss_cold), med(:conns, row, "nio4r", :rss_cold))
+      cpu = Bench.ratio(med(:conns, row, "hotpath", :cpu_us), med(:conns, row, "nio4r", :cpu_us))
+      b = ->(v, k) { (x = med(:conns, row, v, k)) ? format("%.0f B", x) : "–" }
+      [Target.new(text: "HotpathRing server RSS per idle connection <= 0.1x the nio4r server's (#{fmt(n, 0)} " \
+                        "connections, after a warm-up)",
+                  measured: rss && format("%.2fx (%s vs %s; cold, as first measured: %.2fx, %s vs %s)",
+                                          rss, b.call("hotpath", :rss_idle), b.call("nio4r", :rss_idle),
+                                          rss_cold || Float::NAN, b.call("hotpath", :rss_cold),
+                                          b.call("nio4r", :rss_cold)),
+                  value: rss, limit: 0.1, cmp: :le),
+       Target.new(text: "... and server CPU per request <= 0.8x the nio4r server's (a rotating " \
+                        "#{((@meta['conns_active'] || 0.05) * 100).round}% active)",
+                  measured: ratio_s(cpu), value: cpu, limit: 0.8, cmp: :le)]
+    end
+
+    def bodies_targets
+      @cfg.body_sizes.map do |size|
+        row = Bench.body_row(size)
+        cpu = Bench.ratio(med(:bodies, row, "hotpath", :cpu_us), med(:bodies, row, "select", :cpu_us))
+        Target.new(text: "HotpathRing server CPU per request <= 0.7x the IO.select server's (write_nonblock), " \
+                         "#{Bench.body_label(size)} responses at #{@cfg.body_conns} connections, every byte checked",
+                   measured: ratio_s(cpu), value: cpu, limit: 0.7, cmp: :le)
+      end
     end
 
     # ---- ceiling -----------------------------------------------------------
@@ -198,7 +246,7 @@ module Bench
       out << ""
       out.concat(header)
       out << ""
-      out << "## Targets (issue 5; ratios of medians from this run)"
+      out << "## Targets (issues 5 and 14; ratios of medians from this run)"
       out << ""
       out << "| target | measured | status |"
       out << "| --- | --- | --- |"
@@ -212,6 +260,8 @@ module Bench
       out.concat(accept_table) if @only.include?("accept")
       out.concat(http_table) if @only.include?("http")
       out.concat(percall_table) if @only.include?("percall")
+      out.concat(conns_table) if @only.include?("conns")
+      out.concat(bodies_table) if @only.include?("bodies")
       out << "![ratios](#{File.basename(@cfg.out_svg)})"
       out << ""
       out.join("\n")
@@ -323,7 +373,7 @@ module Bench
       m = @meta
       out = ["## 2. HTTP hello world, keep-alive", "",
              "`wrk -t1 -cC -d#{m['wrk_seconds']}s --latency` (after a #{m['wrk_warmup']} s warm-up) against " \
-             "examples/hello_select_server.rb (IO.select, read_nonblock, syswrite) and examples/hello_server.rb " \
+             "examples/hello_select_server.rb (IO.select, read_nonblock, write_nonblock) and examples/hello_server.rb " \
              "(HotpathRing: multishot accept and recv, submit_send, each_completion(raw: true)); \"batch waits\" " \
              "is the same server with --batch auto: each_completion(min_complete: what the last call brought, " \
              "min_wait_us: 50), a kernel batch wait. Syscalls: a " \
@@ -356,6 +406,71 @@ module Bench
       out
     end
 
+    def conns_table
+      m = @meta
+      row = conns_row
+      n = m["conns_n"] || @cfg.conns_n
+      base_cpu = med(:conns, row, "nio4r", :cpu_us)
+      base_rss = med(:conns, row, "nio4r", :rss_idle)
+      active = med(:conns, row, "hotpath", :active) || med(:conns, row, "nio4r", :active)
+      out = ["## 4. #{fmt(n, 0)} connections, a rotating #{((m['conns_active'] || 0.05) * 100).round}% active", "",
+             "bench/conn_client.c (gcc -O2, one thread, epoll) connects #{fmt(n, 0)} keep-alive connections and " \
+             "sends one request on each; then, for #{m['conns_seconds']} s, #{active ? fmt(active, 0) : '?'} " \
+             "requests are in flight at any time, each response's successor going out on the next idle " \
+             "connection in round-robin order, so the active ones rotate through all of them (latency: from a " \
+             "request's write to its response's last byte). Servers: bench/hello_nio4r_server.rb (nio4r's " \
+             "epoll selector, as Puma's reactor; IO.select cannot hold fds above 1023), examples/hello_server.rb " \
+             "and bench/hello_epoll.c (the ceiling). Both processes raise RLIMIT_NOFILE to the hard limit. " \
+             "RSS per idle connection: the server's VmRSS once every connection was answered once and sits " \
+             "idle, minus its VmRSS after a #{m['conns_warmup']} s warm-up on 50 connections (closed again), " \
+             "which touches what a server touches once whatever its connections (the ring's provided " \
+             "buffers, Ruby's heap after a few GCs), divided by #{fmt(n, 0)}; \"cold\": on a fresh server of " \
+             "its own, minus its VmRSS when it started listening (the first measurement's method; it includes " \
+             "those fixed costs).", "",
+             "| server | req/s | p50 ms | p99 ms | server CPU µs/req | vs nio4r | RSS/idle conn | vs nio4r | " \
+             "RSS/idle conn cold | others |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+      CONNS_VARIANTS.each do |v, (label, _)|
+        next if @r.runs(:conns, row, v).empty?
+
+        out << "| #{row_label(v, label)} | #{spread(samples(:conns, row, v, :rps))} | " \
+               "#{spread(samples(:conns, row, v, :p50), 3)} | #{spread(samples(:conns, row, v, :p99), 3)} | " \
+               "#{spread(samples(:conns, row, v, :cpu_us), 2)} | " \
+               "#{ratio_s(Bench.ratio(med(:conns, row, v, :cpu_us), base_cpu))} | " \
+               "#{spread(samples(:conns, row, v, :rss_idle))} B | " \
+               "#{ratio_s(Bench.ratio(med(:conns, row, v, :rss_idle), base_rss))} | " \
+               "#{spread(samples(:conns, row, v, :rss_cold))} B | #{others_cell(:conns, row, v)} |"
+      end
+      out << ""
+      out
+    end
+
+    def bodies_table
+      out = ["## 5. Response bodies", "",
+             "bench/conn_client.c at #{@cfg.body_conns} connections, all active, #{@meta['wrk_seconds']} s per run " \
+             "(after a #{@meta['wrk_warmup']} s warm-up): every response's status, Content-Length and each body " \
+             "byte are checked against the expected body, and the bytes checked must equal responses x size. " \
+             "examples/hello_select_server.rb (IO.select, write_nonblock, the rest on writability) and " \
+             "examples/hello_server.rb (HotpathRing, submit_send of one frozen String per response), both with " \
+             "--body-size.", "",
+             "| body | server | req/s | MB/s | p50 ms | p99 ms | server CPU µs/req | vs select | others |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+      @cfg.body_sizes.each do |size|
+        row = Bench.body_row(size)
+        base = med(:bodies, row, "select", :cpu_us)
+        BODIES_VARIANTS.each do |v, (label, _)|
+          next if @r.runs(:bodies, row, v).empty?
+
+          out << "| #{Bench.body_label(size)} | #{label} | #{spread(samples(:bodies, row, v, :rps))} | " \
+                 "#{spread(samples(:bodies, row, v, :mb_s))} | #{spread(samples(:bodies, row, v, :p50), 3)} | " \
+                 "#{spread(samples(:bodies, row, v, :p99), 3)} | #{spread(samples(:bodies, row, v, :cpu_us), 2)} | " \
+                 "#{ratio_s(Bench.ratio(med(:bodies, row, v, :cpu_us), base))} | #{others_cell(:bodies, row, v)} |"
+        end
+      end
+      out << ""
+      out
+    end
+
     def percall_table
       m = @meta
       floor = med(:percall, "ns", "sysread", :ns)
@@ -365,12 +480,19 @@ module Bench
              "every 250 reads; median of the 250-read blocks). each_completion: one send is submitted and " \
              "flushed (untimed) before each timed call, so exactly one completion is ready; median of single " \
              "calls, clock cost subtracted. Buffers: median of 256-buffer blocks of 100-byte buffers filled by " \
-             "a multishot recv.", "",
+             "a multishot recv. Round trips: 16 bytes written on one end of a UNIX socketpair and read on the " \
+             "other, by IO#sysread or through a HotpathRing (multishot recv armed once, each_completion(raw: " \
+             "true) until its completion, take_buffer), median of 250-round-trip blocks.", "",
              "| call | ns/call | vs IO#sysread | others |",
              "| --- | --- | --- | --- |"]
       PERCALL_VARIANTS.each do |v, label|
-        out << "| #{label} | #{spread(samples(:percall, 'ns', v, :ns))} | " \
-               "#{ratio_s(Bench.ratio(med(:percall, 'ns', v, :ns), floor))} | #{others_cell(:percall, 'ns', v)} |"
+        next if samples(:percall, "ns", v, :ns).empty? # a run from before the variant
+
+        base = PERCALL_FLOORS[v]
+        vs = ratio_s(Bench.ratio(med(:percall, "ns", v, :ns), base ? med(:percall, "ns", base, :ns) : floor))
+        vs += " (of the socketpair round trip)" if base && base != v
+        vs = "(floor of the round trips)" if base == v
+        out << "| #{label} | #{spread(samples(:percall, 'ns', v, :ns))} | #{vs} | #{others_cell(:percall, 'ns', v)} |"
       end
       lo = med(:percall, "ns", "loop_overhead", :ns)
       out << ""

@@ -23,7 +23,11 @@ module Bench
       runner = script.end_with?(".rb") ? [RbConfig.ruby, "-r", File.join(Bench.src, "bench", "cpu_probe.rb")] : []
       cmd = [*Bench.pin_prefix(cpu), *runner, script, "--port", "0", *args]
       env = { "BENCH_PROBE_FD" => "3", "BENCH_WATCHDOG" => "900" }
-      @pid = Procs.spawn(env, *cmd, 3 => probe_w, out: out_w, err: out_w, in: File::NULL, chdir: Bench.src)
+      # The soft fd limit raised to the hard one (20,000 on the development
+      # machines): the conns workload holds 10,000 connections.
+      hard = Process.getrlimit(:NOFILE)[1]
+      @pid = Procs.spawn(env, *cmd, 3 => probe_w, out: out_w, err: out_w, in: File::NULL, chdir: Bench.src,
+                                                 rlimit_nofile: [hard, hard])
       probe_w.close
       out_w.close
       @lines = Queue.new
@@ -113,6 +117,11 @@ module Bench
   end
 
   def self.accept_client = c_binary("accept_client")
+
+  # Resident memory of the server (VmRSS), in bytes.
+  class Server
+    def rss = Bench.rss(@pid)
+  end
 
   # The ceiling servers (HTTP, and --accept).
   def self.hello_epoll = c_binary("hello_epoll")

@@ -5,12 +5,26 @@
 module Bench
   # [label, script, extra arguments]; a script without .rb is a C program
   # built by the bench (Bench.c_binary).
+  # BENCH_BASELINE=DIR adds the hello server of another tree (DIR holds its
+  # lib/, with the extension built, and examples/), interleaved with the
+  # others: before/after figures of a change from one run.
   HTTP_VARIANTS = {
     "select" => ["IO.select server", "examples/hello_select_server.rb"],
     "hotpath" => ["HotpathRing server", "examples/hello_server.rb"],
     "hotpath_batch" => ["HotpathRing server, batch waits", "examples/hello_server.rb", %w[--batch auto]],
     "c_epoll" => ["C epoll server (ceiling)", "hello_epoll"]
-  }.freeze
+  }.merge(
+    if ENV["BENCH_BASELINE"].to_s.empty? then {}
+    else { "hotpath_baseline" => ["HotpathRing server (baseline build)",
+                                  File.expand_path("examples/hello_server.rb", ENV["BENCH_BASELINE"])] }
+    end
+  ).freeze
+
+  # The variants run: BENCH_HTTP_VARIANTS=select,hotpath,... narrows them.
+  def self.http_variants
+    only = ENV["BENCH_HTTP_VARIANTS"].to_s.split(",").map(&:strip)
+    only.empty? ? HTTP_VARIANTS.keys : HTTP_VARIANTS.keys & only
+  end
 
   def self.parse_duration_ms(text)
     m = text.match(/\A([\d.]+)(us|ms|s|m)\z/) or return nil
@@ -46,20 +60,23 @@ module Bench
   def self.run_http(cfg, results, counter, interference)
     cfg.rounds.times do |round|
       cfg.wrk_conns.each do |conns|
-        rotate(HTTP_VARIANTS.keys, round).each do |variant|
+        rotate(http_variants, round).each do |variant|
           http_once(cfg, results, counter, interference, conns, variant, round + 1)
         end
       end
     end
     rows = cfg.wrk_conns.map { |c| "c#{c}" }
-    top_up(cfg, results, :http, rows, HTTP_VARIANTS.keys, interference) do |row, variant, label|
+    top_up(cfg, results, :http, rows, http_variants, interference) do |row, variant, label|
       http_once(cfg, results, counter, interference, Integer(row[1..]), variant, label)
     end
   end
 
   def self.http_once(cfg, results, counter, interference, conns, variant, round)
     label, script, extra = HTTP_VARIANTS.fetch(variant)
-    path = script.end_with?(".rb") ? File.join(src, script) : c_binary(script)
+    path = if script.start_with?("/") then script
+           elsif script.end_with?(".rb") then File.join(src, script)
+           else c_binary(script)
+           end
     server = Server.new(label, path, ["--seconds", "600", *extra], cpu: SERVER_CPU)
     begin
       run_wrk(server.port, conns, cfg.wrk_warmup) if cfg.wrk_warmup.positive?

@@ -13,8 +13,13 @@ module Bench
     "each_completion" => "each_completion(raw: true), 1 ready",
     "each_completion_hash" => "each_completion (Hash), 1 ready",
     "copy_release" => "copy_buffer(id, 100) + release_buffer(id)",
-    "take_buffer" => "take_buffer(id, 100)"
+    "take_buffer" => "take_buffer(id, 100)",
+    "pair_rt" => "16-byte syswrite + sysread on a UNIX socketpair (round-trip floor)",
+    "ring_rt" => "16-byte syswrite answered through the ring (each_completion + take_buffer)"
   }.freeze
+
+  # The rows compared with another floor than IO#sysread: row => its floor.
+  PERCALL_FLOORS = { "pair_rt" => "pair_rt", "ring_rt" => "pair_rt" }.freeze
 
   def self.run_percall(cfg, results, interference)
     cfg.rounds.times { |round| percall_once(cfg, results, interference, round, (round + 1).to_s) }

@@ -107,6 +107,10 @@ struct hio_stats {
     uint64_t send_buffer_full; /* sends refused with -ENOBUFS (hp_send.c) */
     uint64_t close_timeouts;   /* submit_close deadlines that cancelled sends (hotpath.c) */
     uint64_t cancels_owed;     /* cancels that found no SQE and were issued later (hp_queue.c) */
+    uint64_t send_copy_allocs; /* malloc/mmap calls for send copies: 0 per send once warm (hp_slots.c) */
+    uint64_t borrowed_sends;   /* sends of the caller's memory, without a copy (hp_send.c) */
+    uint64_t zc_sends;         /* IORING_OP_SEND_ZC requests made (hp_send.c) */
+    uint64_t zc_copied;        /* ... whose notification said the kernel copied the bytes anyway */
     struct hio_wait_counts io; /* submits, waits, batch_waits */
 };
 
@@ -149,10 +153,28 @@ struct iovec;
 /* The send submits: 0, or -errno; -ENOBUFS when the bytes would pass the
  * ring's or the connection's limit (hio_hp_send_refusal says which). */
 int hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt);
+/* A send of len bytes at data without a copy: the memory is the caller's,
+ * pinned under token, and must stay put and unchanged until the engine
+ * calls hio_owner_unpin(token): the kernel is done with it (the send's
+ * final CQE, or its ring's memory released at close, owner.c), or at once
+ * when this returns -errno. The engine owns the token from the call on.
+ * len > 0. It counts against the send limits like a copy. */
+int hio_hp_submit_send_borrowed(struct hio_hotpath *h, int fd, const void *data, size_t len, uint64_t token);
 /* Bytes of copies held for the ring's sends (<= ring_limit), and for one
  * connection's (<= conn_limit; at most ring_limit). Set before sending. */
 void hio_hp_set_send_limits(struct hio_hotpath *h, uint64_t ring_limit, uint64_t conn_limit);
 void hio_hp_send_limits(const struct hio_hotpath *h, uint64_t *ring_limit, uint64_t *conn_limit);
+/* Which send completions reach Ruby: every one (upstream's contract, the
+ * default), or only failures (a send that went out in full ends silently:
+ * one completion per request in a server's steady state). */
+enum hio_send_report { HIO_SEND_REPORT_ALL = 0, HIO_SEND_REPORT_FAILURES = 1 };
+void hio_hp_set_send_report(struct hio_hotpath *h, enum hio_send_report report);
+enum hio_send_report hio_hp_send_report(const struct hio_hotpath *h);
+/* Borrowed sends of at least min bytes go as IORING_OP_SEND_ZC where the
+ * kernel has it (0: never). Whether it has it: */
+void hio_hp_set_zero_copy_min(struct hio_hotpath *h, size_t min);
+size_t hio_hp_zero_copy_min(const struct hio_hotpath *h);
+int hio_hp_zero_copy_supported(const struct hio_hotpath *h);
 /* The last send refused with -ENOBUFS. */
 void hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out);
 /* Bytes of send copies held for fd's connection now (0 for a fd without). */

@@ -17,6 +17,7 @@ Init_hyperion_io_uring(void)
     rb_define_const(mIOUring, "LIBURING_VERSION", rb_obj_freeze(rb_str_new_cstr(HIO_LIBURING_VERSION)));
     rb_define_const(mIOUring, "STUB_REASON", Qnil);
     hio_init_errors(mIOUring);
+    hio_init_pins();
     hio_init_module(mIOUring);
     hio_init_ring_class(mIOUring);
     hio_init_hotpath_class(mIOUring);

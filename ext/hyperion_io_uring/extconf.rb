@@ -34,7 +34,7 @@ REQUIRED_FUNCS = %w[
 # Used where present, with a fallback otherwise (see the #ifdef at each use).
 OPTIONAL_FUNCS = %w[
   io_uring_submit_and_get_events io_uring_ring_dontfork io_uring_buf_ring_init
-  io_uring_submit_and_wait_min_timeout
+  io_uring_submit_and_wait_min_timeout io_uring_prep_send_zc io_uring_get_probe_ring
 ].freeze
 
 def forced_stub?

@@ -150,7 +150,8 @@ hp_dispatch(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
             if (!h->close_skip) h->inflight--;
             return;
         }
-        if (kind == HIO_OP_SEND || kind == HIO_OP_CANCEL ||
+        /* A SEND_ZC's CQE with F_MORE is not its last: its notification is. */
+        if ((kind == HIO_OP_SEND && !(flags & IORING_CQE_F_MORE)) || kind == HIO_OP_CANCEL ||
             ((kind == HIO_OP_ACCEPT || kind == HIO_OP_RECV) && hp_ms_final(kind, res, flags)))
             h->inflight--;
         if (kind == HIO_OP_CANCEL && res == -EINVAL && !h->cancel_fallback) h->cancel_fallback = 1;
@@ -165,7 +166,13 @@ hp_dispatch(struct hio_hotpath *h, uint64_t ud, int res, unsigned flags)
             hp_ms_delivered(h, kind, (int)idx, v);
         break;
       case HIO_OP_SEND:
-        hp_send_complete(h, (int32_t)idx, gen, res);
+#ifdef IORING_CQE_F_NOTIF
+        if (flags & IORING_CQE_F_NOTIF) {
+            hp_send_notif(h, (int32_t)idx, res);
+            break;
+        }
+#endif
+        hp_send_complete(h, (int32_t)idx, gen, res, flags);
         break;
       case HIO_OP_CLOSE:
         /* Under CQE_SKIP_SUCCESS only a failure posts a CQE; without it the
@@ -241,7 +248,7 @@ hio_hp_memsize(const struct hio_hotpath *h)
         sz += (size_t)h->done.cap * sizeof(struct hio_completion) + (size_t)h->parked.cap * sizeof(int);
         sz += (size_t)h->closes.cap * sizeof(struct hio_close_pending);
         sz += (size_t)h->close_dls_cap * sizeof(struct hio_close_dl);
-        sz += (size_t)h->send_held + h->map_cached_bytes;
+        sz += (size_t)h->send_held + h->map_cached_bytes + h->slab_cached_bytes;
     }
     return sz;
 }
@@ -250,6 +257,29 @@ const char *
 hio_hp_open_error(const struct hio_hotpath *h)
 {
     return h->err;
+}
+
+/* IORING_OP_SEND_ZC (Linux 6.0): asked of the kernel's opcode probe. */
+static int
+hp_probe_send_zc(struct io_uring *ring)
+{
+#if defined(HAVE_IO_URING_PREP_SEND_ZC) && defined(HAVE_IO_URING_GET_PROBE_RING)
+    struct io_uring_probe *p = io_uring_get_probe_ring(ring);
+    int ok;
+    const char *env = getenv("HYPERION_IO_URING_SEND_ZC");
+
+    /* HYPERION_IO_URING_SEND_ZC=0: as on kernels without it (a test seam). */
+    if (!p || (env && strcmp(env, "0") == 0)) {
+        if (p) io_uring_free_probe(p);
+        return 0;
+    }
+    ok = io_uring_opcode_supported(p, IORING_OP_SEND_ZC);
+    io_uring_free_probe(p);
+    return ok;
+#else
+    (void)ring;
+    return 0;
+#endif
 }
 
 int
@@ -283,6 +313,8 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
         const char *env = getenv("HYPERION_IO_URING_CQE_SKIP");
         h->close_skip = (h->uring.features & IORING_FEAT_CQE_SKIP) && !(env && strcmp(env, "0") == 0);
     }
+    h->zc_ok = hp_probe_send_zc(&h->uring);
+    h->zc_flags = 1u << 3; /* IORING_SEND_ZC_REPORT_USAGE (6.2); dropped on a kernel that refuses it */
     hio_owner_init(&h->owner);
     {
         /* HYPERION_IO_URING_MIN_WAIT=0: no kernel batch waits, as on kernels
@@ -317,6 +349,23 @@ hio_hp_submit_recv(struct hio_hotpath *h, int fd)
     return ret < 0 ? ret : hp_ms_submit(h, HIO_OP_RECV, fd, c);
 }
 
+/* The entry a send on fd goes to. Claimed on its first use since it was
+ * accepted or armed, when sends are still pending on it (if it names
+ * another socket now, the new send must not queue behind the old
+ * connection's), and after submit_close. Otherwise no syscall: an idle
+ * keep-alive connection's send costs none. */
+static int
+hp_send_entry(struct hio_hotpath *h, int fd, struct hio_conn **out)
+{
+    struct hio_conn *c;
+
+    if (fd < 0) return -EBADF;
+    c = (unsigned)fd < h->nconns ? &h->conns[fd] : NULL;
+    if (!c || (!c->ino && !c->dev) || hp_send_pending(c) || c->closing) return hp_claim(h, fd, out);
+    *out = c;
+    return 0;
+}
+
 int
 hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsigned iovcnt)
 {
@@ -331,15 +380,20 @@ hio_hp_submit_sendv(struct hio_hotpath *h, int fd, const struct iovec *iov, unsi
         if (iov[i].iov_len > SIZE_MAX / 2 - len) return -EINVAL;
         len += iov[i].iov_len;
     }
-    if (fd < 0) return -EBADF;
-    c = (unsigned)fd < h->nconns ? &h->conns[fd] : NULL;
-    /* Claimed on its first use since it was accepted or armed, when sends
-     * are still pending on it (if it names another socket now, the new send
-     * must not queue behind the old connection's), and after submit_close.
-     * Otherwise no syscall: an idle keep-alive connection's send costs none. */
-    if ((!c || (!c->ino && !c->dev) || hp_send_pending(c) || c->closing) && (ret = hp_claim(h, fd, &c)) < 0)
-        return ret;
+    if ((ret = hp_send_entry(h, fd, &c)) < 0) return ret;
     return hp_send_submit(h, fd, c, iov, iovcnt, len);
+}
+
+int
+hio_hp_submit_send_borrowed(struct hio_hotpath *h, int fd, const void *data, size_t len, uint64_t token)
+{
+    struct hio_conn *c;
+    int ret;
+
+    if (!data || len == 0 || len > SIZE_MAX / 2) ret = -EINVAL;
+    else if ((ret = hp_send_entry(h, fd, &c)) == 0) return hp_send_submit_borrowed(h, fd, c, data, len, token);
+    hio_owner_unpin(token);
+    return ret;
 }
 
 int
@@ -378,6 +432,37 @@ hio_hp_send_limits(const struct hio_hotpath *h, uint64_t *ring_limit, uint64_t *
     *ring_limit = h->send_limit;
     *conn_limit = h->conn_send_limit;
 }
+
+void
+hio_hp_set_send_report(struct hio_hotpath *h, enum hio_send_report report)
+{
+    h->send_failures_only = report == HIO_SEND_REPORT_FAILURES;
+}
+
+enum hio_send_report
+hio_hp_send_report(const struct hio_hotpath *h)
+{
+    return h->send_failures_only ? HIO_SEND_REPORT_FAILURES : HIO_SEND_REPORT_ALL;
+}
+
+void
+hio_hp_set_zero_copy_min(struct hio_hotpath *h, size_t min)
+{
+    h->zc_min = min;
+}
+
+size_t
+hio_hp_zero_copy_min(const struct hio_hotpath *h)
+{
+    return h->zc_min;
+}
+
+int
+hio_hp_zero_copy_supported(const struct hio_hotpath *h)
+{
+    return h->zc_ok;
+}
+
 
 void
 hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out)

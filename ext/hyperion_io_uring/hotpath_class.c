@@ -17,10 +17,17 @@
 VALUE hio_cHotpathRing;
 static ID id_queue_depth, id_n_bufs, id_buf_size, id_min_complete, id_timeout_ms, id_raw, id_min_wait_us;
 static ID id_default_n_bufs, id_default_buf_size, id_default_send_buffer_limit;
-static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_timeout;
-static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags;
+static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_timeout, id_send_completions,
+    id_zero_copy_min;
+static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags, sym_all, sym_failures;
 
 #define HP_MAX_BUF_SIZE (1024u * 1024u)
+/* Frozen Strings of at least this many bytes are sent without a copy.
+ * Smaller ones are copied (a slab chunk and a memcpy cost less than a pin
+ * and its release); at this size a String's bytes are never embedded in
+ * its object, on any Ruby (3.3's largest embedded String holds 640 bytes),
+ * nor a substring's shared root. */
+#define HP_BORROW_MIN 1024
 
 /* ---- TypedData ---- */
 
@@ -93,7 +100,7 @@ hpc_limit_arg(VALUE v, const char *what)
 
 /*
  * call-seq:
- *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192, send_buffer_limit: 64 MiB, connection_send_limit: send_buffer_limit / 4, close_timeout: 60) -> ring
+ *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192, send_buffer_limit: 64 MiB, connection_send_limit: send_buffer_limit / 4, close_timeout: 60, send_completions: :all, zero_copy_min: nil) -> ring
  *
  * Opens a ring of +queue_depth+ SQEs (1..32768; the CQ is 4x larger, since
  * multishot requests complete many times per submission) with a provided-
@@ -117,13 +124,33 @@ hpc_limit_arg(VALUE v, const char *what)
  * +close_timeout+ is #submit_close's deadline when it is given no
  * +timeout:+ (Numeric seconds, or nil for none): 60 s, like common
  * servers' send timeouts.
+ *
+ * +send_completions+ says which #submit_send completions #each_completion
+ * yields: +:all+ (the default, upstream's contract: one OP_SEND completion
+ * per call, with the length or -errno) or +:failures+ (only those with a
+ * negative +result+: a send that went out in full ends silently). A server
+ * that only reacts to failed sends saves a completion per response with
+ * +:failures+; its steady state is then one completion per request.
+ * Counters (stats[:sends], [:send_bytes]) count every send either way.
+ *
+ * +zero_copy_min+ (bytes, or nil: never, the default): frozen Strings sent
+ * without a copy (BORROW_MIN bytes or more, see #submit_send) of at least
+ * this size go as IORING_OP_SEND_ZC where the kernel has it (Linux 6.0+,
+ * #zero_copy_supported?): the network stack reads the String's pages in
+ * place instead of copying them into socket buffers, and the String stays
+ * pinned until the kernel's notification that it is done. It pays for
+ * large bodies sent through a real NIC; on loopback the kernel copies
+ * anyway (stats[:zc_copied] counts the sends it copied after all), so it
+ * only adds a completion per send there.
  */
 static VALUE
 hpc_initialize(int argc, VALUE *argv, VALUE self)
 {
-    static ID kw_ids[6];
+    static ID kw_ids[8];
     struct hio_hotpath *h = hpc_get(self)->h;
-    VALUE opts, kw[6] = { Qundef, Qundef, Qundef, Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
+    VALUE opts, kw[8] = { Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
+    uint64_t zc_min = 0;
+    enum hio_send_report report = HIO_SEND_REPORT_ALL;
     unsigned depth = 1024, n_bufs, buf_size;
     uint64_t send_limit, conn_limit;
     double close_timeout = HIO_DEFAULT_CLOSE_TIMEOUT;
@@ -136,9 +163,11 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
         kw_ids[3] = id_send_buffer_limit;
         kw_ids[4] = id_connection_send_limit;
         kw_ids[5] = id_close_timeout;
+        kw_ids[6] = id_send_completions;
+        kw_ids[7] = id_zero_copy_min;
     }
     rb_scan_args(argc, argv, "0:", &opts);
-    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 6, kw);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 8, kw);
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
     if (kw[1] == Qundef) kw[1] = rb_respond_to(klass, id_default_n_bufs) ? rb_funcall(klass, id_default_n_bufs, 0) : INT2FIX(512);
     if (kw[2] == Qundef) kw[2] = rb_respond_to(klass, id_default_buf_size) ? rb_funcall(klass, id_default_buf_size, 0) : INT2FIX(8192);
@@ -157,6 +186,12 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
                      (unsigned long long)conn_limit, (unsigned long long)send_limit);
     }
     if (kw[5] != Qundef) close_timeout = hio_timeout_arg(kw[5], "close_timeout");
+    if (kw[6] != Qundef && kw[6] != sym_all) {
+        if (kw[6] != sym_failures)
+            rb_raise(rb_eArgError, "send_completions must be :all or :failures (got %"PRIsVALUE")", rb_inspect(kw[6]));
+        report = HIO_SEND_REPORT_FAILURES;
+    }
+    if (kw[7] != Qundef && !NIL_P(kw[7])) zc_min = hpc_limit_arg(kw[7], "zero_copy_min");
     if (hio_hp_was_opened(h)) rb_raise(rb_eRuntimeError, "ring already initialized");
     hio_require_supported("io_uring hotpath", "hotpath_supported?", "hotpath_unsupported_reason");
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
@@ -166,7 +201,49 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     RB_OBJ_WRITE(self, &hpc_get(self)->owner_thread, rb_thread_current());
     hio_hp_set_send_limits(h, send_limit, conn_limit);
     hio_hp_set_close_timeout(h, close_timeout);
+    hio_hp_set_send_report(h, report);
+    hio_hp_set_zero_copy_min(h, (size_t)zc_min);
     return self;
+}
+
+/*
+ * call-seq:
+ *   ring.zero_copy_min -> Integer or nil
+ *
+ * The +zero_copy_min+ the ring was made with (nil: zero-copy sends off).
+ */
+static VALUE
+hpc_zero_copy_min(VALUE self)
+{
+    size_t min = hio_hp_zero_copy_min(hpc_get(self)->h);
+    return min ? SIZET2NUM(min) : Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.zero_copy_supported? -> true or false
+ *
+ * Whether this ring's kernel has IORING_OP_SEND_ZC (Linux 6.0+; false with
+ * HYPERION_IO_URING_SEND_ZC=0 in the environment when the ring was made).
+ * Without it +zero_copy_min+ is accepted and sends are plain ones. IOError
+ * on a closed ring.
+ */
+static VALUE
+hpc_zero_copy_supported_p(VALUE self)
+{
+    return hio_hp_zero_copy_supported(hpc_usable(self)->h) ? Qtrue : Qfalse;
+}
+
+/*
+ * call-seq:
+ *   ring.send_completions -> :all or :failures
+ *
+ * Which send completions #each_completion yields (see HotpathRing.new).
+ */
+static VALUE
+hpc_send_completions(VALUE self)
+{
+    return hio_hp_send_report(hpc_get(self)->h) == HIO_SEND_REPORT_FAILURES ? sym_failures : sym_all;
 }
 
 /* SendBufferFull for the send h just refused with -ENOBUFS. */
@@ -247,11 +324,16 @@ hpc_submit_recv(VALUE self, VALUE fdv)
  *   ring.submit_send(fd, data) -> nil
  *   ring.submit_send(fd, iov_ptr, iov_count) -> nil
  *
- * Queues a send of +data+ (a String; its bytes are copied into ring-owned
- * memory, so the String may change or die at once) with MSG_NOSIGNAL. A
+ * Queues a send of +data+ (a String) with MSG_NOSIGNAL. Its bytes are
+ * copied into ring-owned memory, so the String may change or die at once;
+ * except a frozen String of BORROW_MIN (1024) bytes or more, which is sent
+ * without a copy: the ring keeps it alive and pinned (never moved by
+ * GC.compact) until the kernel is done with it (stats[:borrowed_sends]
+ * counts those). A
  * short send is continued by the ring; exactly one OP_SEND completion
- * arrives per call, with the total length or -errno. Sends on one fd go out
- * in order.
+ * arrives per call, with the total length or -errno (with
+ * <tt>send_completions: :failures</tt>, only when it failed). Sends on one
+ * fd go out in order.
  *
  * The copies count against the ring's +send_buffer_limit+ and the fd's
  * +connection_send_limit+ (see HotpathRing.new) until their completions:
@@ -278,7 +360,10 @@ hpc_submit_send(int argc, VALUE *argv, VALUE self)
     if (NIL_P(count)) {
         StringValue(data);
         h = hpc_usable(self)->h;
-        ret = hio_hp_submit_send(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data));
+        if (OBJ_FROZEN(data) && RSTRING_LEN(data) >= HP_BORROW_MIN)
+            ret = hio_hp_submit_send_borrowed(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data), hio_pin(data));
+        else
+            ret = hio_hp_submit_send(h, fd, RSTRING_PTR(data), (size_t)RSTRING_LEN(data));
         RB_GC_GUARD(data);
     } else {
         unsigned iovcnt;
@@ -668,7 +753,13 @@ hpc_batch_wait_supported_p(VALUE self)
  * that cancelled the sends they waited for), :send_buffer_full (sends
  * refused with SendBufferFull), :cancels_owed (cancels that found no free
  * SQE even after the full SQ was submitted, kept and issued at the next
- * reap instead of dropped), plus :inflight (requests the kernel holds),
+ * reap instead of dropped), :send_copy_allocs (allocations made for
+ * send copies: small copies come from a per-ring slab of freed chunks and
+ * large ones from a cache of mappings, so it stops growing once a server
+ * is warm), :borrowed_sends (frozen Strings sent without a copy),
+ * :zc_sends (IORING_OP_SEND_ZC requests, see zero_copy_min:), :zc_copied
+ * (those the kernel copied after all, Linux 6.2+), plus
+ * :inflight (requests the kernel holds),
  * :queued (completions not yet yielded), :queued_send_bytes (bytes of send
  * copies the ring holds now, see #queued_send_bytes) and :setup_flags.
  */
@@ -698,6 +789,10 @@ hpc_stats(VALUE self)
     HPC_STAT("close_timeouts", st.st.close_timeouts);
     HPC_STAT("send_buffer_full", st.st.send_buffer_full);
     HPC_STAT("cancels_owed", st.st.cancels_owed);
+    HPC_STAT("send_copy_allocs", st.st.send_copy_allocs);
+    HPC_STAT("borrowed_sends", st.st.borrowed_sends);
+    HPC_STAT("zc_sends", st.st.zc_sends);
+    HPC_STAT("zc_copied", st.st.zc_copied);
     HPC_STAT("inflight", st.inflight);
     HPC_STAT("queued", st.queued);
     HPC_STAT("queued_send_bytes", st.queued_send_bytes);
@@ -727,6 +822,21 @@ hpc_s_probe(VALUE klass)
 
     if (r && hio_probe_transient(err)) rb_syserr_fail(-err, r);
     return r ? rb_str_new_cstr(r) : Qnil;
+}
+
+/*
+ * call-seq:
+ *   HotpathRing.pinned_strings -> Integer
+ *
+ * Frozen Strings of this process that sends hold now without a copy (see
+ * #submit_send): each is kept alive and unmoved until the kernel is done
+ * with it. A gauge: 0 once every such send has completed (or its ring's
+ * memory was released).
+ */
+static VALUE
+hpc_s_pinned_strings(VALUE klass)
+{
+    return LONG2NUM(hio_pins_live());
 }
 
 /*
@@ -777,6 +887,10 @@ hio_init_hotpath_class(VALUE mIOUring)
     id_connection_send_limit = rb_intern("connection_send_limit");
     id_close_timeout = rb_intern("close_timeout");
     id_timeout = rb_intern("timeout");
+    id_send_completions = rb_intern("send_completions");
+    id_zero_copy_min = rb_intern("zero_copy_min");
+    sym_all = ID2SYM(rb_intern("all"));
+    sym_failures = ID2SYM(rb_intern("failures"));
     sym_op_kind = ID2SYM(rb_intern("op_kind"));
     sym_fd = ID2SYM(rb_intern("fd"));
     sym_result = ID2SYM(rb_intern("result"));
@@ -790,6 +904,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_const(hio_cHotpathRing, "DEFAULT_SEND_BUFFER_LIMIT", ULL2NUM(HIO_DEFAULT_SEND_LIMIT));
     rb_define_const(hio_cHotpathRing, "DEFAULT_CLOSE_TIMEOUT", INT2FIX((int)HIO_DEFAULT_CLOSE_TIMEOUT));
     rb_define_const(hio_cHotpathRing, "COMPLETION_BYTES", INT2FIX(24));
+    rb_define_const(hio_cHotpathRing, "BORROW_MIN", INT2FIX(HP_BORROW_MIN));
     rb_define_const(hio_cHotpathRing, "MAX_BATCH", INT2FIX(64));
     rb_define_const(hio_cHotpathRing, "OP_ACCEPT", INT2FIX(HIO_OP_ACCEPT));
     rb_define_const(hio_cHotpathRing, "OP_RECV", INT2FIX(HIO_OP_RECV));
@@ -798,6 +913,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_alloc_func(hio_cHotpathRing, hpc_alloc);
     rb_define_singleton_method(hio_cHotpathRing, "native_probe", hpc_s_probe, 0);
     rb_define_singleton_method(hio_cHotpathRing, "leaked_rings", hpc_s_leaked_rings, 0);
+    rb_define_singleton_method(hio_cHotpathRing, "pinned_strings", hpc_s_pinned_strings, 0);
     rb_define_singleton_method(hio_cHotpathRing, "deferred_bytes", hpc_s_deferred_bytes, 0);
     rb_define_method(hio_cHotpathRing, "initialize", hpc_initialize, -1);
     rb_define_method(hio_cHotpathRing, "submit_accept_multishot", hpc_submit_accept, 1);
@@ -807,6 +923,9 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_method(hio_cHotpathRing, "cancel", hpc_cancel, 1);
     rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, -1);
     rb_define_method(hio_cHotpathRing, "queued_send_bytes", hpc_queued_send_bytes, 1);
+    rb_define_method(hio_cHotpathRing, "send_completions", hpc_send_completions, 0);
+    rb_define_method(hio_cHotpathRing, "zero_copy_min", hpc_zero_copy_min, 0);
+    rb_define_method(hio_cHotpathRing, "zero_copy_supported?", hpc_zero_copy_supported_p, 0);
     rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);
     rb_define_method(hio_cHotpathRing, "close", hpc_close, 0);
     rb_define_method(hio_cHotpathRing, "closed?", hpc_closed_p, 0);

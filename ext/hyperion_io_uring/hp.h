@@ -25,6 +25,9 @@
 /* Freed payload mappings hp_slots.c keeps for reuse, at most (and at most
  * HP_MAP_CACHE_BYTES of them). */
 #define HP_MAP_CACHE 32
+/* Size classes of the slab for smaller payloads: 64 B << 0..9, up to
+ * 32 KiB (hp_slots.c). */
+#define HP_SLAB_CLASSES 10
 #define HP_GEN_MASK 0xffffffu
 
 /* A multishot request's state (hp_multishot.c). ORPHANED: an accept whose
@@ -37,20 +40,22 @@ enum hio_arm_state { HIO_ARM_NONE = 0, HIO_ARM_ARMED, HIO_ARM_PARKED, HIO_ARM_CA
 enum hio_close_state { HIO_CLOSE_NONE = 0, HIO_CLOSE_QUEUED, HIO_CLOSE_ISSUED };
 
 /* Per fd number. gen changes whenever the number starts naming another
- * connection, so late completions of the previous one are dropped. */
+ * connection, so late completions of the previous one are dropped.
+ *
+ * One per fd up to the highest the ring has seen, so every idle connection
+ * costs this much resident memory: the fields are ordered by size (no
+ * padding, 48 bytes, not the 56 of the fields grouped by owner), each
+ * marked with the file that owns it. */
 struct hio_conn {
-    /* hp_conn.c */
-    uint32_t gen;
-    uint8_t closing;    /* enum hio_close_state */
-    uint32_t close_pos; /* ISSUED: SQ position of the close SQE */
-    uint32_t close_dl;  /* QUEUED with a deadline: 1 + its index in h->close_dls, else 0 */
-    uint64_t ino, dev;  /* identity of the socket claimed for the number; 0: none */
-    /* hp_multishot.c */
-    uint8_t recv;       /* enum hio_arm_state */
-    uint8_t accept;     /* enum hio_arm_state */
-    /* hp_send.c: queue of send slots, -1: empty; bytes of their copies */
-    int32_t send_head, send_tail;
-    uint64_t send_bytes;
+    uint64_t ino, dev;  /* hp_conn.c: identity of the socket claimed for the number; 0: none */
+    uint64_t send_bytes; /* hp_send.c: bytes of the copies queued on the fd */
+    uint32_t gen;       /* hp_conn.c */
+    uint32_t close_pos; /* hp_conn.c: ISSUED: SQ position of the close SQE */
+    uint32_t close_dl;  /* hp_conn.c: QUEUED with a deadline: 1 + its index in h->close_dls, else 0 */
+    int32_t send_head, send_tail; /* hp_send.c: queue of send slots, -1: empty */
+    uint8_t closing;    /* hp_conn.c: enum hio_close_state */
+    uint8_t recv;       /* hp_multishot.c: enum hio_arm_state */
+    uint8_t accept;     /* hp_multishot.c: enum hio_arm_state */
 };
 
 /* A close SQE the kernel may not have taken yet (hp_conn.c, in SQ order). */
@@ -70,7 +75,13 @@ struct hio_send {
     int fd;
     uint32_t gen;
     char *data;       /* ring-owned copy of the payload */
-    size_t map;       /* 0: data is malloc'd; else the size of data's own mapping */
+    size_t map;       /* 0: data is a slab chunk (class cls); else the size of data's own mapping */
+    uint64_t token;   /* borrowed: the binding's pin of the memory data points into */
+    uint8_t cls;
+    uint8_t borrowed; /* data is the caller's (pinned under token), not a copy */
+    uint8_t zc;       /* sent with IORING_OP_SEND_ZC (hp_send.c) */
+    uint8_t notifs;   /* SEND_ZC notifications still due: the kernel may read data until then */
+    uint8_t ended;    /* the send has ended and left its fd's queue; freed at its last notification */
     size_t len, off;
     int32_t next;     /* next in the fd's queue, or in the free list */
     uint8_t inflight; /* the kernel holds a send SQE of it */
@@ -102,12 +113,19 @@ struct hio_hotpath {
     struct hio_map { void *p; size_t size; } map_cache[HP_MAP_CACHE]; /* freed mappings kept for reuse */
     unsigned map_cached;
     size_t map_cached_bytes;
+    void *slab[HP_SLAB_CLASSES]; /* free chunks per size class, linked through their first word */
+    size_t slab_cached_bytes;
     /* hp_send.c (the limits: hotpath.c, before the first send) */
     uint64_t send_limit, conn_send_limit; /* send_buffer_limit, connection_send_limit */
+    int send_failures_only;               /* send_completions: :failures (hotpath.c sets it) */
+    size_t zc_min;                        /* zero_copy_min: borrowed sends this big use SEND_ZC; 0: never */
+    unsigned zc_flags;                    /* SEND_ZC's zc_flags (IORING_SEND_ZC_REPORT_USAGE, or 0) */
+    int zc_ok;                            /* this kernel has IORING_OP_SEND_ZC (hotpath.c probes) */
     struct hio_send_refusal refused;      /* the last send refused with -ENOBUFS */
     /* hp_conn.c */
     struct hio_conn *conns;
-    unsigned nconns;
+    unsigned nconns;             /* entries set up: fds 0..nconns-1 */
+    unsigned conns_cap;          /* entries allocated (the rest untouched, so not resident) */
     struct hio_fifo closes;      /* struct hio_close_pending: ISSUED closes, until the kernel takes them */
     struct hio_close_dl *close_dls; /* min-heap by at: deadlines of QUEUED closes */
     unsigned nclose_dls, close_dls_cap;

@@ -6,7 +6,16 @@
  * Each fd has a queue of send slots; only its head is in the kernel, so
  * sends on one fd go out in order and a short send is continued before the
  * next starts. Exactly one OP_SEND completion reaches Ruby per submit, with
- * the total length or -errno. A send that fails or is cancelled fails the
+ * the total length or -errno; with send_failures_only (send_completions:
+ * :failures) only the failed ones do: a send that went out in full ends
+ * without a word.
+ *
+ * Why not IOSQE_CQE_SKIP_SUCCESS for those: the ring itself must learn
+ * that a send ended, to free (or unpin) its payload and start the next
+ * send queued on the fd, and a skipped CQE says nothing. So the kernel
+ * still posts it and the ring reaps it (a few ns in C: hp_reap copies a
+ * batch of CQEs at a time); what is saved is the completion Ruby would
+ * yield and dispatch (a block call, about a microsecond in Ruby 3.1). A send that fails or is cancelled fails the
  * ones queued behind it (a stream cannot skip bytes), in the order they
  * were queued. When the last queued send has ended, a close submit_close
  * held back goes out (hp_conn.c).
@@ -18,6 +27,18 @@
  * budget from the others). A send that would pass either is refused with
  * -ENOBUFS before anything is copied or queued; the caller backs off (stops
  * reading from that client, or drops it).
+ *
+ * Zero copy (zc_min): a borrowed send (a pinned frozen String) of at least
+ * zc_min bytes goes as IORING_OP_SEND_ZC (Linux 6.0+), whose pages the NIC
+ * reads in place. It completes twice: the send's CQE (with IORING_CQE_F_MORE
+ * when a notification follows), then a notification (IORING_CQE_F_NOTIF)
+ * once the kernel no longer reads the memory. The send's CQE ends the send
+ * as usual (its result, the next send on the fd, a short send continued
+ * with another SEND_ZC); the slot, and the pin of its String, stay until
+ * every notification came (s->notifs), and h->inflight counts each due
+ * notification, so a close drains them. The notification says whether
+ * the kernel copied after all (IORING_NOTIF_USAGE_ZC_COPIED, 6.2+:
+ * stats[:zc_copied]); on loopback it always does.
  */
 #include "hp_send.h"
 #include "hp_conn.h"
@@ -25,6 +46,17 @@
 #include "hp_slots.h"
 #include <errno.h>
 #include <sys/socket.h>
+
+#ifndef IORING_CQE_F_NOTIF
+#define IORING_CQE_F_NOTIF (1U << 3)
+#endif
+/* Kernel 6.2's UAPI; liburing 2.3's header predates it. */
+#ifndef IORING_SEND_ZC_REPORT_USAGE
+#define IORING_SEND_ZC_REPORT_USAGE (1U << 3)
+#endif
+#ifndef IORING_NOTIF_USAGE_ZC_COPIED
+#define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
+#endif
 
 static int
 send_start(struct hio_hotpath *h, int32_t slot)
@@ -35,7 +67,18 @@ send_start(struct hio_hotpath *h, int32_t slot)
     if (!sqe) return -EBUSY;
     /* MSG_WAITALL: the kernel retries a short stream send by itself (5.18+);
      * a short result still gets continued in hp_send_complete. */
-    io_uring_prep_send(sqe, s->fd, s->data + s->off, s->len - s->off, MSG_NOSIGNAL | MSG_WAITALL);
+#ifdef HAVE_IO_URING_PREP_SEND_ZC
+    if (s->borrowed && h->zc_min && s->len >= h->zc_min && h->zc_ok) {
+        io_uring_prep_send_zc(sqe, s->fd, s->data + s->off, s->len - s->off, MSG_NOSIGNAL | MSG_WAITALL,
+                              h->zc_flags);
+        s->zc = 1;
+        h->st.zc_sends++;
+    } else
+#endif
+    {
+        io_uring_prep_send(sqe, s->fd, s->data + s->off, s->len - s->off, MSG_NOSIGNAL | MSG_WAITALL);
+        s->zc = 0;
+    }
     io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)slot));
     s->inflight = 1;
     h->inflight++;
@@ -88,22 +131,14 @@ send_check_limits(struct hio_hotpath *h, int fd, const struct hio_conn *c, size_
     return -ENOBUFS;
 }
 
-int
-hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct iovec *iov, unsigned iovcnt,
-               size_t len)
+/* Queues the new slot (len bytes) on fd: started at once when nothing is
+ * ahead of it. On failure the slot is freed (a borrowed one unpinned). */
+static int
+send_enqueue(struct hio_hotpath *h, int fd, struct hio_conn *c, int32_t slot, size_t len)
 {
-    struct hio_send *s;
-    int32_t slot;
+    struct hio_send *s = &h->sends[slot];
     int ret;
 
-    if (len == 0) {
-        hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
-        return 0;
-    }
-    if ((ret = send_check_limits(h, fd, c, len)) < 0) return ret;
-    slot = hp_slot_new(h, iov, iovcnt, len);
-    if (slot < 0) return -ENOMEM;
-    s = &h->sends[slot];
     s->fd = fd;
     s->gen = c->gen;
     if (c->send_tail < 0) {
@@ -123,24 +158,97 @@ hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct i
     return 0;
 }
 
+int
+hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct iovec *iov, unsigned iovcnt,
+               size_t len)
+{
+    int32_t slot;
+    int ret;
+
+    if (len == 0) {
+        if (!h->send_failures_only) hp_push(h, HIO_OP_SEND, fd, 0, -1, 0);
+        return 0;
+    }
+    if ((ret = send_check_limits(h, fd, c, len)) < 0) return ret;
+    slot = hp_slot_new(h, iov, iovcnt, len);
+    if (slot < 0) return -ENOMEM;
+    return send_enqueue(h, fd, c, slot, len);
+}
+
+int
+hp_send_submit_borrowed(struct hio_hotpath *h, int fd, struct hio_conn *c, const void *data, size_t len,
+                        uint64_t token)
+{
+    int32_t slot;
+    int ret;
+
+    if ((ret = send_check_limits(h, fd, c, len)) < 0 || (slot = hp_slot_borrow(h, data, len, token)) < 0) {
+        hio_owner_unpin(token);
+        return ret < 0 ? ret : -ENOMEM;
+    }
+    /* On failure send_enqueue frees the slot, which unpins the token. */
+    if ((ret = send_enqueue(h, fd, c, slot, len)) < 0) return ret;
+    h->st.borrowed_sends++;
+    return 0;
+}
+
+/* The send has ended: its slot goes, unless a SEND_ZC notification is
+ * still due (then at the last one, hp_send_notif). */
+static inline void
+send_release(struct hio_hotpath *h, int32_t slot)
+{
+    struct hio_send *s = &h->sends[slot];
+
+    if (s->notifs) {
+        s->ended = 1;
+        s->next = -1;
+        return;
+    }
+    hp_slot_free(h, slot);
+}
+
 void
-hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res)
+hp_send_notif(struct hio_hotpath *h, int32_t slot, int res)
+{
+    struct hio_send *s;
+
+    h->inflight--;
+    if (slot < 0 || (unsigned)slot >= h->nsends) return;
+    s = &h->sends[slot];
+    if (!s->notifs) return;
+    if ((unsigned)res & IORING_NOTIF_USAGE_ZC_COPIED) h->st.zc_copied++;
+    if (--s->notifs == 0 && s->ended) hp_slot_free(h, slot);
+}
+
+void
+hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned flags)
 {
     struct hio_send *s;
     struct hio_conn *c;
     int fd, cancelled;
     int64_t result;
 
-    h->inflight--;
-    if (slot < 0 || (unsigned)slot >= h->nsends) return;
+    if (slot < 0 || (unsigned)slot >= h->nsends) {
+        h->inflight--;
+        return;
+    }
     s = &h->sends[slot];
+    /* F_MORE: a SEND_ZC notification follows, and is this request's final
+     * CQE (h->inflight goes down then). */
+    if (flags & IORING_CQE_F_MORE) s->notifs++;
+    else h->inflight--;
     s->inflight = 0;
     fd = s->fd;
     c = hp_conn_get(h, fd);
     if (!c || c->gen != gen || s->gen != gen) {
         h->st.stale_completions++;
-        hp_slot_free(h, slot);
+        send_release(h, slot);
         return;
+    }
+    if (res == -EINVAL && s->zc && h->zc_flags) {
+        /* A 6.0/6.1 kernel: SEND_ZC without IORING_SEND_ZC_REPORT_USAGE. */
+        h->zc_flags = 0;
+        res = -EAGAIN;
     }
     /* Bytes the kernel sent count even when Ruby cancelled meanwhile: a
      * send that finished before the cancel reached it reports its length. */
@@ -159,11 +267,11 @@ hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res)
     } else {
         result = res < 0 ? res : -ECANCELED;
     }
-    hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
+    if (result < 0 || !h->send_failures_only) hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
     c->send_head = s->next;
     if (c->send_head < 0) c->send_tail = -1;
     send_dequeued(h, c, slot);
-    hp_slot_free(h, slot);
+    send_release(h, slot);
     if (result < 0 || cancelled) {
         /* Later sends on a failed or cancelled stream cannot succeed in
          * order; they report after this one, in the order they were queued. */
@@ -202,7 +310,9 @@ hp_send_forget(struct hio_hotpath *h, int fd, struct hio_conn *c)
         int32_t next = h->sends[slot].next;
         if (h->sends[slot].inflight) {
             hp_prep_cancel(h, hp_ud(HIO_OP_SEND, h->sends[slot].gen, (uint32_t)slot));
-            h->sends[slot].next = -1; /* orphan: freed at its final CQE */
+            h->sends[slot].next = -1; /* orphan: freed at its final CQE (and SEND_ZC notification) */
+        } else if (h->sends[slot].notifs) {
+            send_release(h, slot); /* freed at its last SEND_ZC notification */
         } else {
             /* Never started (queued behind one in flight, possibly one Ruby
              * cancelled): report it now, before the number's new owner. */

@@ -20,8 +20,17 @@ hp_send_pending(const struct hio_conn *c)
  * conn_send_limit. */
 int hp_send_submit(struct hio_hotpath *h, int fd, struct hio_conn *c, const struct iovec *iov, unsigned iovcnt,
                    size_t len);
-/* The CQE of a send (user_data's slot and generation). */
-void hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res);
+/* The same for len (> 0) bytes of the caller's memory, pinned under token:
+ * no copy. The engine owns the token from here on: unpinned at the send's
+ * end, or at once on -errno. */
+int hp_send_submit_borrowed(struct hio_hotpath *h, int fd, struct hio_conn *c, const void *data, size_t len,
+                            uint64_t token);
+/* The CQE of a send (user_data's slot and generation; flags: F_MORE when a
+ * SEND_ZC notification follows). */
+void hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, unsigned flags);
+/* A SEND_ZC notification (IORING_CQE_F_NOTIF): the kernel no longer reads
+ * the slot's memory. */
+void hp_send_notif(struct hio_hotpath *h, int32_t slot, int res);
 /* Ruby (or a submit_close deadline) cancels fd's sends: 0, or -EBUSY when
  * no SQE could be had for the cancel (the in-flight send is marked, so its
  * end fails it). */

@@ -17,6 +17,17 @@ struct iovec;
 #define HP_MAP_MIN (32u * 1024u)
 /* At most this many bytes of freed mappings are kept for reuse per ring. */
 #define HP_MAP_CACHE_BYTES (4u * 1024u * 1024u)
+/* At most this many bytes of freed slab chunks are kept per ring. */
+#define HP_SLAB_CACHE_BYTES (1u * 1024u * 1024u)
+
+/* The slab class of a payload of len (1..HP_MAP_MIN - 1) bytes: chunks of
+ * 64 << cls bytes. */
+static inline unsigned
+hp_slab_class(size_t len)
+{
+    return len <= 64 ? 0 : (unsigned)(64 - __builtin_clzll((unsigned long long)(len - 1))) - 6;
+}
+static inline size_t hp_slab_size(unsigned cls) { return (size_t)64 << cls; }
 
 /* Adds free slots to the pool: 0, or -1 without memory. */
 int hp_slots_grow(struct hio_hotpath *h);
@@ -41,8 +52,20 @@ hp_slot_new(struct hio_hotpath *h, const struct iovec *iov, unsigned iovcnt, siz
     if (h->send_free < 0 && hp_slots_grow(h) < 0) return -1;
     slot = h->send_free;
     s = &h->sends[slot];
-    if (len >= HP_MAP_MIN) s->data = hp_map_get(h, len, &map);
-    else s->data = malloc(len);
+    if (len >= HP_MAP_MIN) {
+        s->data = hp_map_get(h, len, &map);
+    } else {
+        unsigned cls = hp_slab_class(len);
+        s->cls = (uint8_t)cls;
+        if ((s->data = h->slab[cls])) {
+            /* A freed chunk of the class: no allocation. */
+            h->slab[cls] = *(void **)s->data;
+            h->slab_cached_bytes -= hp_slab_size(cls);
+        } else {
+            h->st.send_copy_allocs++;
+            s->data = malloc(hp_slab_size(cls));
+        }
+    }
     if (!s->data) return -1;
     s->map = map;
     h->send_free = s->next;
@@ -56,7 +79,30 @@ hp_slot_new(struct hio_hotpath *h, const struct iovec *iov, unsigned iovcnt, siz
     h->send_held += len;
     return slot;
 }
-/* Frees the slot's payload and returns it to the pool. */
+/* A free slot whose payload is the caller's len bytes at data, pinned
+ * under token (counted in send_held like a copy), or -1 without memory. */
+static inline int32_t
+hp_slot_borrow(struct hio_hotpath *h, const void *data, size_t len, uint64_t token)
+{
+    struct hio_send *s;
+    int32_t slot;
+
+    if (h->send_free < 0 && hp_slots_grow(h) < 0) return -1;
+    slot = h->send_free;
+    s = &h->sends[slot];
+    h->send_free = s->next;
+    s->next = -1;
+    s->data = (char *)data;
+    s->map = 0;
+    s->borrowed = 1;
+    s->token = token;
+    s->len = len;
+    s->off = 0;
+    h->send_held += len;
+    return slot;
+}
+/* Frees the slot's payload (a borrowed one is unpinned) and returns the
+ * slot to the pool. */
 static inline void
 hp_slot_free(struct hio_hotpath *h, int32_t slot)
 {
@@ -64,11 +110,22 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
 
     if (s->data) {
         h->send_held -= s->len;
-        if (s->map) hp_map_put(h, s->data, s->map);
-        else free(s->data);
+        if (s->borrowed) {
+            hio_owner_unpin(s->token);
+        } else if (s->map) {
+            hp_map_put(h, s->data, s->map);
+        } else if (h->slab_cached_bytes + hp_slab_size(s->cls) <= HP_SLAB_CACHE_BYTES) {
+            /* Kept for the next payload of its class. */
+            *(void **)s->data = h->slab[s->cls];
+            h->slab[s->cls] = s->data;
+            h->slab_cached_bytes += hp_slab_size(s->cls);
+        } else {
+            free(s->data);
+        }
     }
     s->data = NULL;
     s->map = 0;
+    s->borrowed = s->zc = s->notifs = s->ended = 0;
     s->fd = -1;
     s->inflight = s->cancelled = 0;
     s->next = h->send_free;

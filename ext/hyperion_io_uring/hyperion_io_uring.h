@@ -32,6 +32,14 @@ extern VALUE hio_eThreadError;
 extern VALUE hio_eRingError;
 extern VALUE hio_eSendBufferFull;
 
+/* ---- pins.c: Strings the kernel reads without a copy ---- */
+/* Pins str (kept alive and unmoved) under a token for the engine. */
+uint64_t hio_pin(VALUE str);
+/* Plain C, no Ruby API (owner.c's unpin hook). */
+void hio_unpin(uint64_t token);
+long hio_pins_live(void);
+void hio_init_pins(void);
+
 /* ---- errors.c ---- */
 NORETURN(void hio_raise_errno(int err, const char *fmt, ...));
 NORETURN(void hio_raise_closed(void));

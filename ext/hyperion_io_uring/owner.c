@@ -228,6 +228,19 @@ static struct owner_group *owner_groups;
 void *hio_owner_deferred_any; /* owner_groups, for the inline check */
 static unsigned long owner_held_rings[HIO_RING_CLASSES];
 static size_t owner_held_bytes[HIO_RING_CLASSES];
+static hio_unpin_fn owner_unpin;
+
+void
+hio_owner_set_unpin(hio_unpin_fn fn)
+{
+    owner_unpin = fn;
+}
+
+void
+hio_owner_unpin(uint64_t token)
+{
+    if (owner_unpin) owner_unpin(token);
+}
 static long owner_last_scan_ms = -1;
 static pid_t owner_scan_pid; /* the process of the last scan: a child scans at once */
 
@@ -321,7 +334,8 @@ owner_release_group(struct owner_group *g, int forked)
         g->rings = d->next;
         for (i = 0; i < d->n; i++) {
             struct owner_block *b = &d->blocks[i];
-            if (b->kind == HIO_MEM_FREE) free(b->p);
+            if (b->kind == HIO_MEM_UNPIN) hio_owner_unpin((uint64_t)(uintptr_t)b->p);
+            else if (b->kind == HIO_MEM_FREE) free(b->p);
             else if (b->kind == HIO_MEM_MUNMAP || !forked) munmap(b->p, b->bytes);
             /* else: a DONTFORK mapping of the parent; not ours to unmap */
         }

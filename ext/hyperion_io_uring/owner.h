@@ -126,8 +126,17 @@ void hio_owner_forget_ring(struct io_uring *ring);
  * a child has its own copy-on-write copy of malloc memory and of plain
  * mappings (released there), but not of MADV_DONTFORK mappings (their
  * addresses may hold something else in the child: forgotten there).
+ * HIO_MEM_UNPIN is memory the process owns elsewhere (a Ruby String a send
+ * was given without a copy): p is the token the binding pinned it under,
+ * and releasing it is hio_owner_unpin(token), in a child as well (the
+ * child's copy of the pin holds the child's copy of the String).
  */
-enum hio_owner_mem { HIO_MEM_FREE, HIO_MEM_MUNMAP, HIO_MEM_MUNMAP_DONTFORK };
+/* The binding's hook that unpins a token (set once at load); it is plain C
+ * (no Ruby API): it runs in GC free functions too. */
+typedef void (*hio_unpin_fn)(uint64_t token);
+void hio_owner_set_unpin(hio_unpin_fn fn);
+void hio_owner_unpin(uint64_t token);
+enum hio_owner_mem { HIO_MEM_FREE, HIO_MEM_MUNMAP, HIO_MEM_MUNMAP_DONTFORK, HIO_MEM_UNPIN };
 /* Which ring class a deferral counts for (Ring.leaked_rings, HotpathRing's). */
 enum hio_ring_class { HIO_RING_SINGLE, HIO_RING_HOTPATH, HIO_RING_CLASSES };
 struct hio_deferral;
