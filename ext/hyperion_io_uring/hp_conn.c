@@ -1,7 +1,7 @@
 /*
  * hp_conn.c: the hot path's per-fd entries.
  *
- * Layer: above hp_queue.c. Calls hp_queue.c, fifo.h, libc.
+ * Layer: above hp_queue.c. Calls hp_queue.c, fifo.h, fdid.c, libc.
  *
  * An entry says which connection its number names: the identity (inode and
  * device) of the socket claimed for it, and a generation that changes when
@@ -23,11 +23,11 @@
  * then costs a connection for at most the timeout, not for ever.
  */
 #include "hp_conn.h"
+#include "fdid.h"
 #include "hp_queue.h"
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* Every idle connection pays for one (hp.h): keep it padding-free. */
@@ -164,11 +164,12 @@ hp_conn_pop_expired(struct hio_hotpath *h, double now)
 int
 hp_conn_identity(int fd, uint64_t *ino, uint64_t *dev)
 {
-    struct stat st;
+    struct hio_fdid id;
+    int ret = hio_fdid_get(fd, &id);
 
-    if (fstat(fd, &st) < 0) return -errno;
-    *ino = (uint64_t)st.st_ino;
-    *dev = (uint64_t)st.st_dev;
+    if (ret < 0) return ret;
+    *ino = id.ino;
+    *dev = id.dev;
     return 0;
 }
 
