@@ -15,17 +15,6 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
 
   let(:slow) { ENV["HYPERION_IO_URING_SPEC_UNDER"] == "valgrind" ? 4 : 1 }
 
-  # A connection whose client does not read until told (a small send
-  # buffer), so sends stay queued and in flight. (A small receive buffer
-  # as well makes loopback deliver the rest at a crawl: too slow under
-  # valgrind.)
-  def stalled(r = ring)
-    l = TCPServer.new("127.0.0.1", 0)
-    l.setsockopt(Socket::SOL_SOCKET, Socket::SO_SNDBUF, 4096)
-    _, client, fd = connection(r, listener: l)
-    [client, fd]
-  end
-
   # Reads n bytes on client while reaping the ring; returns them.
   def drain(client, n, r = ring, seconds: 20)
     data = +"".b

@@ -16,17 +16,6 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     @ring
   end
 
-  # A connection with a small send buffer, whose client does not read until
-  # told: sends stay queued and short sends are continued. (Not a small
-  # receive buffer as well: with SEND_ZC on loopback the kernel then
-  # delivers a few KB per retransmit timeout, measured on 6.18.)
-  def stalled(r = ring)
-    l = TCPServer.new("127.0.0.1", 0)
-    l.setsockopt(Socket::SOL_SOCKET, Socket::SO_SNDBUF, 4096)
-    _, client, fd = connection(r, listener: l)
-    [client, fd]
-  end
-
   def drain(client, n, r = ring, seconds: 20)
     data = +"".b
     got = []

@@ -39,6 +39,19 @@ RSpec.shared_context "hotpath ring" do
     [l, client, fd]
   end
 
+  # A connection accepted through +r+ whose server side has a small send
+  # buffer, so sends to a client that does not read stay queued and in
+  # flight (and short sends get continued). Returns [client, fd]. (Not a
+  # small receive buffer as well: loopback then delivers the rest at a
+  # crawl, too slow under valgrind, and with SEND_ZC a few KB per
+  # retransmit timeout, measured on 6.18.)
+  def stalled(r = ring)
+    l = TCPServer.new("127.0.0.1", 0)
+    l.setsockopt(Socket::SOL_SOCKET, Socket::SO_SNDBUF, 4096)
+    _, client, fd = connection(r, listener: l)
+    [client, fd]
+  end
+
   def forget_fd(fd)
     @fds.delete(fd)
   end
