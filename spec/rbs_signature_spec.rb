@@ -182,7 +182,11 @@ RSpec.describe "the RBS signatures in sig/" do
 
       seqs = self.class.call_seqs(path)
       name = subjects[klass][0]
-      variadic = klass.public_instance_methods(false).select { |m| klass.instance_method(m).arity.negative? }
+      # Methods written in Ruby (each_completion) have their parameters
+      # checked against sig/ above; this is for the C ones' call-seq.
+      variadic = klass.public_instance_methods(false).select do |m|
+        klass.instance_method(m).arity.negative? && klass.instance_method(m).source_location.nil?
+      end
       variadic << :initialize if klass.instance_method(:initialize).arity.negative?
       expect(variadic).to include(:initialize)
       variadic.each do |meth|

@@ -15,7 +15,7 @@
 #include <sys/uio.h>
 
 VALUE hio_cHotpathRing;
-static ID id_queue_depth, id_n_bufs, id_buf_size, id_min_complete, id_timeout_ms, id_raw, id_min_wait_us;
+static ID id_queue_depth, id_n_bufs, id_buf_size;
 static ID id_default_n_bufs, id_default_buf_size, id_default_send_buffer_limit;
 static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_timeout, id_send_completions,
     id_zero_copy_min;
@@ -451,54 +451,22 @@ hpc_each_ensure(VALUE arg)
 }
 
 /*
- * call-seq:
- *   ring.each_completion(min_complete: 1, timeout_ms: 100, raw: false) { |c| ... } -> Integer
- *   ring.each_completion(raw: true) { |op_kind, fd, result, buf_id, flags| ... } -> Integer
- *   ring.each_completion(min_complete: 32, min_wait_us: 50, raw: true) { |op_kind, fd, result, buf_id, flags| ... } -> Integer
- *
- * Submits what is queued and waits, with the GVL released, until
- * +min_complete+ completions are ready or +timeout_ms+ passes (0: do not
- * wait; nil: no limit); then yields each and returns how many it yielded.
- * Each completion is a Hash with :op_kind (OP_ACCEPT, OP_RECV, OP_SEND, or
- * OP_CLOSE for a failed #submit_close),
- * :fd, :result, :buf_id (-1 when none) and :flags; with <tt>raw: true</tt>
- * the block gets those five Integers and nothing is allocated per
- * completion. Completions are copied out of the kernel's queue before the
- * block runs: if the block raises, the rest stay queued for the next call.
- * Thread#raise, Timeout and signals interrupt the wait.
- *
- * +min_wait_us+ (0..1_000_000 microseconds) makes the wait a batch wait:
- * it waits for +min_complete+ completions for at most +min_wait_us+, then
- * returns as soon as at least one is ready (so it may yield fewer than
- * +min_complete+). A busy server then reaps more completions per
- * io_uring_enter; an idle one still answers its first request at once.
- * It needs the kernel's IORING_FEAT_MIN_TIMEOUT (Linux 6.12); elsewhere,
- * under a Fiber scheduler and under valgrind the call waits for the first
- * completion instead (stats[:batch_waits] counts the batch waits made).
- *
- *   ring.each_completion(raw: true, min_complete: 32, min_wait_us: 50) { |op, fd, res, bid, flags| ... }
+ * The body of #each_completion (lib/hyperion/io_uring/hotpath_ring.rb):
+ * the keywords arrive as positional arguments, because a C method that
+ * takes keywords gets them in a new Hash on every call, and a busy server
+ * calls this once per batch, an idle one once per request.
  */
 static VALUE
-hpc_each_completion(int argc, VALUE *argv, VALUE self)
+hpc_each_completion(VALUE self, VALUE min_complete, VALUE timeout_ms, VALUE raw, VALUE min_wait_us)
 {
-    static ID kw_ids[4];
     struct hpc_each e;
-    VALUE opts, kw[4] = { Qundef, Qundef, Qundef, Qundef };
 
-    if (!kw_ids[0]) {
-        kw_ids[0] = id_min_complete;
-        kw_ids[1] = id_timeout_ms;
-        kw_ids[2] = id_raw;
-        kw_ids[3] = id_min_wait_us;
-    }
-    rb_scan_args(argc, argv, "0:", &opts);
-    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 4, kw);
     memset(&e, 0, sizeof(e));
-    e.want = kw[0] == Qundef ? 1 : hio_uint_arg(kw[0], "min_complete", 0, 65536, 0);
-    e.timeout = kw[1] == Qundef ? 0.1 : hio_timeout_ms_arg(kw[1]);
-    e.raw = kw[2] != Qundef && RTEST(kw[2]);
+    e.want = hio_uint_arg(min_complete, "min_complete", 0, 65536, 0);
+    e.timeout = hio_timeout_ms_arg(timeout_ms);
+    e.raw = RTEST(raw);
     /* Up to 1 s: a batch wait is meant to be short (the kernel takes a u32). */
-    if (kw[3] != Qundef && !NIL_P(kw[3])) e.min_wait_us = hio_uint_arg(kw[3], "min_wait_us", 0, 1000000, 0);
+    if (!NIL_P(min_wait_us)) e.min_wait_us = hio_uint_arg(min_wait_us, "min_wait_us", 0, 1000000, 0);
     rb_need_block();
     e.self = self;
     e.hc = hpc_usable(self);
@@ -876,10 +844,6 @@ hio_init_hotpath_class(VALUE mIOUring)
     id_queue_depth = rb_intern("queue_depth");
     id_n_bufs = rb_intern("n_bufs");
     id_buf_size = rb_intern("buf_size");
-    id_min_complete = rb_intern("min_complete");
-    id_min_wait_us = rb_intern("min_wait_us");
-    id_timeout_ms = rb_intern("timeout_ms");
-    id_raw = rb_intern("raw");
     id_default_n_bufs = rb_intern("default_n_bufs");
     id_default_buf_size = rb_intern("default_buf_size");
     id_default_send_buffer_limit = rb_intern("default_send_buffer_limit");
@@ -919,7 +883,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_method(hio_cHotpathRing, "submit_accept_multishot", hpc_submit_accept, 1);
     rb_define_method(hio_cHotpathRing, "submit_recv_multishot", hpc_submit_recv, 1);
     rb_define_method(hio_cHotpathRing, "submit_send", hpc_submit_send, -1);
-    rb_define_method(hio_cHotpathRing, "each_completion", hpc_each_completion, -1);
+    rb_define_private_method(hio_cHotpathRing, "__each_completion", hpc_each_completion, 4);
     rb_define_method(hio_cHotpathRing, "cancel", hpc_cancel, 1);
     rb_define_method(hio_cHotpathRing, "submit_close", hpc_submit_close, -1);
     rb_define_method(hio_cHotpathRing, "queued_send_bytes", hpc_queued_send_bytes, 1);

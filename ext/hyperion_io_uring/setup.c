@@ -48,6 +48,9 @@ setup_init(unsigned entries, struct io_uring *ring, struct io_uring_params *p)
 #ifndef IORING_SETUP_COOP_TASKRUN
 #define IORING_SETUP_COOP_TASKRUN (1U << 8)
 #endif
+#ifndef IORING_SETUP_TASKRUN_FLAG
+#define IORING_SETUP_TASKRUN_FLAG (1U << 9)
+#endif
 #ifndef IORING_SETUP_SINGLE_ISSUER
 #define IORING_SETUP_SINGLE_ISSUER (1U << 12)
 #endif
@@ -55,9 +58,13 @@ setup_init(unsigned entries, struct io_uring *ring, struct io_uring_params *p)
 #define IORING_SETUP_DEFER_TASKRUN (1U << 13)
 #endif
 
+/* TASKRUN_FLAG (5.19, so on every kernel that takes the rest of its set)
+ * makes the kernel raise IORING_SQ_TASKRUN in the SQ ring's flags while
+ * completions wait as task work: wait.c then collects them with the GVL
+ * held instead of releasing it for a wait that would return at once. */
 static const unsigned setup_flag_sets[] = {
-    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL,
-    IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL,
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_TASKRUN_FLAG,
+    IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_TASKRUN_FLAG,
     IORING_SETUP_SUBMIT_ALL,
     0,
 };

@@ -381,11 +381,26 @@ enum { WAIT_LOOK_BLOCK = 0, WAIT_LOOK_DONE = 1, WAIT_LOOK_AGAIN = 2 };
  * submit and let the kernel run deferred work first). WAIT_LOOK_DONE when
  * ready() reached want, WAIT_LOOK_AGAIN when reaping queued requests worth
  * another look, WAIT_LOOK_BLOCK, or a fatal -errno of the peek. */
+/* Whether completions wait as task work the kernel runs only when this
+ * task enters it (IORING_SQ_TASKRUN; set only with IORING_SETUP_TASKRUN_FLAG):
+ * read from the shared SQ ring, no syscall. */
+static inline int
+wait_taskrun_pending(const struct io_uring *ring)
+{
+    return (ring->flags & IORING_SETUP_TASKRUN_FLAG) &&
+           (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN);
+}
+
 static inline int
 wait_look(struct hio_wait *w, int peek)
 {
     int again = 0, ret;
 
+    /* Completions that are there but not posted yet: collecting them takes
+     * an enter that returns at once, cheaper with the GVL held than a
+     * release and a re-acquire around it: a busy server's usual case, and
+     * a request that arrived while the last batch was being answered. */
+    if (!peek && !io_uring_cq_ready(w->ring) && wait_taskrun_pending(w->ring)) peek = 1;
     if (peek) {
         if ((ret = hio_submit_get_events(w->ring)) < 0) return ret;
         again = w->ops->reap(w->ctx) == HIO_REAP_AGAIN;
