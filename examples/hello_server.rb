@@ -22,16 +22,17 @@
 # and a busy ring reaps in bigger batches.
 #
 # Slow clients: a client that sends requests and never reads its responses
-# would make the ring hold copies of them without end. The ring refuses
-# past send_buffer_limit (the ring) and connection_send_limit (one fd) with
-# SendBufferFull; before that, this server keeps its own per-connection
-# high-water mark (--high-water BYTES, default 1 MiB): while
-# ring.queued_send_bytes(fd) is above it, the connection's requests are not
-# answered but dropped with the connection (submit_close with a short
-# timeout: the responses still queued are cancelled). A server that would
-# rather wait can stop reading instead (cancel the recv, re-arm it once the
-# bytes drain). --close-timeout S bounds how long any close waits for its
-# responses to go out (close_timeout:).
+# would make the ring hold copies of them without end. The ring refuses past
+# send_buffer_limit (the ring) and connection_send_limit (one fd) with
+# SendBufferFull; this server sets connection_send_limit to its high-water
+# mark (--high-water BYTES, default 1 MiB), so a submit_send that would hold
+# more than that for one client raises, and the client is dropped
+# (submit_close with timeout 0: the responses still queued are cancelled).
+# That costs nothing per request; ring.queued_send_bytes(fd) says the same
+# thing for a server that would rather decide itself, or stop reading
+# instead (cancel the recv, re-arm it once the bytes drain). --close-timeout
+# S bounds how long any close waits for its responses to go out
+# (close_timeout:).
 #
 # --body-size BYTES: the body is BYTES of "a".."z" repeated (what the bench's
 # bench/conn_client.c -b checks, byte for byte) instead of "Hello World\n".
@@ -73,18 +74,20 @@ Process.setrlimit(:NOFILE, hard) if soft < hard
 
 BODY = opts[:body_size] ? ("abcdefghijklmnopqrstuvwxyz" * (opts[:body_size] / 26 + 1))[0, opts[:body_size]] : "Hello World\n"
 RESPONSE = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: #{BODY.bytesize}\r\n\r\n#{BODY}".b.freeze
-TERMINATOR = "\r\n\r\n"
+TERMINATOR = "\r\n\r\n".b.freeze # binary, like what take_buffer returns: no encoding negotiation per search
 HR = Hyperion::IOUring::HotpathRing
 
 listener = TCPServer.new(opts[:host], opts[:port])
 listener.listen(1024)
-ring = HR.new(close_timeout: opts[:close_timeout], send_completions: opts[:send_completions])
-ring.submit_accept_multishot(listener)
 # A response bigger than the mark would never be sent: the mark is at least
 # two of them.
 high_water = [opts[:high_water], 2 * RESPONSE.bytesize].max
+ring = HR.new(close_timeout: opts[:close_timeout], send_completions: opts[:send_completions],
+              connection_send_limit: high_water)
+ring.submit_accept_multishot(listener)
 dropped = 0
 partial = {} # fd => bytes of a request not complete yet
+rbuf = String.new(capacity: 16 << 10) # what each recv is read into
 stop = false
 %w[INT TERM].each { |sig| trap(sig) { stop = true } }
 auto_batch = opts[:batch] == "auto"
@@ -93,22 +96,6 @@ batch_wait_us = opts[:batch_wait_us]
 deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + opts[:seconds]
 puts "listening on #{opts[:host]}:#{listener.addr[1]}"
 $stdout.flush
-
-# Counts complete requests in data (plus what was left over last time) and
-# keeps the tail of an incomplete one.
-count_requests = lambda do |fd, data|
-  if (head = partial.delete(fd))
-    data = head << data
-  end
-  n = 0
-  pos = 0
-  while (i = data.index(TERMINATOR, pos))
-    n += 1
-    pos = i + 4
-  end
-  partial[fd] = data.byteslice(pos..) if pos < data.bytesize
-  n
-end
 
 # submit_close cancels the fd's recv, lets the responses already queued on it
 # go out, then closes it through the ring with the next each_completion (no
@@ -121,38 +108,49 @@ rescue IOError
   nil
 end
 
-# A client over the high-water mark is not reading what it asked for: drop
-# it (its queued responses are cancelled at once) rather than queue more.
-# SendBufferFull is the ring's own limit, reached only if the mark is set
-# above connection_send_limit or many clients are over it together.
-respond = lambda do |fd, n|
-  if ring.queued_send_bytes(fd) > high_water
-    dropped += 1
-    close_conn.call(fd, timeout: 0)
-    return
-  end
-  ring.submit_send(fd, n == 1 ? RESPONSE : RESPONSE * n)
-rescue Hyperion::IOUring::SendBufferFull
-  dropped += 1
-  close_conn.call(fd, timeout: 0)
-end
-
+# The loop runs once per request, so what it does per request is written
+# out in it rather than in helpers: a lambda call costs more than the work.
 until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
   n = ring.each_completion(raw: true, timeout_ms: 100, min_complete: batch, min_wait_us: batch_wait_us) do |op, fd, res, buf_id, _flags|
-    case op
-    when HR::OP_ACCEPT
-      ring.submit_recv_multishot(res) if res >= 0
-    when HR::OP_RECV
-      if res.positive?
-        n = count_requests.call(fd, ring.take_buffer(buf_id, res))
-        respond.call(fd, n) if n.positive?
-      elsif res != -Errno::ECANCELED::Errno
-        close_conn.call(fd) # EOF or error
+    if op == HR::OP_RECV && res.positive?
+      # Into the same String each time: no allocation per request.
+      data = ring.take_buffer(buf_id, res, rbuf)
+      # Prepend the tail of a request split across reads, if any.
+      if !partial.empty? && (head = partial.delete(fd))
+        data = head << data
       end
-    when HR::OP_SEND
-      close_conn.call(fd) if res.negative? && res != -Errno::ECANCELED::Errno
-    when HR::OP_CLOSE
-      warn "close(#{fd}) failed: #{SystemCallError.new(nil, -res).message}"
+      # Count the complete requests; keep the tail of an incomplete one.
+      count = 0
+      pos = 0
+      len = data.bytesize
+      while (i = data.index(TERMINATOR, pos))
+        count += 1
+        pos = i + 4
+        break if pos == len
+      end
+      partial[fd] = data.byteslice(pos..) if pos < len
+      next if count.zero?
+
+      begin
+        ring.submit_send(fd, count == 1 ? RESPONSE : RESPONSE * count)
+      rescue Hyperion::IOUring::SendBufferFull
+        # Over the high-water mark: this client is not reading what it asked
+        # for. Drop it (its queued responses are cancelled at once) rather
+        # than queue more.
+        dropped += 1
+        close_conn.call(fd, timeout: 0)
+      end
+    else
+      case op
+      when HR::OP_ACCEPT
+        ring.submit_recv_multishot(res) if res >= 0
+      when HR::OP_RECV
+        close_conn.call(fd) if res != -Errno::ECANCELED::Errno # EOF or error
+      when HR::OP_SEND
+        close_conn.call(fd) if res.negative? && res != -Errno::ECANCELED::Errno
+      when HR::OP_CLOSE
+        warn "close(#{fd}) failed: #{SystemCallError.new(nil, -res).message}"
+      end
     end
   end
   batch = n.clamp(1, 64) if auto_batch

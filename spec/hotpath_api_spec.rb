@@ -192,6 +192,39 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       expect(r).to be_healthy
     end
 
+    it "copy_buffer and take_buffer write into an outbuf: its bytes replaced, binary, no new String" do
+      r, bid, = ring_holding("hello world", n_bufs: 8, buf_size: 64)
+      out = String.new("a longer string than the data, in UTF-8: \u00e9", capacity: 256)
+      expect(out.encoding).to eq(Encoding::UTF_8)
+      expect(r.copy_buffer(bid, 5, out)).to equal(out)
+      expect(out).to eq("hello")
+      expect(out.encoding).to eq(Encoding::BINARY)
+      expect(out.valid_encoding?).to be(true)
+      # The same String again, shorter and then longer than before.
+      expect(r.copy_buffer(bid, 2, out)).to equal(out)
+      expect(out).to eq("he")
+      expect(r.copy_buffer(bid, 11, out)).to eq("hello world")
+      # A String that must grow (embedded, no room for 11 bytes).
+      small = +"x"
+      expect(r.copy_buffer(bid, 11, small)).to eq("hello world")
+      # A String another one shares (a substring of it): the other keeps its bytes.
+      tail = out.byteslice(6..)
+      expect(r.copy_buffer(bid, 5, out)).to eq("hello")
+      expect(tail).to eq("world")
+      # Bad outbufs are refused before the buffer is touched: still held.
+      expect { r.take_buffer(bid, 5, "frozen".freeze) }.to raise_error(FrozenError)
+      expect { r.take_buffer(bid, 5, 42) }.to raise_error(TypeError, /outbuf/)
+      expect { r.copy_buffer(bid, 5, :sym) }.to raise_error(TypeError, /outbuf/)
+      expect(r.stats[:buffers_in_use]).to eq(1)
+      # nil is no outbuf: a new String.
+      expect(r.copy_buffer(bid, 5, nil)).not_to equal(out)
+      expect(r.take_buffer(bid, 11, out)).to equal(out)
+      expect(out).to eq("hello world")
+      expect(r.stats[:buffers_in_use]).to eq(0)
+      expect { r.take_buffer(bid, 5, out) }.to raise_error(ArgumentError, /not held/)
+      expect(out).to eq("hello world") # untouched by the refused call
+    end
+
     it "release_buffer gives the buffer back to the kernel, which uses it again" do
       r = new_ring(n_bufs: 1, buf_size: 16)
       _, client, fd = connection(r)

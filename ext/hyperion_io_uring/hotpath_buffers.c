@@ -7,6 +7,8 @@
  */
 #include "hotpath_class.h"
 #include <errno.h>
+#include <string.h>
+#include <ruby/encoding.h>
 
 /* A buffer id Ruby passed: an Integer; -1 for one too big to be any. */
 static long
@@ -27,9 +29,21 @@ hpb_not_held(struct hio_hotpath *h, VALUE bidv, long bid, int ret)
     rb_raise(rb_eArgError, "buffer %ld is not held by Ruby (already released, or never delivered by a recv)", bid);
 }
 
-/* A new String of the first len bytes of the buffer Ruby holds as bidv. */
+/* outbuf as a String #copy_buffer / #take_buffer may write (TypeError,
+ * FrozenError), checked before anything else happens. */
+static void
+hpb_outbuf_check(VALUE outbuf)
+{
+    if (!RB_TYPE_P(outbuf, T_STRING))
+        rb_raise(rb_eTypeError, "outbuf must be a String, got %s", rb_obj_classname(outbuf));
+    rb_str_modify(outbuf);
+}
+
+/* The first len bytes of the buffer Ruby holds as bidv: in a new String, or
+ * replacing outbuf's contents (binary, as IO#read does with its outbuf), so
+ * a server that reads into the same String allocates nothing per recv. */
 static VALUE
-hpb_string(struct hio_hotpath *h, VALUE bidv, long bid, VALUE lenv)
+hpb_string(struct hio_hotpath *h, VALUE bidv, long bid, VALUE lenv, VALUE outbuf)
 {
     const unsigned char *data;
     unsigned wrote;
@@ -42,24 +56,49 @@ hpb_string(struct hio_hotpath *h, VALUE bidv, long bid, VALUE lenv)
     if (len < 0 || len > (long)wrote)
         rb_raise(rb_eArgError, "len %"PRIsVALUE" is outside the %u bytes the kernel wrote into buffer %ld", lenv,
                  wrote, bid);
-    return rb_str_new((const char *)data, len);
+    if (NIL_P(outbuf)) return rb_str_new((const char *)data, len);
+    /* Room enough: no realloc (rb_str_resize would shrink a String whose
+     * spare room outgrew the new length, then grow it for the next). */
+    if ((long)rb_str_capacity(outbuf) < len) rb_str_resize(outbuf, len);
+    memcpy(RSTRING_PTR(outbuf), data, (size_t)len);
+    rb_str_set_len(outbuf, len);
+    if (ENCODING_GET_INLINED(outbuf) != rb_ascii8bit_encindex()) rb_enc_associate_index(outbuf, rb_ascii8bit_encindex());
+    RB_ENC_CODERANGE_CLEAR(outbuf);
+    return outbuf;
+}
+
+/* The optional outbuf of copy_buffer and take_buffer. */
+static VALUE
+hpb_args(int argc, VALUE *argv, VALUE *bidv, VALUE *lenv)
+{
+    VALUE outbuf = Qnil;
+
+    rb_scan_args(argc, argv, "21", bidv, lenv, &outbuf);
+    if (!NIL_P(outbuf)) hpb_outbuf_check(outbuf);
+    return outbuf;
 }
 
 /*
  * call-seq:
  *   ring.copy_buffer(buf_id, len) -> String
+ *   ring.copy_buffer(buf_id, len, outbuf) -> outbuf
  *
  * A new binary String of the first +len+ bytes of buffer +buf_id+ (one
- * copy, straight from the kernel's buffer). The buffer stays held: give it
- * back with #release_buffer. ArgumentError for an id out of range, a buffer
- * Ruby does not hold, or +len+ beyond what the kernel wrote.
+ * copy, straight from the kernel's buffer); with +outbuf+ (a String), its
+ * contents are replaced by those bytes instead (binary, like IO#read's
+ * outbuf), so a loop that reuses one String allocates nothing. The buffer
+ * stays held: give it back with #release_buffer. ArgumentError for an id
+ * out of range, a buffer Ruby does not hold, or +len+ beyond what the
+ * kernel wrote; TypeError or FrozenError for an outbuf that is not a
+ * String or is frozen (checked first: the buffer is untouched then).
  */
 static VALUE
-hpb_copy(VALUE self, VALUE bidv, VALUE lenv)
+hpb_copy(int argc, VALUE *argv, VALUE self)
 {
     struct hio_hotpath *h = hpc_usable(self)->h;
+    VALUE bidv, lenv, outbuf = hpb_args(argc, argv, &bidv, &lenv);
 
-    return hpb_string(h, bidv, hpb_id(bidv), lenv);
+    return hpb_string(h, bidv, hpb_id(bidv), lenv, outbuf);
 }
 
 /*
@@ -84,15 +123,17 @@ hpb_release(VALUE self, VALUE bidv)
 /*
  * call-seq:
  *   ring.take_buffer(buf_id, len) -> String
+ *   ring.take_buffer(buf_id, len, outbuf) -> outbuf
  *
  * #copy_buffer then #release_buffer, in one call.
  */
 static VALUE
-hpb_take(VALUE self, VALUE bidv, VALUE lenv)
+hpb_take(int argc, VALUE *argv, VALUE self)
 {
     struct hio_hotpath *h = hpc_usable(self)->h;
+    VALUE bidv, lenv, outbuf = hpb_args(argc, argv, &bidv, &lenv);
     long bid = hpb_id(bidv);
-    VALUE str = hpb_string(h, bidv, bid, lenv);
+    VALUE str = hpb_string(h, bidv, bid, lenv, outbuf);
 
     hio_hp_release(h, bid);
     return str;
@@ -101,7 +142,7 @@ hpb_take(VALUE self, VALUE bidv, VALUE lenv)
 void
 hio_init_hotpath_buffers(VALUE klass)
 {
-    rb_define_method(klass, "copy_buffer", hpb_copy, 2);
+    rb_define_method(klass, "copy_buffer", hpb_copy, -1);
     rb_define_method(klass, "release_buffer", hpb_release, 1);
-    rb_define_method(klass, "take_buffer", hpb_take, 2);
+    rb_define_method(klass, "take_buffer", hpb_take, -1);
 }
