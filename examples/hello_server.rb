@@ -139,6 +139,8 @@ until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
         # than queue more.
         dropped += 1
         close_conn.call(fd, timeout: 0)
+      rescue IOError
+        nil # dropped earlier in this batch, its close pending: the request goes with it
       end
     else
       case op
