@@ -31,6 +31,9 @@ module Bench
           list << ["http -c#{c}: HotpathRing vs IO.select, CPU/req", Bench.ratio(med(:http, row, "hotpath", :cpu_us),
                                                                     med(:http, row, "select", :cpu_us)),
                    c == 50 ? 0.7 : nil, :lower]
+          list << ["http -c#{c}: HotpathRing vs C epoll server, CPU/req",
+                   Bench.ratio(med(:http, row, "hotpath", :cpu_us), med(:http, row, "c_epoll", :cpu_us)),
+                   [50, 200].include?(c) ? 1.0 : nil, :lower]
         end
       end
       if @only.include?("percall")

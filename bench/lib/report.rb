@@ -102,6 +102,7 @@ module Bench
         t << Target.new(text: "... and <= 0.2 syscalls per request",
                         measured: sys && format("%.3f", sys), value: sys, limit: 0.2, cmp: :le)
       end
+      t.concat(c_server_targets) if @only.include?("http")
       b = burst_row
       rr_ = rate_row
       ms = Bench.ratio(med(:accept, rr_, "multishot", :rate), med(:accept, rr_, "select", :rate))
@@ -151,6 +152,22 @@ module Bench
                         value: rt, limit: 1.3, cmp: :le)
       end
       t
+    end
+
+    # Issue 14: the hello server, as it comes, costs no more server CPU per
+    # request than the C epoll server, at -c50 and -c200.
+    def c_server_targets
+      [50, 200].filter_map do |c|
+        row = "c#{c}"
+        next if @r.runs(:http, row, "c_epoll").empty?
+
+        hot = med(:http, row, "hotpath", :cpu_us)
+        ceil = med(:http, row, "c_epoll", :cpu_us)
+        r = Bench.ratio(hot, ceil)
+        Target.new(text: "HotpathRing hello server CPU per request <= the C epoll server's (wrk -c#{c})",
+                   measured: r && format("%.2fx (%.2f µs vs %.2f µs)", r, hot, ceil), value: r, limit: 1.0,
+                   cmp: :le)
+      end
     end
 
     def conns_row = "n#{@cfg.conns_n}"
