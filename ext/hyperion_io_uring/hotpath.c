@@ -555,6 +555,7 @@ hp_wait_reap(void *ctx)
     struct hio_hotpath *h = ctx;
 
     hp_reap(h);
+    hio_bufring_tick(&h->bufs, hio_now_coarse());
     hp_ms_unpark(h);
     return 0;
 }
@@ -587,7 +588,10 @@ static const struct hio_wait_ops hp_wait_ops = { hp_wait_reap, hp_wait_ready, hp
 static int
 hp_wait_watch(void *ctx)
 {
-    hp_ms_watch(ctx);
+    struct hio_hotpath *h = ctx;
+
+    hp_ms_watch(h);
+    hio_bufring_tick(&h->bufs, hio_now_coarse()); /* an idle ring gives its buffers back too */
     return 0;
 }
 
@@ -824,6 +828,10 @@ hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out)
     hio_owner_release_deferred(0);
     out->st = h->st;
     out->buffers_in_use = h->bufs.in_use;
+    out->buffers_published = h->bufs.published;
+    out->buffers_wanted = h->bufs.want;
+    out->buffer_pages_resident = hio_bufring_pages_resident(&h->bufs);
+    out->buffer_releases_to_os = h->bufs.releases_to_os;
     out->inflight = h->inflight < 0 ? 0 : (uint64_t)h->inflight;
     out->queued = h->done.count;
     out->queued_send_bytes = h->send_held;

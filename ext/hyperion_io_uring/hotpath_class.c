@@ -782,6 +782,10 @@ hpc_stats(VALUE self)
     HPC_STAT("cq_overflows", st.st.cq_overflows);
     HPC_STAT("stale_completions", st.st.stale_completions);
     HPC_STAT("buffers_in_use", st.buffers_in_use);
+    HPC_STAT("buffers_published", st.buffers_published);
+    HPC_STAT("buffers_wanted", st.buffers_wanted);
+    HPC_STAT("buffer_pages_resident", st.buffer_pages_resident);
+    HPC_STAT("buffer_releases_to_os", st.buffer_releases_to_os);
     HPC_STAT("submits", st.st.io.submits);
     HPC_STAT("waits", st.st.io.waits);
     HPC_STAT("batch_waits", st.st.io.batch_waits);
