@@ -31,10 +31,11 @@
  *   delays that connection's bytes a little; memory stays resident. 10,000
  *   keep-alive connections set up 500 at a time, each sending a request at
  *   once (bench/conn_client.c), parked 48 to 1,189 recvs with want 64
- *   (under 12% of the recvs, it varies with how busy the machine is): not
- *   worth a bigger pool. With 16 buffers the same run parked more recvs
- *   than it made; a burst of 300 connections sending at once parks 236 of
- *   300 with 64: both must grow;
+ *   (at most 12% of the recvs, it varies with how busy the machine is):
+ *   not worth a bigger pool, and a 1-in-4 bar leaves twice that margin.
+ *   With 16 buffers the same run parked more recvs than it made; 300
+ *   connections whose bytes are all queued before a reap park most of
+ *   theirs with 64: both must grow;
  * - it decays, once a window (HIO_BUFRING_WINDOW seconds of the coarse
  *   clock, checked by hio_bufring_tick after reaps and in idle waits), to
  *   twice the most buffers out of the stack in that window (at least
@@ -51,10 +52,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+/* IORING_REGISTER_PBUF_STATUS (Linux 6.8): the kernel's head of a buffer
+ * ring. liburing 2.3 has neither the opcode nor the struct. */
+#define BR_REGISTER_PBUF_STATUS 26u
+struct br_buf_status {
+    uint32_t buf_group;
+    uint32_t head;
+    uint32_t resv[8];
+};
+
 #define BR_GROW_PARKS 32u
-#define BR_GROW_RATIO 2u
+#define BR_GROW_RATIO 4u
 
 static void *
 bufr_map(size_t bytes)
@@ -109,10 +120,34 @@ hio_bufring_top_up(struct hio_bufring *b, unsigned at_least)
     io_uring_buf_ring_advance(b->br, added); /* publishes the tail with release order */
 }
 
+/* Registers the (empty) ring of descriptors as buffer group bgid. */
+static int
+bufr_register(struct hio_bufring *b, struct io_uring *ring)
+{
+    struct io_uring_buf_reg reg;
+    unsigned i;
+    int ret = -EINTR;
+
+#ifdef HAVE_IO_URING_BUF_RING_INIT
+    io_uring_buf_ring_init(b->br);
+#else
+    b->br->tail = 0;
+#endif
+    memset(&reg, 0, sizeof(reg));
+    reg.ring_addr = (unsigned long)(uintptr_t)b->br;
+    reg.ring_entries = b->n;
+    reg.bgid = b->bgid;
+    /* EINTR: kernels that quiesce the ring for a registration wait
+     * interruptibly; the registration did not happen, so try again. */
+    for (i = 0; i < 100; i++) {
+        if ((ret = io_uring_register_buf_ring(ring, &reg, 0)) != -EINTR) break;
+    }
+    return ret;
+}
+
 int
 hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsigned size, unsigned short bgid)
 {
-    struct io_uring_buf_reg reg;
     unsigned i;
     int ret;
 
@@ -131,25 +166,12 @@ hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsi
         hio_bufring_teardown(b, NULL, HIO_RELEASE_NOW, NULL);
         return -ENOMEM;
     }
-#ifdef HAVE_IO_URING_BUF_RING_INIT
-    io_uring_buf_ring_init(b->br);
-#else
-    b->br->tail = 0;
-#endif
-    memset(&reg, 0, sizeof(reg));
-    reg.ring_addr = (unsigned long)(uintptr_t)b->br;
-    reg.ring_entries = n;
-    reg.bgid = bgid;
-    /* EINTR: kernels that quiesce the ring for a registration wait
-     * interruptibly; the registration did not happen, so try again. */
-    for (i = 0; i < 100; i++) {
-        if ((ret = io_uring_register_buf_ring(ring, &reg, 0)) != -EINTR) break;
-    }
-    if (ret < 0) {
+    if ((ret = bufr_register(b, ring)) < 0) {
         hio_bufring_teardown(b, NULL, HIO_RELEASE_NOW, NULL);
         return ret;
     }
     b->registered = 1;
+    b->ring = ring;
     /* Buffer 0 on top: the first published are the first pages. Nothing
      * was touched yet, so the whole stack counts as clean. */
     for (i = 0; i < n; i++) bufr_push(b, n - 1 - i);
@@ -244,21 +266,115 @@ bufr_trim(struct hio_bufring *b)
     b->clean = b->low;
 }
 
-void
+/* The buffers the kernel has not consumed: its head, from
+ * IORING_REGISTER_PBUF_STATUS, up to our tail. */
+static int
+bufr_kernel_head(struct hio_bufring *b, uint16_t *head)
+{
+    struct br_buf_status st;
+    long ret;
+
+    memset(&st, 0, sizeof(st));
+    st.buf_group = b->bgid;
+    ret = syscall(__NR_io_uring_register, b->ring->ring_fd, BR_REGISTER_PBUF_STATUS, &st, 1);
+    if (ret < 0) return -errno;
+    *head = (uint16_t)st.head;
+    return 0;
+}
+
+/*
+ * Takes the buffers published and not consumed back from the kernel:
+ * unregisters the group and registers it again, empty, then publishes
+ * keep of them again (the most recently published) and gives the others'
+ * pages back. The kernel looks the group up at each buffer selection, so
+ * armed multishot recvs pick from the new ring; one that found no group
+ * in between ends with ENOBUFS and is parked as any other.
+ *
+ * Which ones were not consumed is the kernel's head, read just before.
+ * That is exact only because nothing consumes buffers between the read
+ * and the unregister: on a DEFER_TASKRUN ring (the only kind can_withdraw
+ * is set for, hotpath.c) recvs run only inside an io_uring_enter by the
+ * owner task, which is us, here. Anything consumed before the read has
+ * its CQE in the CQ (or reaped), and stays RING until that CQE takes or
+ * recycles it.
+ *
+ * Returns 0 (done, or nothing done: can_withdraw is cleared when the
+ * kernel lacks PBUF_STATUS or refuses), or -errno when the group could not
+ * be registered again.
+ */
+static int
+bufr_withdraw(struct hio_bufring *b, unsigned keep)
+{
+    uint16_t head = 0, tail = b->br->tail;
+    unsigned count, mask = io_uring_buf_ring_mask(b->n), i, nl;
+    int ret;
+
+    if (bufr_kernel_head(b, &head) < 0) {
+        b->can_withdraw = 0; /* before 6.8: decay waits for consumption */
+        return 0;
+    }
+    count = (uint16_t)(tail - head);
+    if (count > b->published) { b->can_withdraw = 0; return 0; }
+    for (i = 0; i < count; i++) {
+        if (b->state[b->br->bufs[(uint16_t)(head + i) & mask].bid] != HIO_BUF_RING) {
+            b->can_withdraw = 0; /* not what we published: leave it alone */
+            return 0;
+        }
+    }
+    if (io_uring_unregister_buf_ring(b->ring, b->bgid) < 0) { b->can_withdraw = 0; return 0; }
+    /* The entries stay readable in our mapping until the new ring is
+     * written: note them first. The oldest (head side) go to the bottom
+     * of the stack, given back; the newest keep go on top, published again. */
+    nl = count > keep ? count - keep : 0;
+    memmove(b->stack + nl, b->stack, (size_t)b->nfree * sizeof(*b->stack));
+    for (i = 0; i < count; i++) {
+        unsigned bid = b->br->bufs[(uint16_t)(head + i) & mask].bid;
+        b->state[bid] = HIO_BUF_FREE;
+        if (i < nl) b->stack[i] = (uint16_t)bid;
+        else b->stack[b->nfree + i] = (uint16_t)bid;
+    }
+    b->nfree += count;
+    b->published -= count;
+    ret = bufr_register(b, b->ring);
+    if (ret < 0) {
+        b->registered = 0;
+        b->can_withdraw = 0;
+        return ret;
+    }
+    b->withdrawals++;
+    /* Below the old stack, whose clean part moved up by nl with it. */
+    i = b->clean;
+    b->clean = 0;
+    b->low = nl;
+    bufr_trim(b);
+    b->clean = nl + i;
+    hio_bufring_top_up(b, 0);
+    return 0;
+}
+
+int
 hio_bufring_tick(struct hio_bufring *b, double now)
 {
-    if (now < b->win_end) return;
+    int ret = 0;
+
+    if (now < b->win_end) return 0;
     if (b->win_end > 0) {
+        unsigned target;
         if (b->win_parks == 0 && b->peak * 4 <= b->want && b->want > b->want_min) {
             unsigned w = b->peak * 2;
             b->want = w > b->want_min ? w : b->want_min;
             b->shrinks++;
         }
         bufr_trim(b);
+        target = b->want > b->in_use ? b->want - b->in_use : 0;
+        if (b->can_withdraw && b->registered && b->win_parks == 0 &&
+            b->published >= target + (target / 4 > 8 ? target / 4 : 8))
+            ret = bufr_withdraw(b, target);
     }
     b->win_end = now + HIO_BUFRING_WINDOW;
     b->low = b->nfree;
     b->peak = b->win_parks = b->g_parks = b->g_recvs = 0;
+    return ret;
 }
 
 uint64_t

@@ -30,6 +30,8 @@ struct hio_bufring {
     unsigned n, size;
     unsigned short bgid;
     int registered;
+    struct io_uring *ring;        /* registered with (hio_bufring_withdraw) */
+    int can_withdraw;             /* the engine says withdrawing is safe (hotpath.c) */
     uint8_t *state;               /* enum hio_buf_state per buffer */
     uint32_t *len;                /* bytes the kernel wrote into a held buffer */
     unsigned in_use;              /* HELD */
@@ -49,6 +51,7 @@ struct hio_bufring {
     unsigned g_parks, g_recvs;    /* since the window began or want last grew */
     uint64_t releases_to_os;      /* buffers given back with MADV_DONTNEED */
     uint64_t grows, shrinks;      /* changes of want */
+    uint64_t withdrawals;         /* re-registrations that took idle buffers back from the kernel */
 };
 
 int hio_bufring_setup(struct hio_bufring *b, struct io_uring *ring, unsigned n, unsigned size, unsigned short bgid);
@@ -75,9 +78,12 @@ void hio_bufring_dry(struct hio_bufring *b);
  * if more, are in the kernel's ring (as far as there are free ones). */
 void hio_bufring_top_up(struct hio_bufring *b, unsigned at_least);
 /* Called after reaps and from idle waits, with hio_now_coarse(): once a
- * window, lets want decay and gives the pages of buffers unused for a
- * whole window back to the OS. Cheap when the window is not over. */
-void hio_bufring_tick(struct hio_bufring *b, double now);
+ * window, lets want decay, takes buffers published far beyond it back from
+ * the kernel (only if can_withdraw) and gives the pages of buffers unused
+ * for a whole window back to the OS. Cheap when the window is not over.
+ * 0, or -errno when the buffer group could not be registered again (no
+ * recv can get a buffer any more: the ring is broken). */
+int hio_bufring_tick(struct hio_bufring *b, double now);
 /* Buffers that can be handed to the kernel: published or free. */
 static inline unsigned
 hio_bufring_available(const struct hio_bufring *b)
