@@ -104,9 +104,9 @@ hio_bufring_top_up(struct hio_bufring *b, unsigned at_least)
     /* want counts the buffers Ruby holds too: what the ring's traffic
      * keeps out of the stack, which is what stays resident. */
     unsigned target = b->want > b->in_use ? b->want - b->in_use : 0;
+    int added = 0;
 
     if (at_least > target) target = at_least;
-    int added = 0;
 
     while (b->published < target && b->nfree > 0) {
         unsigned bid = b->stack[--b->nfree];
