@@ -118,6 +118,11 @@ struct hio_stats {
 struct hio_hp_stats {
     struct hio_stats st;
     uint64_t buffers_in_use, inflight, queued;
+    uint64_t buffers_published;     /* in the kernel's buffer ring now (buf_ring.c) */
+    uint64_t buffers_wanted;        /* how many the ring keeps published now: adapts */
+    uint64_t buffer_pages_resident; /* pages of the buffer pool resident now (mincore) */
+    uint64_t buffer_releases_to_os; /* buffers whose pages were given back (MADV_DONTNEED) */
+    uint64_t buffer_withdrawals;    /* idle published buffers taken back from the kernel's ring */
     uint64_t queued_send_bytes; /* bytes of send copies the ring holds now */
     unsigned setup_flags;
 };

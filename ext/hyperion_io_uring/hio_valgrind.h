@@ -10,9 +10,11 @@
 #ifdef HAVE_VALGRIND_MEMCHECK_H
 #include <valgrind/memcheck.h>
 #define HIO_MEM_DEFINED(p, n) VALGRIND_MAKE_MEM_DEFINED((p), (n))
+#define HIO_MEM_UNDEFINED(p, n) VALGRIND_MAKE_MEM_UNDEFINED((p), (n))
 #define HIO_ON_VALGRIND() RUNNING_ON_VALGRIND
 #else
 #define HIO_MEM_DEFINED(p, n) ((void)(p), (void)(n))
+#define HIO_MEM_UNDEFINED(p, n) ((void)(p), (void)(n))
 #define HIO_ON_VALGRIND() 0
 #endif
 

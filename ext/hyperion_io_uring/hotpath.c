@@ -313,6 +313,9 @@ hio_hp_open(struct hio_hotpath *h, unsigned depth, unsigned n_bufs, unsigned buf
         const char *env = getenv("HYPERION_IO_URING_CQE_SKIP");
         h->close_skip = (h->uring.features & IORING_FEAT_CQE_SKIP) && !(env && strcmp(env, "0") == 0);
     }
+    /* Taking idle buffers back from the kernel's ring relies on nothing
+     * consuming them outside our own io_uring_enter (buf_ring.c). */
+    h->bufs.can_withdraw = (h->flags & IORING_SETUP_DEFER_TASKRUN) != 0;
     h->zc_ok = hp_probe_send_zc(&h->uring);
     h->zc_flags = 1u << 3; /* IORING_SEND_ZC_REPORT_USAGE (6.2); dropped on a kernel that refuses it */
     hio_owner_init(&h->owner);
@@ -549,12 +552,21 @@ hio_hp_release(struct hio_hotpath *h, long bid)
 
 /* ---- wait ---- */
 
+/* The buffer pool's once-a-window look (buf_ring.c), after reaps and in
+ * idle wait slices: one coarse clock read when it is not due. */
+static void
+hp_bufs_tick(struct hio_hotpath *h)
+{
+    if (hio_bufring_tick(&h->bufs, hio_now_coarse()) < 0) h->healthy = 0; /* no buffer group any more */
+}
+
 static int
 hp_wait_reap(void *ctx)
 {
     struct hio_hotpath *h = ctx;
 
     hp_reap(h);
+    hp_bufs_tick(h);
     hp_ms_unpark(h);
     return 0;
 }
@@ -587,7 +599,10 @@ static const struct hio_wait_ops hp_wait_ops = { hp_wait_reap, hp_wait_ready, hp
 static int
 hp_wait_watch(void *ctx)
 {
-    hp_ms_watch(ctx);
+    struct hio_hotpath *h = ctx;
+
+    hp_ms_watch(h);
+    hp_bufs_tick(h); /* an idle ring gives its buffers back too */
     return 0;
 }
 
@@ -824,6 +839,11 @@ hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out)
     hio_owner_release_deferred(0);
     out->st = h->st;
     out->buffers_in_use = h->bufs.in_use;
+    out->buffers_published = h->bufs.published;
+    out->buffers_wanted = h->bufs.want;
+    out->buffer_pages_resident = hio_bufring_pages_resident(&h->bufs);
+    out->buffer_releases_to_os = h->bufs.releases_to_os;
+    out->buffer_withdrawals = h->bufs.withdrawals;
     out->inflight = h->inflight < 0 ? 0 : (uint64_t)h->inflight;
     out->queued = h->done.count;
     out->queued_send_bytes = h->send_held;

@@ -106,7 +106,11 @@ hpc_limit_arg(VALUE v, const char *what)
  * multishot requests complete many times per submission) with a provided-
  * buffer ring of +n_bufs+ buffers (a power of two, 1..32768) of +buf_size+
  * bytes (1..1 MiB). n_bufs and buf_size default to HYPERION_IO_URING_HOTPATH_BUFS
- * and HYPERION_IO_URING_HOTPATH_BUF_SIZE when set. Raises ArgumentError /
+ * and HYPERION_IO_URING_HOTPATH_BUF_SIZE when set. n_bufs is the most the
+ * ring uses: it publishes 64 to the kernel at first and more only when
+ * recvs keep running dry, and gives the pages of buffers left unused for
+ * a second back to the OS (stats[:buffers_wanted],
+ * [:buffer_pages_resident]). Raises ArgumentError /
  * TypeError for bad values, Unsupported (with the reason) when
  * hotpath_supported? is false, Errno::* when setup fails.
  *
@@ -714,7 +718,16 @@ hpc_batch_wait_supported_p(VALUE self)
  * :send_bytes, :short_sends (continued by the ring), :enobufs (recvs parked
  * for lack of buffers), :rearms (multishot requests re-armed), :cq_overflows,
  * :stale_completions (late completions of cancelled or replaced connections,
- * dropped), :buffers_in_use (held by Ruby now), :submits and :waits
+ * dropped), :buffers_in_use (held by Ruby now), :buffers_published (in
+ * the kernel's buffer ring now, not consumed yet), :buffers_wanted (how
+ * many the pool keeps out of its free stack now, published or held: 64
+ * at first, or n_bufs if smaller; it doubles when recvs run dry often, up
+ * to n_bufs, and decays after a quiet second), :buffer_pages_resident
+ * (pages of the n_bufs x buf_size pool resident now, from mincore(2) at
+ * this call), :buffer_releases_to_os (buffers whose pages were given back
+ * with MADV_DONTNEED after a window unused), :buffer_withdrawals (times
+ * idle published buffers were taken back from the kernel's ring after a
+ * decay; DEFER_TASKRUN rings on Linux 6.8+ only), :submits and :waits
  * (io_uring_enter calls that submitted / waited), :batch_waits (waits made
  * as kernel batch waits, see #each_completion's min_wait_us:), :closes
  * (closes made for #submit_close), :close_timeouts (submit_close deadlines
@@ -750,6 +763,11 @@ hpc_stats(VALUE self)
     HPC_STAT("cq_overflows", st.st.cq_overflows);
     HPC_STAT("stale_completions", st.st.stale_completions);
     HPC_STAT("buffers_in_use", st.buffers_in_use);
+    HPC_STAT("buffers_published", st.buffers_published);
+    HPC_STAT("buffers_wanted", st.buffers_wanted);
+    HPC_STAT("buffer_pages_resident", st.buffer_pages_resident);
+    HPC_STAT("buffer_releases_to_os", st.buffer_releases_to_os);
+    HPC_STAT("buffer_withdrawals", st.buffer_withdrawals);
     HPC_STAT("submits", st.st.io.submits);
     HPC_STAT("waits", st.st.io.waits);
     HPC_STAT("batch_waits", st.st.io.batch_waits);

@@ -167,7 +167,10 @@ hp_ms_complete(struct hio_hotpath *h, unsigned kind, int fd, uint32_t gen, int r
         return v;
     }
     *ms_state(c, kind) = v.next;
-    if (kind == HIO_OP_RECV && res == -ENOBUFS && v.final) h->st.enobufs++;
+    if (kind == HIO_OP_RECV && res == -ENOBUFS && v.final) {
+        h->st.enobufs++;
+        hio_bufring_dry(&h->bufs); /* may publish more buffers */
+    }
     switch (v.act) {
       case HP_MS_REARM:
         hp_ms_rearm(h, kind, fd);
@@ -237,17 +240,27 @@ hp_ms_forget(struct hio_hotpath *h, int fd, struct hio_conn *c)
     c->recv = c->accept = HIO_ARM_NONE;
 }
 
-/* At most one per buffer the kernel has back. This can overestimate (a
- * buffer filled but not reaped yet counts as free, and one multishot recv
- * may take several), so some re-armed recvs end in ENOBUFS again; counting
- * only buffers released since the last park would be cheaper but can
- * stall: a re-armed recv whose socket has nothing left to read uses no
- * buffer, and no further release comes to re-arm the rest. */
+/* At most one per buffer the kernel has or can be given (published, or
+ * free on the stack). The ring is topped up first, beyond what it keeps
+ * published if need be, to a buffer per parked recv: recvs re-armed with
+ * the ring dry would park again at once, and those parks would count as
+ * evidence that the ring needs more buffers (buf_ring.c grows it on real
+ * ones). A parked recv may have nothing to read (a recv armed on a dry
+ * ring ends at once), so such a buffer can stay published unused: its
+ * pages are never touched until the kernel writes it. The count can still
+ * overestimate (a buffer filled but not reaped yet counts as free, and one
+ * multishot recv may take several), so some re-armed recvs end in ENOBUFS
+ * again; counting only buffers released since the last park would be
+ * cheaper but can stall: a re-armed recv whose socket has nothing left to
+ * read uses no buffer, and no further release comes to re-arm the rest. */
 void
 hp_ms_unpark(struct hio_hotpath *h)
 {
-    unsigned avail = hio_bufring_available(&h->bufs);
+    unsigned avail;
 
+    if (h->parked.count == 0) return;
+    hio_bufring_top_up(&h->bufs, h->parked.count);
+    avail = hio_bufring_available(&h->bufs);
     while (h->parked.count > 0 && avail > 0) {
         int fd = *(int *)hio_fifo_front(&h->parked, sizeof(int));
         struct hio_conn *c = &h->conns[fd];
