@@ -140,14 +140,23 @@ until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
         dropped += 1
         close_conn.call(fd, timeout: 0)
       rescue IOError
-        nil # dropped earlier in this batch, its close pending: the request goes with it
+        # Dropped earlier in this batch, its close pending: the request goes
+        # with it, and so does any tail kept above (the fd number is reused).
+        partial.delete(fd)
       end
     else
       case op
       when HR::OP_ACCEPT
         ring.submit_recv_multishot(res) if res >= 0
       when HR::OP_RECV
-        close_conn.call(fd) if res != -Errno::ECANCELED::Errno # EOF or error
+        # -ECANCELED: the recv's end after a close (a client dropped above);
+        # a tail a later recv of the same batch kept must not greet the
+        # next connection that gets this fd number.
+        if res == -Errno::ECANCELED::Errno
+          partial.delete(fd)
+        else
+          close_conn.call(fd) # EOF or error
+        end
       when HR::OP_SEND
         close_conn.call(fd) if res.negative? && res != -Errno::ECANCELED::Errno
       when HR::OP_CLOSE

@@ -254,15 +254,27 @@ wait_held_slice(struct io_uring *ring, unsigned wait_nr, double timeout)
     return wait_normalize(a.ret);
 }
 
+/* Whether completions wait as task work the kernel runs only when this
+ * task enters it (IORING_SQ_TASKRUN; set only with IORING_SETUP_TASKRUN_FLAG):
+ * read from the shared SQ ring, no syscall. */
+static inline int
+wait_taskrun_pending(const struct io_uring *ring)
+{
+    return (ring->flags & IORING_SETUP_TASKRUN_FLAG) &&
+           (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN);
+}
+
 int
 hio_submit_get_events(struct io_uring *ring)
 {
     int ret;
 
-    /* Without deferred task running the kernel posts CQEs by itself: with
-     * nothing to submit and no overflow to flush, a peek needs no syscall. */
+    /* Without deferred task running the kernel posts CQEs by itself, unless
+     * it says (IORING_SQ_TASKRUN, COOP_TASKRUN + TASKRUN_FLAG) that some wait
+     * as task work for this task's next kernel entry: with nothing to
+     * submit, no overflow to flush and no such work, a peek needs no syscall. */
     if (io_uring_sq_ready(ring) == 0 && !(ring->flags & IORING_SETUP_DEFER_TASKRUN) &&
-        !io_uring_cq_has_overflow(ring))
+        !io_uring_cq_has_overflow(ring) && !wait_taskrun_pending(ring))
         return 0;
 #ifdef HAVE_IO_URING_SUBMIT_AND_GET_EVENTS
     ret = io_uring_submit_and_get_events(ring);
@@ -381,16 +393,6 @@ enum { WAIT_LOOK_BLOCK = 0, WAIT_LOOK_DONE = 1, WAIT_LOOK_AGAIN = 2 };
  * submit and let the kernel run deferred work first). WAIT_LOOK_DONE when
  * ready() reached want, WAIT_LOOK_AGAIN when reaping queued requests worth
  * another look, WAIT_LOOK_BLOCK, or a fatal -errno of the peek. */
-/* Whether completions wait as task work the kernel runs only when this
- * task enters it (IORING_SQ_TASKRUN; set only with IORING_SETUP_TASKRUN_FLAG):
- * read from the shared SQ ring, no syscall. */
-static inline int
-wait_taskrun_pending(const struct io_uring *ring)
-{
-    return (ring->flags & IORING_SETUP_TASKRUN_FLAG) &&
-           (IO_URING_READ_ONCE(*ring->sq.kflags) & IORING_SQ_TASKRUN);
-}
-
 static inline int
 wait_look(struct hio_wait *w, int peek)
 {
