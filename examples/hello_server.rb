@@ -24,15 +24,15 @@
 # Slow clients: a client that sends requests and never reads its responses
 # would make the ring hold copies of them without end. The ring refuses past
 # send_buffer_limit (the ring) and connection_send_limit (one fd) with
-# SendBufferFull; this server sets connection_send_limit to its high-water
-# mark (--high-water BYTES, default 1 MiB), so a submit_send that would hold
-# more than that for one client raises, and the client is dropped
-# (submit_close with timeout 0: the responses still queued are cancelled).
-# That costs nothing per request; ring.queued_send_bytes(fd) says the same
-# thing for a server that would rather decide itself, or stop reading
-# instead (cancel the recv, re-arm it once the bytes drain). --close-timeout
-# S bounds how long any close waits for its responses to go out
-# (close_timeout:).
+# SendBufferFull; before that, this server keeps its own per-connection
+# high-water mark (--high-water BYTES, default 1 MiB): while
+# ring.queued_send_bytes(fd) is above it, the connection's requests are not
+# answered but dropped with the connection (submit_close with a short
+# timeout: the responses still queued are cancelled). A server that would
+# rather wait can stop reading instead (cancel the recv, re-arm it once the
+# bytes drain). --close-timeout S bounds how long any close waits for its
+# responses to go out (close_timeout:). A request head that grows past
+# 64 KiB without ending drops its client too.
 #
 # --body-size BYTES: the body is BYTES of "a".."z" repeated (what the bench's
 # bench/conn_client.c -b checks, byte for byte) instead of "Hello World\n".
@@ -74,6 +74,7 @@ Process.setrlimit(:NOFILE, hard) if soft < hard
 
 BODY = opts[:body_size] ? ("abcdefghijklmnopqrstuvwxyz" * (opts[:body_size] / 26 + 1))[0, opts[:body_size]] : "Hello World\n"
 RESPONSE = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: #{BODY.bytesize}\r\n\r\n#{BODY}".b.freeze
+MAX_HEAD = 64 << 10 # bytes of an unfinished request head kept for a client
 TERMINATOR = "\r\n\r\n".b.freeze # binary, like what take_buffer returns: no encoding negotiation per search
 HR = Hyperion::IOUring::HotpathRing
 
@@ -82,8 +83,7 @@ listener.listen(1024)
 # A response bigger than the mark would never be sent: the mark is at least
 # two of them.
 high_water = [opts[:high_water], 2 * RESPONSE.bytesize].max
-ring = HR.new(close_timeout: opts[:close_timeout], send_completions: opts[:send_completions],
-              connection_send_limit: high_water)
+ring = HR.new(close_timeout: opts[:close_timeout], send_completions: opts[:send_completions])
 ring.submit_accept_multishot(listener)
 dropped = 0
 partial = {} # fd => bytes of a request not complete yet
@@ -128,15 +128,30 @@ until stop || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
         pos = i + 4
         break if pos == len
       end
-      partial[fd] = data.byteslice(pos..) if pos < len
+      if pos < len
+        # A head that never ends is not a request: drop its sender rather
+        # than keep its bytes.
+        if len - pos > MAX_HEAD
+          close_conn.call(fd, timeout: 0)
+          next
+        end
+        partial[fd] = data.byteslice(pos..)
+      end
       next if count.zero?
 
       begin
-        ring.submit_send(fd, count == 1 ? RESPONSE : RESPONSE * count)
+        # A client with more than the high-water mark still queued is not
+        # reading what it asked for: drop it (its queued responses are
+        # cancelled at once) rather than queue more. Checked before the
+        # send, so a burst of pipelined requests from a client that reads
+        # is answered whole. SendBufferFull: the ring's own limits.
+        if ring.queued_send_bytes(fd) > high_water
+          dropped += 1
+          close_conn.call(fd, timeout: 0)
+        else
+          ring.submit_send(fd, count == 1 ? RESPONSE : RESPONSE * count)
+        end
       rescue Hyperion::IOUring::SendBufferFull
-        # Over the high-water mark: this client is not reading what it asked
-        # for. Drop it (its queued responses are cancelled at once) rather
-        # than queue more.
         dropped += 1
         close_conn.call(fd, timeout: 0)
       rescue IOError
