@@ -7,7 +7,7 @@ require "etc"
 module Bench
   Config = Struct.new(:mode, :rounds, :accept_n, :accept_conc, :accept_burst, :accept_count_n, :wrk_seconds, :wrk_warmup,
                       :wrk_conns, :count_seconds, :percall_iterations, :conns_n, :conns_active, :conns_seconds,
-                      :conns_warmup, :body_sizes, :body_conns, :out_md, :out_svg, :out_json, :pin,
+                      :conns_warmup, :conns_idle, :body_sizes, :body_conns, :out_md, :out_svg, :out_json, :pin,
                       :syscalls, :max_other, :retries, :wait_budget, keyword_init: true) do
     def quick? = mode == :quick
 
@@ -49,6 +49,12 @@ module Bench
       conns_active: Float(ENV.fetch("BENCH_CONNS_ACTIVE", "0.05")),
       conns_seconds: Float(ENV.fetch("BENCH_CONNS_SECONDS", quick ? "1" : "5")),
       conns_warmup: Float(ENV.fetch("BENCH_CONNS_WARMUP", quick ? "0.5" : "1")),
+      # How long the connections sit idle, all answered, before the RSS
+      # per idle connection is read: long enough for a server to settle
+      # after the setup's burst (the ring's buffer pool gives back what the
+      # burst took after a quiet second; Ruby's GC may run), the same for
+      # every server.
+      conns_idle: Float(ENV.fetch("BENCH_CONNS_IDLE", quick ? "0.2" : "2")),
       # bodies: response body sizes at BENCH_BODY_CONNS connections, for
       # wrk_seconds each.
       body_sizes: env_list("BENCH_BODY_SIZES", "65536,1048576"),

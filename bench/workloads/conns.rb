@@ -54,7 +54,7 @@ module Bench
     label, script = CONNS_VARIANTS.fetch(variant)
     n = cfg.conns_n
     active = [(n * cfg.conns_active).round, 1].max
-    rss = { rss_cold: rss_cold(label, script, n) }
+    rss = { rss_cold: rss_cold(label, script, n, cfg.conns_idle) }
     server = start_server(label, script, [])
     begin
       warm = ConnClient.new(server.port, n: 50, active: 50, seconds: cfg.conns_warmup)
@@ -67,7 +67,7 @@ module Bench
         client = ConnClient.new(server.port, n: n, active: active, seconds: cfg.conns_seconds)
         begin
           setup = client.ready
-          sleep 0.2
+          sleep cfg.conns_idle
           rss[:rss_idle] ||= (server.rss - warm0).fdiv(n)
           rss[:setup_s] ||= setup[:setup_seconds]
           cpu0, = server.cpu
@@ -94,15 +94,15 @@ module Bench
   end
 
   # A fresh server's RSS growth per connection, n connections answered once
-  # and held idle (VmRSS once they are, minus VmRSS when it listened).
-  def self.rss_cold(label, script, n)
+  # and held idle for idle seconds (VmRSS then, minus VmRSS when it listened).
+  def self.rss_cold(label, script, n, idle)
     server = start_server(label, script, [])
     sleep 0.2
     rss0 = server.rss
     client = ConnClient.new(server.port, n: n, active: 1, seconds: 0.01)
     begin
       client.ready
-      sleep 0.2
+      sleep idle
       (server.rss - rss0).fdiv(n)
     ensure
       client.finish
