@@ -177,6 +177,17 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     expect(k.pinned_strings - pinned).to be >= 1
   end
 
+  it "sends to a socket only: a pipe gets ENOTSOCK as with any send" do
+    file_ring
+    r, w = IO.pipe
+    (@sockets ||= []).push(r, w)
+    ring.submit_send(w.fileno, ("p" * 100_000).freeze)
+    got = collect_completions(ring) { |cs| sends(cs).any? }
+    expect(sends(got).map { |c| c[:result] }).to eq([-Errno::ENOTSOCK::Errno])
+    expect(r.read_nonblock(10, exception: false)).to eq(:wait_readable)
+    expect(ring.stats).to include(file_sends: 0, body_files: 0)
+  end
+
   def fd_open_through_proc?(fd)
     File.exist?("/proc/self/fd/#{fd}")
   end

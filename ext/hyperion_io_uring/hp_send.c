@@ -54,6 +54,7 @@
 #include "hp_send.h"
 #include "hp_bodies.h"
 #include "hp_conn.h"
+#include "fdid.h"
 #include "hp_queue.h"
 #include "hp_slots.h"
 #include <errno.h>
@@ -244,7 +245,10 @@ hp_send_submit_borrowed(struct hio_hotpath *h, int fd, struct hio_conn *c, const
         hio_owner_unpin(token);
         return ret < 0 ? ret : -ENOMEM;
     }
-    if (h->file_min && len >= h->file_min && (h->sends[slot].body = hp_body_get(h, data, len, token)) >= 0)
+    /* Only to a socket: sendfile(2) would also write to a pipe or a file,
+     * where IORING_OP_SEND fails with ENOTSOCK. */
+    if (h->file_min && len >= h->file_min && hio_fd_is_socket(fd) &&
+        (h->sends[slot].body = hp_body_get(h, data, len, token)) >= 0)
         h->st.file_sends++;
     h->st.borrowed_sends++;
     /* On failure send_enqueue frees the slot, which unpins the token. */
