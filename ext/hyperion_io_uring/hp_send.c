@@ -75,7 +75,7 @@
 
 /* A sendfile slot: sends what the socket takes now from its body's memfd.
  * 1: ended (*res 0, or -errno), 0: waits for POLLOUT (the poll is in
- * flight), -EBUSY: no SQE for the poll. */
+ * flight), -EBUSY: no SQE for the poll and nothing sent yet. */
 static int
 send_file_step(struct hio_hotpath *h, int32_t slot, int *res)
 {
@@ -96,7 +96,13 @@ send_file_step(struct hio_hotpath *h, int32_t slot, int *res)
             return 1;
         }
         if (s->off < s->len) {
-            if (!(sqe = hp_sqe(h))) return -EBUSY;
+            if (!(sqe = hp_sqe(h))) {
+                /* Once part of it went out, the send cannot be refused as
+                 * if nothing happened: it fails, with a completion. */
+                if (s->off == 0) return -EBUSY;
+                *res = -EBUSY;
+                return 1;
+            }
             io_uring_prep_poll_add(sqe, s->fd, POLLOUT);
             io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)slot));
             s->inflight = 1;
@@ -184,8 +190,6 @@ send_check_limits(struct hio_hotpath *h, int fd, const struct hio_conn *c, size_
     return -ENOBUFS;
 }
 
-/* Queues the new slot (len bytes) on fd: started at once when nothing is
- * ahead of it. On failure the slot is freed (a borrowed one unpinned). */
 static void send_end(struct hio_hotpath *h, struct hio_conn *c, int fd, int32_t slot, int res);
 
 /* Queues the new slot (len bytes) on fd: started at once when nothing is
