@@ -7,7 +7,7 @@
 #
 #   ruby examples/hello_server.rb [--port 9292] [--seconds 30] [--batch N|auto] [--batch-wait-us U]
 #                                 [--high-water BYTES] [--close-timeout S] [--body-size BYTES]
-#                                 [--send-completions failures|all]
+#                                 [--send-completions failures|all] [--sendfile-min BYTES]
 #
 # --send-completions: which send completions the ring yields (default
 # failures: a response that went out in full ends silently, so each request
@@ -38,6 +38,11 @@
 # bench/conn_client.c -b checks, byte for byte) instead of "Hello World\n".
 # The response is one frozen String, sent as it is for every request.
 #
+# --sendfile-min BYTES (default 65536; 0: off): responses of at least BYTES
+# go out with sendfile(2) from a memfd copy of the frozen String, made once
+# (HotpathRing.new(sendfile_min:)): the kernel sends the copy's pages
+# instead of copying the body into socket buffers for every response.
+#
 # Idle connections cost this server no Ruby object: a connection is its fd
 # number in the ring (multishot recv armed), and the only per-connection Ruby
 # state is the tail of a request split across reads, kept only while one is.
@@ -52,7 +57,7 @@ require "socket"
 require "optparse"
 
 opts = { port: 9292, seconds: 30.0, host: "127.0.0.1", batch: 1, batch_wait_us: 50, high_water: 1 << 20,
-         close_timeout: 10.0, send_completions: :failures, body_size: nil }
+         close_timeout: 10.0, send_completions: :failures, body_size: nil, sendfile_min: 65_536 }
 OptionParser.new do |o|
   o.on("--port N", Integer) { |v| opts[:port] = v }
   o.on("--seconds S", Float) { |v| opts[:seconds] = v }
@@ -62,6 +67,7 @@ OptionParser.new do |o|
   o.on("--close-timeout S", Float) { |v| opts[:close_timeout] = v }
   o.on("--send-completions MODE", %w[failures all]) { |v| opts[:send_completions] = v.to_sym }
   o.on("--body-size BYTES", Integer) { |v| opts[:body_size] = v }
+  o.on("--sendfile-min BYTES", Integer) { |v| opts[:sendfile_min] = v }
 end.parse!(ARGV)
 
 unless Hyperion::IOUring.hotpath_supported?
@@ -83,7 +89,8 @@ listener.listen(1024)
 # A response bigger than the mark would never be sent: the mark is at least
 # two of them.
 high_water = [opts[:high_water], 2 * RESPONSE.bytesize].max
-ring = HR.new(close_timeout: opts[:close_timeout], send_completions: opts[:send_completions])
+ring = HR.new(close_timeout: opts[:close_timeout], send_completions: opts[:send_completions],
+              sendfile_min: opts[:sendfile_min].positive? ? opts[:sendfile_min] : nil)
 ring.submit_accept_multishot(listener)
 dropped = 0
 partial = {} # fd => bytes of a request not complete yet

@@ -479,7 +479,7 @@ RSpec.describe "Bad input sweep" do
       }
       answers = {
         close: nil, closed?: true, fileno: nil, ptr: nil, healthy?: false, force_unhealthy!: nil, send_completions: :all,
-        zero_copy_min: nil
+        zero_copy_min: nil, sendfile_min: nil
       }
       [[Hyperion::IOUring::Ring, -> { Hyperion::IOUring::Ring.new(queue_depth: 2).tap(&:close) }],
        [k, -> { k.new(queue_depth: 4, n_bufs: 4, buf_size: 64).tap(&:close) }],

@@ -111,6 +111,8 @@ struct hio_stats {
     uint64_t borrowed_sends;   /* sends of the caller's memory, without a copy (hp_send.c) */
     uint64_t zc_sends;         /* IORING_OP_SEND_ZC requests made (hp_send.c) */
     uint64_t zc_copied;        /* ... whose notification said the kernel copied the bytes anyway */
+    uint64_t file_sends;       /* sends made with sendfile(2) from a memfd copy (hp_send.c) */
+    uint64_t body_files;       /* memfd copies of bodies made (hp_bodies.c) */
     struct hio_wait_counts io; /* submits, waits, batch_waits */
 };
 
@@ -180,6 +182,11 @@ enum hio_send_report hio_hp_send_report(const struct hio_hotpath *h);
 void hio_hp_set_zero_copy_min(struct hio_hotpath *h, size_t min);
 size_t hio_hp_zero_copy_min(const struct hio_hotpath *h);
 int hio_hp_zero_copy_supported(const struct hio_hotpath *h);
+/* Borrowed sends of at least min bytes go out with sendfile(2) from a
+ * sealed memfd copy of the String, made once and cached (hp_bodies.c;
+ * 0: never; without memfd_create it stays 0). */
+void hio_hp_set_sendfile_min(struct hio_hotpath *h, size_t min);
+size_t hio_hp_sendfile_min(const struct hio_hotpath *h);
 /* The last send refused with -ENOBUFS. */
 void hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out);
 /* Bytes of send copies held for fd's connection now (0 for a fd without). */

@@ -67,6 +67,8 @@ def check_optional_pieces
   have_header("linux/time_types.h")
   have_header("valgrind/memcheck.h") # client requests: no-ops unless run under valgrind
   OPTIONAL_FUNCS.each { |f| have_func(f, "liburing.h") }
+  # sendfile_min: (hp_bodies.c): glibc 2.27+.
+  have_func("memfd_create", ["sys/mman.h"])
   # Its third field is `pad` up to liburing 2.8 and `min_wait_usec` from 2.9
   # (kernel 6.12's batch waits).
   have_struct_member("struct io_uring_getevents_arg", "min_wait_usec", "liburing.h")

@@ -26,3 +26,11 @@ hio_fdid_check(int fd, const struct hio_fdid *id)
     if (hio_fdid_get(fd, &now) < 0) return -EBADF;
     return now.dev == id->dev && now.ino == id->ino ? 0 : -EBADF;
 }
+
+int
+hio_fd_is_socket(int fd)
+{
+    struct stat st;
+
+    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}

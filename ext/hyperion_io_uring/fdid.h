@@ -22,5 +22,7 @@ int hio_fdid_get(int fd, struct hio_fdid *id);
 /* 0 while fd still names the file id was taken from; -EBADF once it is
  * closed or names another file. */
 int hio_fdid_check(int fd, const struct hio_fdid *id);
+/* Whether fd names a socket now. */
+int hio_fd_is_socket(int fd);
 
 #endif

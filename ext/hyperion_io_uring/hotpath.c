@@ -29,6 +29,7 @@
 #include "hp_queue.h"
 #include "hp_send.h"
 #include "hp_slots.h"
+#include "hp_bodies.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -460,6 +461,23 @@ hio_hp_zero_copy_min(const struct hio_hotpath *h)
     return h->zc_min;
 }
 
+void
+hio_hp_set_sendfile_min(struct hio_hotpath *h, size_t min)
+{
+#ifdef HAVE_MEMFD_CREATE
+    h->file_min = min;
+#else
+    (void)h;
+    (void)min;
+#endif
+}
+
+size_t
+hio_hp_sendfile_min(const struct hio_hotpath *h)
+{
+    return h->file_min;
+}
+
 int
 hio_hp_zero_copy_supported(const struct hio_hotpath *h)
 {
@@ -658,6 +676,7 @@ static void
 hp_free_tables(struct hio_hotpath *h, enum hio_release inflight_fate, struct hio_deferral *d)
 {
     hp_slots_teardown(h, inflight_fate, d);
+    hp_bodies_teardown(h);
     hp_conns_teardown(h);
     hp_ms_teardown(h);
     hp_queue_teardown(h);

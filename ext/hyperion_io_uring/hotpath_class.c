@@ -18,7 +18,7 @@ VALUE hio_cHotpathRing;
 static ID id_queue_depth, id_n_bufs, id_buf_size;
 static ID id_default_n_bufs, id_default_buf_size, id_default_send_buffer_limit;
 static ID id_send_buffer_limit, id_connection_send_limit, id_close_timeout, id_timeout, id_send_completions,
-    id_zero_copy_min;
+    id_zero_copy_min, id_sendfile_min;
 static VALUE sym_op_kind, sym_fd, sym_result, sym_buf_id, sym_flags, sym_all, sym_failures;
 
 #define HP_MAX_BUF_SIZE (1024u * 1024u)
@@ -100,7 +100,7 @@ hpc_limit_arg(VALUE v, const char *what)
 
 /*
  * call-seq:
- *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192, send_buffer_limit: 64 MiB, connection_send_limit: send_buffer_limit / 4, close_timeout: 60, send_completions: :all, zero_copy_min: nil) -> ring
+ *   HotpathRing.new(queue_depth: 1024, n_bufs: 512, buf_size: 8192, send_buffer_limit: 64 MiB, connection_send_limit: send_buffer_limit / 4, close_timeout: 60, send_completions: :all, zero_copy_min: nil, sendfile_min: nil) -> ring
  *
  * Opens a ring of +queue_depth+ SQEs (1..32768; the CQ is 4x larger, since
  * multishot requests complete many times per submission) with a provided-
@@ -146,14 +146,36 @@ hpc_limit_arg(VALUE v, const char *what)
  * large bodies sent through a real NIC; on loopback the kernel copies
  * anyway (stats[:zc_copied] counts the sends it copied after all), so it
  * only adds a completion per send there.
+ *
+ * +sendfile_min+ (bytes, or nil: never, the default): frozen Strings sent
+ * without a copy (BORROW_MIN bytes or more) of at least this size go out
+ * with sendfile(2) from a copy of the String in a sealed memfd, made at
+ * the String's first such send and reused for the next ones: the kernel
+ * sends the memfd's pages instead of copying the bytes into socket
+ * buffers, which is most of the CPU a large response costs (on loopback
+ * too, where zero_copy_min: cannot help). For bodies sent again and again
+ * (a cached page, a static asset). The ring keeps up to 16 such copies,
+ * at most send_buffer_limit bytes in all, and each one's String alive
+ * (see HotpathRing.pinned_strings), until the ring closes or a new body
+ * needs the room (the least recently sent one no send is using goes).
+ * The send itself is a nonblocking sendfile(2) made when it reaches the
+ * head of its fd's queue (inside #submit_send when nothing is queued
+ * ahead of it); what the socket does not take at once waits for
+ * writability in the ring. Completions, ordering, #cancel,
+ * #submit_close's deadlines and the send limits are those of any send.
+ * Like write(2), sendfile(2) to a connection the peer closed raises
+ * SIGPIPE (it has no MSG_NOSIGNAL): Ruby's own handler ignores it, so only
+ * a program that set trap("PIPE", "SYSTEM_DEFAULT") would die of it.
+ * stats[:file_sends], [:body_files].
  */
 static VALUE
 hpc_initialize(int argc, VALUE *argv, VALUE self)
 {
-    static ID kw_ids[8];
+    static ID kw_ids[9];
     struct hio_hotpath *h = hpc_get(self)->h;
-    VALUE opts, kw[8] = { Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef }, klass = rb_obj_class(self);
-    uint64_t zc_min = 0;
+    VALUE opts, kw[9] = { Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef, Qundef },
+          klass = rb_obj_class(self);
+    uint64_t zc_min = 0, file_min = 0;
     enum hio_send_report report = HIO_SEND_REPORT_ALL;
     unsigned depth = 1024, n_bufs, buf_size;
     uint64_t send_limit, conn_limit;
@@ -169,9 +191,10 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
         kw_ids[5] = id_close_timeout;
         kw_ids[6] = id_send_completions;
         kw_ids[7] = id_zero_copy_min;
+        kw_ids[8] = id_sendfile_min;
     }
     rb_scan_args(argc, argv, "0:", &opts);
-    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 8, kw);
+    if (!NIL_P(opts)) rb_get_kwargs(opts, kw_ids, 0, 9, kw);
     if (kw[0] != Qundef) depth = hio_depth_arg(kw[0], "queue_depth");
     if (kw[1] == Qundef) kw[1] = rb_respond_to(klass, id_default_n_bufs) ? rb_funcall(klass, id_default_n_bufs, 0) : INT2FIX(512);
     if (kw[2] == Qundef) kw[2] = rb_respond_to(klass, id_default_buf_size) ? rb_funcall(klass, id_default_buf_size, 0) : INT2FIX(8192);
@@ -196,6 +219,7 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
         report = HIO_SEND_REPORT_FAILURES;
     }
     if (kw[7] != Qundef && !NIL_P(kw[7])) zc_min = hpc_limit_arg(kw[7], "zero_copy_min");
+    if (kw[8] != Qundef && !NIL_P(kw[8])) file_min = hpc_limit_arg(kw[8], "sendfile_min");
     if (hio_hp_was_opened(h)) rb_raise(rb_eRuntimeError, "ring already initialized");
     hio_require_supported("io_uring hotpath", "hotpath_supported?", "hotpath_unsupported_reason");
     ret = hio_hp_open(h, depth, n_bufs, buf_size);
@@ -207,6 +231,7 @@ hpc_initialize(int argc, VALUE *argv, VALUE self)
     hio_hp_set_close_timeout(h, close_timeout);
     hio_hp_set_send_report(h, report);
     hio_hp_set_zero_copy_min(h, (size_t)zc_min);
+    hio_hp_set_sendfile_min(h, (size_t)file_min);
     return self;
 }
 
@@ -220,6 +245,20 @@ static VALUE
 hpc_zero_copy_min(VALUE self)
 {
     size_t min = hio_hp_zero_copy_min(hpc_get(self)->h);
+    return min ? SIZET2NUM(min) : Qnil;
+}
+
+/*
+ * call-seq:
+ *   ring.sendfile_min -> Integer or nil
+ *
+ * The +sendfile_min+ the ring was made with (nil: off; also nil where the
+ * C library has no memfd_create).
+ */
+static VALUE
+hpc_sendfile_min(VALUE self)
+{
+    size_t min = hio_hp_sendfile_min(hpc_get(self)->h);
     return min ? SIZET2NUM(min) : Qnil;
 }
 
@@ -739,7 +778,9 @@ hpc_batch_wait_supported_p(VALUE self)
  * large ones from a cache of mappings, so it stops growing once a server
  * is warm), :borrowed_sends (frozen Strings sent without a copy),
  * :zc_sends (IORING_OP_SEND_ZC requests, see zero_copy_min:), :zc_copied
- * (those the kernel copied after all, Linux 6.2+), plus
+ * (those the kernel copied after all, Linux 6.2+), :file_sends (sends
+ * made with sendfile(2), see sendfile_min:), :body_files (memfd copies of
+ * bodies made for them), plus
  * :inflight (requests the kernel holds),
  * :queued (completions not yet yielded), :queued_send_bytes (bytes of send
  * copies the ring holds now, see #queued_send_bytes) and :setup_flags.
@@ -779,6 +820,8 @@ hpc_stats(VALUE self)
     HPC_STAT("borrowed_sends", st.st.borrowed_sends);
     HPC_STAT("zc_sends", st.st.zc_sends);
     HPC_STAT("zc_copied", st.st.zc_copied);
+    HPC_STAT("file_sends", st.st.file_sends);
+    HPC_STAT("body_files", st.st.body_files);
     HPC_STAT("inflight", st.inflight);
     HPC_STAT("queued", st.queued);
     HPC_STAT("queued_send_bytes", st.queued_send_bytes);
@@ -871,6 +914,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     id_timeout = rb_intern("timeout");
     id_send_completions = rb_intern("send_completions");
     id_zero_copy_min = rb_intern("zero_copy_min");
+    id_sendfile_min = rb_intern("sendfile_min");
     sym_all = ID2SYM(rb_intern("all"));
     sym_failures = ID2SYM(rb_intern("failures"));
     sym_op_kind = ID2SYM(rb_intern("op_kind"));
@@ -907,6 +951,7 @@ hio_init_hotpath_class(VALUE mIOUring)
     rb_define_method(hio_cHotpathRing, "queued_send_bytes", hpc_queued_send_bytes, 1);
     rb_define_method(hio_cHotpathRing, "send_completions", hpc_send_completions, 0);
     rb_define_method(hio_cHotpathRing, "zero_copy_min", hpc_zero_copy_min, 0);
+    rb_define_method(hio_cHotpathRing, "sendfile_min", hpc_sendfile_min, 0);
     rb_define_method(hio_cHotpathRing, "zero_copy_supported?", hpc_zero_copy_supported_p, 0);
     rb_define_method(hio_cHotpathRing, "flush", hpc_flush, 0);
     rb_define_method(hio_cHotpathRing, "close", hpc_close, 0);

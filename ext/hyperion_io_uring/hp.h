@@ -29,6 +29,8 @@
  * 32 KiB (hp_slots.c). */
 #define HP_SLAB_CLASSES 10
 #define HP_GEN_MASK 0xffffffu
+/* Bodies hp_bodies.c keeps a memfd copy of, at most. */
+#define HP_BODIES 16
 
 /* A multishot request's state (hp_multishot.c). ORPHANED: an accept whose
  * listener was closed behind the ring's back, cancelled by the ring. */
@@ -84,8 +86,19 @@ struct hio_send {
     uint8_t ended;    /* the send has ended and left its fd's queue; freed at its last notification */
     size_t len, off;
     int32_t next;     /* next in the fd's queue, or in the free list */
-    uint8_t inflight; /* the kernel holds a send SQE of it */
+    uint8_t inflight; /* the kernel holds a send SQE of it (a sendfile slot: its POLLOUT poll) */
     uint8_t cancelled;
+    int32_t body;     /* sent with sendfile(2) from this hp_bodies.c entry's memfd; -1: not */
+};
+
+/* A sealed memfd copy of a pinned frozen String (hp_bodies.c). */
+struct hio_body {
+    const char *ptr;  /* the String's bytes: with len, what identifies it */
+    size_t len;
+    uint64_t token;   /* the entry's own pin of the String; keeps ptr its bytes */
+    uint64_t used;    /* h->body_tick of its last send (least recently used goes first) */
+    int fd;           /* the memfd (an entry with len 0 is free) */
+    unsigned refs;    /* send slots sending from it */
 };
 
 #define HIO_HOTPATH_MAGIC 0x48494f55u /* "HIOU" */
@@ -122,6 +135,11 @@ struct hio_hotpath {
     unsigned zc_flags;                    /* SEND_ZC's zc_flags (IORING_SEND_ZC_REPORT_USAGE, or 0) */
     int zc_ok;                            /* this kernel has IORING_OP_SEND_ZC (hotpath.c probes) */
     struct hio_send_refusal refused;      /* the last send refused with -ENOBUFS */
+    size_t file_min;                      /* sendfile_min: borrowed sends this big use sendfile(2); 0: never */
+    /* hp_bodies.c */
+    struct hio_body bodies[HP_BODIES];
+    uint64_t body_bytes;         /* bytes in the memfds of the entries */
+    uint64_t body_tick;
     /* hp_conn.c */
     struct hio_conn *conns;
     unsigned nconns;             /* entries set up: fds 0..nconns-1 */

@@ -39,12 +39,27 @@
  * notification, so a close drains them. The notification says whether
  * the kernel copied after all (IORING_NOTIF_USAGE_ZC_COPIED, 6.2+:
  * stats[:zc_copied]); on loopback it always does.
+ *
+ * sendfile (file_min): a borrowed send of at least file_min bytes goes out
+ * with sendfile(2) from a sealed memfd copy of the String (hp_bodies.c),
+ * so the kernel sends the memfd's pages instead of copying the bytes. It
+ * runs inline (a nonblocking sendfile(2) when the send reaches the head of
+ * its fd's queue, like write_nonblock); what the socket does not take at
+ * once waits for an IORING_OP_POLL_ADD (POLLOUT), whose CQE (the send's
+ * user_data) continues it. So the poll is the only request such a send has
+ * in the kernel, and cancelling it (Ruby, a close deadline, a closing ring)
+ * cancels the send; s->off counts the bytes the socket took. A send that
+ * ends inline reports like any other, through Ruby's completion queue.
  */
 #include "hp_send.h"
+#include "hp_bodies.h"
 #include "hp_conn.h"
+#include "fdid.h"
 #include "hp_queue.h"
 #include "hp_slots.h"
 #include <errno.h>
+#include <poll.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 
 #ifndef IORING_CQE_F_NOTIF
@@ -58,13 +73,57 @@
 #define IORING_NOTIF_USAGE_ZC_COPIED (1U << 31)
 #endif
 
+/* A sendfile slot: sends what the socket takes now from its body's memfd.
+ * 1: ended (*res 0, or -errno), 0: waits for POLLOUT (the poll is in
+ * flight), -EBUSY: no SQE for the poll and nothing sent yet. */
 static int
-send_start(struct hio_hotpath *h, int32_t slot)
+send_file_step(struct hio_hotpath *h, int32_t slot, int *res)
 {
     struct hio_send *s = &h->sends[slot];
-    struct io_uring_sqe *sqe = hp_sqe(h);
+    struct io_uring_sqe *sqe;
 
-    if (!sqe) return -EBUSY;
+    while (s->off < s->len) {
+        off_t pos = (off_t)s->off;
+        ssize_t n = sendfile(s->fd, hp_body_fd(h, s->body), &pos, s->len - s->off);
+        if (n > 0) {
+            s->off += (size_t)n;
+            if (s->off == s->len) break;
+            h->st.short_sends++; /* the socket is full: wait for room */
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (!(n < 0 && errno == EAGAIN)) {
+            *res = n < 0 ? -errno : -EIO; /* 0: the memfd is shorter than the body (cannot happen: sealed) */
+            return 1;
+        }
+        if (s->off < s->len) {
+            if (!(sqe = hp_sqe(h))) {
+                /* Once part of it went out, the send cannot be refused as
+                 * if nothing happened: it fails, with a completion. */
+                if (s->off == 0) return -EBUSY;
+                *res = -EBUSY;
+                return 1;
+            }
+            io_uring_prep_poll_add(sqe, s->fd, POLLOUT);
+            io_uring_sqe_set_data64(sqe, hp_ud(HIO_OP_SEND, s->gen, (uint32_t)slot));
+            s->inflight = 1;
+            h->inflight++;
+            return 0;
+        }
+    }
+    *res = 0;
+    return 1;
+}
+
+/* Starts the send in slot: 0 (in flight), 1 (a sendfile slot that ended at
+ * once: *res), or -EBUSY (no SQE). */
+static int
+send_start(struct hio_hotpath *h, int32_t slot, int *res)
+{
+    struct hio_send *s = &h->sends[slot];
+    struct io_uring_sqe *sqe;
+
+    if (s->body >= 0) return send_file_step(h, slot, res);
+    if (!(sqe = hp_sqe(h))) return -EBUSY;
     /* MSG_WAITALL: the kernel retries a short stream send by itself (5.18+);
      * a short result still gets continued in hp_send_complete. */
 #ifdef HAVE_IO_URING_PREP_SEND_ZC
@@ -131,30 +190,34 @@ send_check_limits(struct hio_hotpath *h, int fd, const struct hio_conn *c, size_
     return -ENOBUFS;
 }
 
+static void send_end(struct hio_hotpath *h, struct hio_conn *c, int fd, int32_t slot, int res);
+
 /* Queues the new slot (len bytes) on fd: started at once when nothing is
  * ahead of it. On failure the slot is freed (a borrowed one unpinned). */
 static int
 send_enqueue(struct hio_hotpath *h, int fd, struct hio_conn *c, int32_t slot, size_t len)
 {
     struct hio_send *s = &h->sends[slot];
-    int ret;
+    int ret, res = 0;
 
     s->fd = fd;
     s->gen = c->gen;
+    c->send_bytes += len;
     if (c->send_tail < 0) {
         c->send_head = c->send_tail = slot;
-        ret = send_start(h, slot);
+        ret = send_start(h, slot, &res);
         if (ret < 0) {
             c->send_head = c->send_tail = -1;
+            send_dequeued(h, c, slot);
             hp_slot_free(h, slot);
             return ret;
         }
+        if (ret == 1) send_end(h, c, fd, slot, res); /* a sendfile that went out (or failed) at once */
     } else {
         /* Queued behind the one in flight: sends on one fd stay in order. */
         h->sends[c->send_tail].next = slot;
         c->send_tail = slot;
     }
-    c->send_bytes += len;
     return 0;
 }
 
@@ -186,10 +249,14 @@ hp_send_submit_borrowed(struct hio_hotpath *h, int fd, struct hio_conn *c, const
         hio_owner_unpin(token);
         return ret < 0 ? ret : -ENOMEM;
     }
-    /* On failure send_enqueue frees the slot, which unpins the token. */
-    if ((ret = send_enqueue(h, fd, c, slot, len)) < 0) return ret;
+    /* Only to a socket: sendfile(2) would also write to a pipe or a file,
+     * where IORING_OP_SEND fails with ENOTSOCK. */
+    if (h->file_min && len >= h->file_min && hio_fd_is_socket(fd) &&
+        (h->sends[slot].body = hp_body_get(h, data, len, token)) >= 0)
+        h->st.file_sends++;
     h->st.borrowed_sends++;
-    return 0;
+    /* On failure send_enqueue frees the slot, which unpins the token. */
+    return send_enqueue(h, fd, c, slot, len);
 }
 
 /* The send has ended: its slot goes, unless a SEND_ZC notification is
@@ -225,8 +292,7 @@ hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, uns
 {
     struct hio_send *s;
     struct hio_conn *c;
-    int fd, cancelled;
-    int64_t result;
+    int fd;
 
     if (slot < 0 || (unsigned)slot >= h->nsends) {
         h->inflight--;
@@ -245,6 +311,18 @@ hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, uns
         send_release(h, slot);
         return;
     }
+    if (s->body >= 0) {
+        /* A sendfile slot's CQE is its POLLOUT poll's: the poll mask (the
+         * error bits too: sendfile then says which), or -errno. */
+        int ret;
+        if (!s->cancelled && res > 0) {
+            if (!hp_conn_same_socket(fd, c)) res = -EBADF;
+            else if ((ret = send_file_step(h, slot, &res)) == 0) return;
+            else if (ret < 0) res = -EBUSY;
+        }
+        send_end(h, c, fd, slot, res);
+        return;
+    }
     if (res == -EINVAL && s->zc && h->zc_flags) {
         /* A 6.0/6.1 kernel: SEND_ZC without IORING_SEND_ZC_REPORT_USAGE. */
         h->zc_flags = 0;
@@ -254,31 +332,55 @@ hp_send_complete(struct hio_hotpath *h, int32_t slot, uint32_t gen, int res, uns
      * send that finished before the cancel reached it reports its length. */
     if (res > 0) s->off += (size_t)res;
     if (!s->cancelled && ((res > 0 && s->off < s->len) || res == -EAGAIN || res == -EINTR)) {
+        int unused;
         if (res > 0) h->st.short_sends++;
         if (!hp_conn_same_socket(fd, c)) res = -EBADF;
-        else if (send_start(h, slot) == 0) return;
+        else if (send_start(h, slot, &unused) == 0) return;
         else res = -EBUSY;
     }
-    cancelled = s->cancelled;
-    if (s->off == s->len) {
-        result = (int64_t)s->len;
-        h->st.sends++;
-        h->st.send_bytes += s->len;
-    } else {
-        result = res < 0 ? res : -ECANCELED;
-    }
-    if (result < 0 || !h->send_failures_only) hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
-    c->send_head = s->next;
-    if (c->send_head < 0) c->send_tail = -1;
-    send_dequeued(h, c, slot);
-    send_release(h, slot);
-    if (result < 0 || cancelled) {
-        /* Later sends on a failed or cancelled stream cannot succeed in
-         * order; they report after this one, in the order they were queued. */
-        send_fail_all(h, c, fd, result < 0 ? result : -ECANCELED);
-    } else if (c->send_head >= 0) {
-        if (!hp_conn_same_socket(fd, c)) send_fail_all(h, c, fd, -EBADF);
-        else if (send_start(h, c->send_head) < 0) send_fail_all(h, c, fd, -EBUSY);
+    send_end(h, c, fd, slot, res);
+}
+
+/* The send at the head of c's queue has ended (res: its last result):
+ * reports it, then starts the next one queued (a sendfile may end at once
+ * too, hence the loop), or fails the rest after a failure or a cancel. */
+static void
+send_end(struct hio_hotpath *h, struct hio_conn *c, int fd, int32_t slot, int res)
+{
+    for (;;) {
+        struct hio_send *s = &h->sends[slot];
+        int cancelled = s->cancelled, ret;
+        int64_t result;
+
+        if (s->off == s->len) {
+            result = (int64_t)s->len;
+            h->st.sends++;
+            h->st.send_bytes += s->len;
+        } else {
+            result = res < 0 ? res : -ECANCELED;
+        }
+        if (result < 0 || !h->send_failures_only) hp_push(h, HIO_OP_SEND, fd, result, -1, 0);
+        c->send_head = s->next;
+        if (c->send_head < 0) c->send_tail = -1;
+        send_dequeued(h, c, slot);
+        send_release(h, slot);
+        if (result < 0 || cancelled) {
+            /* Later sends on a failed or cancelled stream cannot succeed in
+             * order; they report after this one, in the order they were queued. */
+            send_fail_all(h, c, fd, result < 0 ? result : -ECANCELED);
+            break;
+        }
+        if (c->send_head < 0) break;
+        if (!hp_conn_same_socket(fd, c)) {
+            send_fail_all(h, c, fd, -EBADF);
+            break;
+        }
+        slot = c->send_head;
+        if ((ret = send_start(h, slot, &res)) == 0) break;
+        if (ret < 0) {
+            send_fail_all(h, c, fd, -EBUSY);
+            break;
+        }
     }
     if (c->send_head < 0) hp_conn_sends_ended(h, fd, c);
 }

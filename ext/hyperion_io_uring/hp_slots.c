@@ -55,6 +55,7 @@ hp_slots_grow(struct hio_hotpath *h)
     for (i = h->nsends; i < n; i++) {
         memset(&ns[i], 0, sizeof(ns[i]));
         ns[i].fd = -1;
+        ns[i].body = -1;
         ns[i].next = (i + 1 < n) ? (int32_t)(i + 1) : -1;
     }
     h->sends = ns;

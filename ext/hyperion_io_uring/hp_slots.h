@@ -6,6 +6,7 @@
 #define HIO_HP_SLOTS_H 1
 
 #include "hp.h"
+#include "hp_bodies.h"
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -108,6 +109,7 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
 {
     struct hio_send *s = &h->sends[slot];
 
+    if (s->body >= 0) hp_body_put(h, s->body);
     if (s->data) {
         h->send_held -= s->len;
         if (s->borrowed) {
@@ -128,6 +130,7 @@ hp_slot_free(struct hio_hotpath *h, int32_t slot)
     s->borrowed = s->zc = s->notifs = s->ended = 0;
     s->fd = -1;
     s->inflight = s->cancelled = 0;
+    s->body = -1;
     s->next = h->send_free;
     h->send_free = slot;
 }

@@ -37,6 +37,7 @@ extern VALUE hio_eSendBufferFull;
 uint64_t hio_pin(VALUE str);
 /* Plain C, no Ruby API (owner.c's unpin hook). */
 void hio_unpin(uint64_t token);
+uint64_t hio_repin(uint64_t token);
 long hio_pins_live(void);
 void hio_init_pins(void);
 

@@ -241,6 +241,20 @@ hio_owner_unpin(uint64_t token)
 {
     if (owner_unpin) owner_unpin(token);
 }
+
+static hio_repin_fn owner_repin;
+
+void
+hio_owner_set_repin(hio_repin_fn fn)
+{
+    owner_repin = fn;
+}
+
+uint64_t
+hio_owner_repin(uint64_t token)
+{
+    return owner_repin ? owner_repin(token) : 0;
+}
 static long owner_last_scan_ms = -1;
 static pid_t owner_scan_pid; /* the process of the last scan: a child scans at once */
 

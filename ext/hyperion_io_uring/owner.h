@@ -136,6 +136,11 @@ void hio_owner_forget_ring(struct io_uring *ring);
 typedef void (*hio_unpin_fn)(uint64_t token);
 void hio_owner_set_unpin(hio_unpin_fn fn);
 void hio_owner_unpin(uint64_t token);
+/* The hook that pins a token's String once more: a new token, or 0 (plain
+ * C too; it never raises). */
+typedef uint64_t (*hio_repin_fn)(uint64_t token);
+void hio_owner_set_repin(hio_repin_fn fn);
+uint64_t hio_owner_repin(uint64_t token);
 enum hio_owner_mem { HIO_MEM_FREE, HIO_MEM_MUNMAP, HIO_MEM_MUNMAP_DONTFORK, HIO_MEM_UNPIN };
 /* Which ring class a deferral counts for (Ring.leaked_rings, HotpathRing's). */
 enum hio_ring_class { HIO_RING_SINGLE, HIO_RING_HOTPATH, HIO_RING_CLASSES };

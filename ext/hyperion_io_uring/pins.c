@@ -48,8 +48,9 @@ static const rb_data_type_t pins_type = {
     RUBY_TYPED_FREE_IMMEDIATELY,
 };
 
-uint64_t
-hio_pin(VALUE str)
+/* A free entry's index, or -1 without memory. */
+static long
+pins_take(void)
 {
     long i;
 
@@ -58,7 +59,7 @@ hio_pin(VALUE str)
             long cap = pins_cap ? pins_cap * 2 : 64;
             /* Plain realloc: no GC may run (and mark) while the table moves. */
             VALUE *np = realloc(pins, (size_t)cap * sizeof(VALUE));
-            if (!np) rb_memerror();
+            if (!np) return -1;
             pins = np;
             pins_cap = cap;
         }
@@ -67,9 +68,32 @@ hio_pin(VALUE str)
     }
     i = pins_free;
     pins_free = FIX2LONG(pins[i]);
-    pins[i] = str;
     pins_live++;
+    return i;
+}
+
+uint64_t
+hio_pin(VALUE str)
+{
+    long i = pins_take();
+
+    if (i < 0) rb_memerror();
+    pins[i] = str;
     return (uint64_t)i + 1;
+}
+
+/* A second pin of the String token pins (hp_bodies.c keeps one while it
+ * caches a copy of the String); 0 when token pins nothing or there is no
+ * memory. Plain C like hio_unpin: it never raises. */
+uint64_t
+hio_repin(uint64_t token)
+{
+    long i = (long)token - 1, j;
+
+    if (token == 0 || i >= pins_n || SPECIAL_CONST_P(pins[i])) return 0;
+    if ((j = pins_take()) < 0) return 0;
+    pins[j] = pins[i];
+    return (uint64_t)j + 1;
 }
 
 void
@@ -96,4 +120,5 @@ hio_init_pins(void)
     pins_root = TypedData_Wrap_Struct(0, &pins_type, &pins);
     rb_gc_register_mark_object(pins_root);
     hio_owner_set_unpin(hio_unpin);
+    hio_owner_set_repin(hio_repin);
 }
