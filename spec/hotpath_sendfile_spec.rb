@@ -188,6 +188,38 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     expect(ring.stats).to include(file_sends: 0, body_files: 0)
   end
 
+  it "sends to a blocking socket as a plain send: sendfile(2) would wait for room in the caller" do
+    file_ring
+    _l, client, fd = connection
+    server_io = IO.for_fd(fd, autoclose: false)
+    server_io.nonblock = false
+    body = ("b" * 2_000_000).freeze # more than the socket takes at once
+    t0 = hp_now
+    ring.submit_send(fd, body)
+    # The call returned at once, though nobody reads yet: nothing blocked.
+    expect(hp_now - t0).to be < 0.5 * slow
+    data, got = drain(client, body.bytesize)
+    got += collect_completions(ring) { |cs| sends(got + cs).any? } if sends(got).empty?
+    expect(data).to eq(body)
+    expect(sends(got).map { |c| c[:result] }).to eq([body.bytesize])
+    expect(ring.stats).to include(file_sends: 0, body_files: 0, borrowed_sends: 1)
+  ensure
+    server_io&.nonblock = true
+  end
+
+  it "sends to a datagram socket as a plain send" do
+    file_ring
+    a, b = Socket.pair(:UNIX, :DGRAM)
+    (@sockets ||= []).push(a, b)
+    a.nonblock = true
+    body = ("d" * 5000).freeze
+    ring.submit_send(a.fileno, body)
+    got = collect_completions(ring) { |cs| sends(cs).any? }
+    expect(sends(got).map { |c| c[:result] }).to eq([body.bytesize])
+    expect(b.recv(10_000)).to eq(body) # one datagram, as one send makes
+    expect(ring.stats).to include(file_sends: 0, body_files: 0)
+  end
+
   def fd_open_through_proc?(fd)
     File.exist?("/proc/self/fd/#{fd}")
   end

@@ -4,6 +4,8 @@
  * Layer: bottom. Calls libc only.
  */
 #include "fdid.h"
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <errno.h>
 #include <sys/stat.h>
 
@@ -28,9 +30,12 @@ hio_fdid_check(int fd, const struct hio_fdid *id)
 }
 
 int
-hio_fd_is_socket(int fd)
+hio_fd_is_nonblocking_stream(int fd)
 {
-    struct stat st;
+    int type = 0, flags = fcntl(fd, F_GETFL);
+    socklen_t tlen = sizeof(type);
 
-    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+    /* getsockopt fails with ENOTSOCK on anything but a socket. */
+    return flags >= 0 && (flags & O_NONBLOCK) && getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 &&
+           type == SOCK_STREAM;
 }

@@ -22,7 +22,10 @@ int hio_fdid_get(int fd, struct hio_fdid *id);
 /* 0 while fd still names the file id was taken from; -EBADF once it is
  * closed or names another file. */
 int hio_fdid_check(int fd, const struct hio_fdid *id);
-/* Whether fd names a socket now. */
-int hio_fd_is_socket(int fd);
+/* Whether fd names a stream socket in O_NONBLOCK mode now: what a
+ * sendfile(2) may be made to without blocking the caller (a blocking
+ * socket's sendfile waits for room, with the GVL held), and that splits
+ * nothing a single send would not (a datagram socket's would). */
+int hio_fd_is_nonblocking_stream(int fd);
 
 #endif

@@ -154,10 +154,18 @@ hpc_limit_arg(VALUE v, const char *what)
  * sends the memfd's pages instead of copying the bytes into socket
  * buffers, which is most of the CPU a large response costs (on loopback
  * too, where zero_copy_min: cannot help). For bodies sent again and again
- * (a cached page, a static asset). The ring keeps up to 16 such copies,
- * at most send_buffer_limit bytes in all, and each one's String alive
- * (see HotpathRing.pinned_strings), until the ring closes or a new body
- * needs the room (the least recently sent one no send is using goes).
+ * (a cached page, a static asset): a body sent once pays for the copy
+ * and keeps its room until evicted. The ring keeps up to 16 such copies,
+ * at most send_buffer_limit bytes of them in all (a budget of their own,
+ * beside the send_buffer_limit of queued sends; each copy also keeps its
+ * String alive, see HotpathRing.pinned_strings), until the ring closes or
+ * a new body needs the room (the least recently sent one no send is using
+ * goes). A forked child holds its copy of the memfds until it closes the
+ * ring or the GC frees it. Only to a stream socket in O_NONBLOCK mode (as
+ * accepted by the ring, and Ruby's own sockets): to anything else such a
+ * String goes as any borrowed send, since a blocking socket's sendfile(2)
+ * would wait for room with the GVL held. sendfile_min wins over
+ * zero_copy_min for the Strings both apply to.
  * The send itself is a nonblocking sendfile(2) made when it reaches the
  * head of its fd's queue (inside #submit_send when nothing is queued
  * ahead of it); what the socket does not take at once waits for
@@ -367,7 +375,8 @@ hpc_submit_recv(VALUE self, VALUE fdv)
  *   ring.submit_send(fd, data) -> nil
  *   ring.submit_send(fd, iov_ptr, iov_count) -> nil
  *
- * Queues a send of +data+ (a String) with MSG_NOSIGNAL. Its bytes are
+ * Queues a send of +data+ (a String) with MSG_NOSIGNAL (a sendfile_min
+ * send has no such flag: see HotpathRing.new). Its bytes are
  * copied into ring-owned memory, so the String may change or die at once;
  * except a frozen String of BORROW_MIN (1024) bytes or more, which is sent
  * without a copy: the ring keeps it alive and pinned (never moved by
@@ -857,10 +866,12 @@ hpc_s_probe(VALUE klass)
  * call-seq:
  *   HotpathRing.pinned_strings -> Integer
  *
- * Frozen Strings of this process that sends hold now without a copy (see
- * #submit_send): each is kept alive and unmoved until the kernel is done
- * with it. A gauge: 0 once every such send has completed (or its ring's
- * memory was released).
+ * Pins this process holds now on frozen Strings sent without a copy (see
+ * #submit_send): one per send in flight, and one per body a ring keeps a
+ * sendfile_min copy of (a String both hold counts twice). Each pinned
+ * String is kept alive and unmoved until the kernel is done with it. A
+ * gauge: 0 once every such send has completed and every ring with cached
+ * bodies was closed (or its memory was released).
  */
 static VALUE
 hpc_s_pinned_strings(VALUE klass)

@@ -46,14 +46,23 @@ body_drop(struct hio_hotpath *h, struct hio_body *b)
     b->token = 0;
 }
 
+#ifndef MFD_NOEXEC_SEAL
+#define MFD_NOEXEC_SEAL 0x0008U
+#endif
+#define BODY_MFD_NOEXEC_SEAL MFD_NOEXEC_SEAL
+
 /* A memfd holding the len bytes at p, sealed against change; -1 on failure. */
 static int
 body_memfd(const char *p, size_t len)
 {
 #ifdef HAVE_MEMFD_CREATE
     size_t off = 0;
-    int fd = memfd_create("hyperion-io_uring-body", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    /* MFD_NOEXEC_SEAL (6.3): a kernel with vm.memfd_noexec=2 refuses a
+     * memfd without it (and =1 logs a warning); older kernels refuse the
+     * flag itself with EINVAL. */
+    int fd = memfd_create("hyperion-io_uring-body", MFD_CLOEXEC | MFD_ALLOW_SEALING | BODY_MFD_NOEXEC_SEAL);
 
+    if (fd < 0 && errno == EINVAL) fd = memfd_create("hyperion-io_uring-body", MFD_CLOEXEC | MFD_ALLOW_SEALING);
     if (fd < 0) return -1;
     while (off < len) {
         ssize_t n = pwrite(fd, p + off, len - off, (off_t)off);

@@ -243,20 +243,25 @@ hp_send_submit_borrowed(struct hio_hotpath *h, int fd, struct hio_conn *c, const
                         uint64_t token)
 {
     int32_t slot;
-    int ret;
+    int ret, file;
 
     if ((ret = send_check_limits(h, fd, c, len)) < 0 || (slot = hp_slot_borrow(h, data, len, token)) < 0) {
         hio_owner_unpin(token);
         return ret < 0 ? ret : -ENOMEM;
     }
-    /* Only to a socket: sendfile(2) would also write to a pipe or a file,
-     * where IORING_OP_SEND fails with ENOTSOCK. */
-    if (h->file_min && len >= h->file_min && hio_fd_is_socket(fd) &&
-        (h->sends[slot].body = hp_body_get(h, data, len, token)) >= 0)
-        h->st.file_sends++;
-    h->st.borrowed_sends++;
+    /* Only to a nonblocking stream socket: sendfile(2) would also write to
+     * a pipe or a file, where IORING_OP_SEND fails with ENOTSOCK, and to a
+     * blocking socket it would wait for room in the caller (io_uring never
+     * blocks it, whatever the socket's mode). The others go as plain sends. */
+    if (h->file_min && len >= h->file_min && hio_fd_is_nonblocking_stream(fd))
+        h->sends[slot].body = hp_body_get(h, data, len, token);
+    file = h->sends[slot].body >= 0;
     /* On failure send_enqueue frees the slot, which unpins the token. */
-    return send_enqueue(h, fd, c, slot, len);
+    if ((ret = send_enqueue(h, fd, c, slot, len)) >= 0) {
+        h->st.borrowed_sends++;
+        if (file) h->st.file_sends++;
+    }
+    return ret;
 }
 
 /* The send has ended: its slot goes, unless a SEND_ZC notification is
