@@ -164,8 +164,8 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
  * reference to the socket, which stays bound and goes on accepting. So
  * while accept blocks, it wakes every RINGC_WATCH_EVERY seconds and looks:
  * an IO listener that is closed?, or a number that no longer names the
- * socket it named when the wait began (fstat: closed, or reused for another
- * file). Then the request is cancelled (the port is free once the kernel
+ * socket it named at the first of those looks (fstat: closed, or reused for
+ * another file). Then the request is cancelled (the port is free once the kernel
  * drops its reference) and accept raises IOError or Errno::EBADF.
  */
 #define RINGC_WATCH_EVERY 0.1
@@ -173,24 +173,38 @@ ringc_initialize(int argc, VALUE *argv, VALUE self)
 struct ringc_listener {
     VALUE io;        /* the IO given, or Qnil for an Integer fd */
     int fd;
+    int looks;
     int have_id;
     struct hio_fdid id;
 };
 
-/* wait.c's watch: before each blocking wait (GVL held, never raises). The
- * first call notes which socket the number names. */
+/* Whether the listener is gone, from what was noted so far: an IO closed,
+ * or a number that no longer names the socket noted. */
+static int
+ringc_listener_gone(const struct ringc_listener *l)
+{
+    if (!NIL_P(l->io) && hio_io_closed(l->io)) return -EBADF;
+    return l->have_id ? hio_fdid_check(l->fd, &l->id) : 0;
+}
+
+/* wait.c's watch: before each blocking wait (GVL held, never raises).
+ * Which socket the number names is noted at the second look, after the
+ * first slice, not before the wait: most accepts complete within a slice,
+ * and an fstat per accept is a syscall more per connection. A number
+ * closed in that first slice is seen then (fstat fails); one closed and
+ * already reused for another file by then is not (the accept then waits
+ * on the old socket, as it would without a watch), unless it is an IO,
+ * whose close is seen at every look. */
 static int
 ringc_listener_check(void *arg)
 {
     struct ringc_listener *l = arg;
+    int gone = ringc_listener_gone(l);
 
-    if (!NIL_P(l->io) && hio_io_closed(l->io)) return -EBADF;
-    if (!l->have_id) {
-        if (hio_fdid_get(l->fd, &l->id) < 0) return -EBADF;
-        l->have_id = 1;
-        return 0;
-    }
-    return hio_fdid_check(l->fd, &l->id);
+    if (gone < 0 || l->looks++ == 0 || l->have_id) return gone;
+    if (hio_fdid_get(l->fd, &l->id) < 0) return -EBADF;
+    l->have_id = 1;
+    return 0;
 }
 
 NORETURN(static void ringc_raise_listener_closed(const struct ringc_listener *l));
@@ -221,7 +235,7 @@ ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what, struct ringc
     /* A connection that came after a wait that blocked: the listener may
      * have been closed since the last look, and the kernel's socket went
      * on accepting. Look once more; it is nobody's if the listener is gone. */
-    if (l && w.watched && req->done && req->res >= 0 && ringc_listener_check(l) < 0) {
+    if (l && w.watched && req->done && req->res >= 0 && ringc_listener_gone(l) < 0) {
         close(req->res);
         ringc_raise_listener_closed(l);
     }
