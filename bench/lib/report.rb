@@ -89,7 +89,7 @@ module Bench
     def targets
       t = []
       [["hotpath", "HotpathRing hello server"],
-       ["hotpath_batch", "HotpathRing hello server with batch waits (--batch auto)"]].each do |v, name|
+       ["hotpath_nobatch", "HotpathRing hello server without batch waits (--batch 1)"]].each do |v, name|
         next if v != "hotpath" && @r.runs(:http, "c50", v).empty? # a run from before the variant
 
         rps = Bench.ratio(med(:http, "c50", v, :rps), med(:http, "c50", "select", :rps))
@@ -391,9 +391,10 @@ module Bench
       out = ["## 2. HTTP hello world, keep-alive", "",
              "`wrk -t1 -cC -d#{m['wrk_seconds']}s --latency` (after a #{m['wrk_warmup']} s warm-up) against " \
              "examples/hello_select_server.rb (IO.select, read_nonblock, write_nonblock) and examples/hello_server.rb " \
-             "(HotpathRing: multishot accept and recv, submit_send, each_completion(raw: true)); \"batch waits\" " \
-             "is the same server with --batch auto: each_completion(min_complete: what the last call brought, " \
-             "min_wait_us: 50), a kernel batch wait. Syscalls: a " \
+             "(HotpathRing: multishot accept and recv, submit_send, each_completion(raw: true), by default with " \
+             "batch waits, --batch auto: each_completion(min_complete: what the last call brought, " \
+             "min_wait_us: 50), a kernel batch wait); \"no batch waits\" is the same server with --batch 1. " \
+             "Syscalls: a " \
              "separate #{m['count_seconds']} s wrk load on the same server. C epoll server (ceiling): " \
              "bench/hello_epoll.c, the select server's loop in C (epoll, accept4, read, write): about the most " \
              "this machine and wrk allow, a reference, not a target. wrk CPU: wrk's user + system time over its wall " \

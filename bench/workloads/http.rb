@@ -11,7 +11,7 @@ module Bench
   HTTP_VARIANTS = {
     "select" => ["IO.select server", "examples/hello_select_server.rb"],
     "hotpath" => ["HotpathRing server", "examples/hello_server.rb"],
-    "hotpath_batch" => ["HotpathRing server, batch waits", "examples/hello_server.rb", %w[--batch auto]],
+    "hotpath_nobatch" => ["HotpathRing server, no batch waits", "examples/hello_server.rb", %w[--batch 1]],
     "c_epoll" => ["C epoll server (ceiling)", "hello_epoll"]
   }.merge(
     if ENV["BENCH_BASELINE"].to_s.empty? then {}
