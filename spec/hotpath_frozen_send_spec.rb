@@ -13,22 +13,6 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
 
   let(:min) { k::BORROW_MIN }
 
-  let(:slow) { ENV["HYPERION_IO_URING_SPEC_UNDER"] == "valgrind" ? 4 : 1 }
-
-  # Reads n bytes on client while reaping the ring; returns them.
-  def drain(client, n, r = ring, seconds: 20)
-    data = +"".b
-    deadline = hp_now + seconds * slow
-    while data.bytesize < n
-      raise "got #{data.bytesize} of #{n} bytes" if hp_now > deadline
-
-      r.each_completion(timeout_ms: 1) { |c| (@got ||= []) << c }
-      chunk = client.read_nonblock(1 << 20, exception: false)
-      data << chunk if chunk.is_a?(String)
-    end
-    data
-  end
-
   # Distinct frozen Strings nothing else references once the block returns.
   def send_fresh_frozen(r, fd, count, size)
     crc = 0
@@ -88,7 +72,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       # Garbage that would reuse the freed slots and heap memory.
       Array.new(2000) { |i| "junk #{i}" * 200 }
     end
-    data = drain(client, total)
+    data, = drain_sent(client, total, ring)
     expect(data.bytesize).to eq(total)
     expect(Zlib.crc32(data)).to eq(crc)
     collect_completions(ring) { |_| ring.stats[:queued_send_bytes].zero? }
@@ -105,7 +89,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     ensure
       GC.stress = false
     end
-    data = drain(client, total)
+    data, = drain_sent(client, total, ring)
     expect(Zlib.crc32(data)).to eq(crc)
   end
 

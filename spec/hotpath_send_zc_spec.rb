@@ -16,19 +16,6 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     @ring
   end
 
-  def drain(client, n, r = ring, seconds: 20)
-    data = +"".b
-    got = []
-    deadline = hp_now + seconds * (ENV["HYPERION_IO_URING_SPEC_UNDER"] == "valgrind" ? 4 : 1)
-    while data.bytesize < n
-      raise "got #{data.bytesize} of #{n} bytes" if hp_now > deadline
-
-      r.each_completion(timeout_ms: 1) { |c| got << c }
-      chunk = client.read_nonblock(1 << 20, exception: false)
-      data << chunk if chunk.is_a?(String)
-    end
-    [data, got]
-  end
 
   it "is off unless asked for, and takes nil or a positive Integer" do
     expect(ring.zero_copy_min).to be_nil
@@ -47,7 +34,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     bodies.each { |b| ring.submit_send(fd, b) }
     ring.submit_send(fd, small)
     expected = bodies.join + small
-    data, got = drain(client, expected.bytesize)
+    data, got = drain_sent(client, expected.bytesize, ring)
     got += collect_completions(ring) { |cs| (got + cs).count { |c| c[:op_kind] == k::OP_SEND } >= 9 }
     expect(data).to eq(expected)
     sends = got.select { |c| c[:op_kind] == k::OP_SEND }
@@ -78,7 +65,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       GC.start(full_mark: true, immediate_sweep: true)
       Array.new(2000) { |i| "junk #{i}" * 200 }
     end
-    data, got = drain(client, total)
+    data, got = drain_sent(client, total, ring)
     expect(Zlib.crc32(data)).to eq(crc)
     expect(got).to be_empty # :failures, and none failed
     collect_completions(ring) { |_| k.pinned_strings == pinned }

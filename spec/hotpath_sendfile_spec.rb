@@ -18,20 +18,6 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     @ring
   end
 
-  # Reads n bytes from client while reaping the ring; returns [bytes, completions].
-  def drain(client, n, r = ring, seconds: 20)
-    data = +"".b
-    got = []
-    deadline = hp_now + seconds * slow
-    while data.bytesize < n
-      raise "got #{data.bytesize} of #{n} bytes" if hp_now > deadline
-
-      r.each_completion(timeout_ms: 1) { |c| got << c }
-      chunk = client.read_nonblock(1 << 20, exception: false)
-      data << chunk if chunk.is_a?(String)
-    end
-    [data, got]
-  end
 
   def sends(got) = got.select { |c| c[:op_kind] == k::OP_SEND }
 
@@ -53,7 +39,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     calls = [big, "unfrozen #{1}", big, ("s" * 2000).freeze, other, big, "tail"]
     calls.each { |b| ring.submit_send(fd, b) }
     expected = calls.join
-    data, got = drain(client, expected.bytesize)
+    data, got = drain_sent(client, expected.bytesize, ring)
     got += collect_completions(ring) { |cs| sends(got + cs).size >= calls.size }
     expect(data).to eq(expected)
     expect(sends(got).map { |c| c[:result] }).to eq(calls.map(&:bytesize))
@@ -82,7 +68,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       GC.start(full_mark: true, immediate_sweep: true)
       Array.new(2000) { |i| "junk #{i}" * 200 }
     end
-    data, got = drain(client, total, seconds: 30)
+    data, got = drain_sent(client, total, ring, seconds: 30)
     expect(Zlib.crc32(data)).to eq(crc)
     expect(got).to be_empty # :failures, and none failed
     st = ring.stats
@@ -165,7 +151,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     calls = bodies + bodies.first(2) + [("b" * 600_000).freeze, ("c" * 600_000).freeze]
     calls.each do |b|
       ring.submit_send(fd, b)
-      data, = drain(client, b.bytesize) # one at a time: each entry is idle when the next needs room
+      data, = drain_sent(client, b.bytesize, ring) # one at a time: each entry is idle when the next needs room
       expect(data).to eq(b)
     end
     collect_completions(ring) { |_| ring.stats[:sends] == calls.size }
@@ -198,7 +184,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     ring.submit_send(fd, body)
     # The call returned at once, though nobody reads yet: nothing blocked.
     expect(hp_now - t0).to be < 0.5 * slow
-    data, got = drain(client, body.bytesize)
+    data, got = drain_sent(client, body.bytesize, ring)
     got += collect_completions(ring) { |cs| sends(got + cs).any? } if sends(got).empty?
     expect(data).to eq(body)
     expect(sends(got).map { |c| c[:result] }).to eq([body.bytesize])

@@ -25,6 +25,23 @@ module HotpathHelpers
     Process.clock_gettime(Process::CLOCK_MONOTONIC)
   end
 
+  # Reads n bytes on client while reaping ring (what a sender's specs need:
+  # the client reads, the ring's sends go on); returns [bytes, completions].
+  # Raises after +seconds+ (4x under valgrind) instead of hanging.
+  def drain_sent(client, n, ring, seconds: 20)
+    data = +"".b
+    got = []
+    deadline = hp_now + seconds * (ENV["HYPERION_IO_URING_SPEC_UNDER"] == "valgrind" ? 4 : 1)
+    while data.bytesize < n
+      raise "got #{data.bytesize} of #{n} bytes" if hp_now > deadline
+
+      ring.each_completion(timeout_ms: 1) { |c| got << c }
+      chunk = client.read_nonblock(1 << 20, exception: false)
+      data << chunk if chunk.is_a?(String)
+    end
+    [data, got]
+  end
+
   # Reaps completions (as Hashes) until the block returns truthy for the
   # list gathered so far, or +seconds+ pass. Returns the list; never hangs.
   def collect_completions(ring, seconds: 5, timeout_ms: 20)
