@@ -112,8 +112,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     expect(ring.queued_send_bytes(fd)).to be_between((1 << 20) - 65_536, 1 << 20)
     expect(k.pinned_strings).to eq(pinned + accepted - (ring.stats[:sends]))
     # The peer goes: every queued send fails and lets its String go.
-    client.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-    client.close
+    reset_peer(client)
     collect_completions(ring, seconds: 10) { |_| ring.stats[:queued_send_bytes].zero? }
     expect(k.pinned_strings).to eq(pinned)
   end

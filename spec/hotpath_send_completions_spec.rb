@@ -53,8 +53,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     ring.submit_send(fd, "x" * (1 << 20))
     ring.submit_send(fd, "y" * 10)
     ring.flush
-    client.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-    client.close
+    reset_peer(client)
     got = collect_completions(ring) { |cs| cs.count { |c| c[:op_kind] == k::OP_SEND } >= 2 }
     sends = got.select { |c| c[:op_kind] == k::OP_SEND }
     expect(sends.map { |c| c[:fd] }).to eq([fd, fd])

@@ -78,8 +78,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       accepted += 1 if room.positive?
       # No completion for the refused sends: one per accepted send, once the
       # peer resets and the queued ones fail.
-      @sockets.last.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-      @sockets.last.close
+      reset_peer(@sockets.last)
       results = send_results(ring, accepted)
       expect(results.size).to eq(accepted)
       expect(ring.queued_send_bytes(fd)).to eq(0)
@@ -162,8 +161,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       expect(ring.stats[:queued_send_bytes]).to be > 60 * mib
       peak = rss_mib
       readers.each do |client, _|
-        client.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-        client.close
+        reset_peer(client)
       end
       send_results(ring, accepted)
       expect(ring.stats[:queued_send_bytes]).to eq(0)
@@ -224,8 +222,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       expect(refused).to all(eq([-Errno::ENOBUFS::Errno, Errno::ENOBUFS::Errno]))
       expect(ring.queued_send_bytes(fd)).to be <= 256 * 1024
       expect(ring.stats[:send_buffer_full]).to eq(refused.size)
-      @sockets.last.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-      @sockets.last.close
+      reset_peer(@sockets.last)
       expect(send_results(ring, ok).size).to eq(ok)
     end
   end

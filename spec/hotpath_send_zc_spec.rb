@@ -82,8 +82,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     # Pages a SEND_ZC handed to the socket stay the kernel's until they are
     # sent or dropped, whatever happens to the request: the peer resets, so
     # they are dropped and every notification comes within close's drain.
-    client.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-    client.close
+    reset_peer(client)
     ring.close
     expect(k.pinned_strings).to eq(pinned)
     expect(k.leaked_rings).to eq(0)
@@ -95,8 +94,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     client, fd = stalled
     4.times { |i| ring.submit_send(fd, (i.to_s * 200_000).freeze) }
     ring.flush
-    client.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-    client.close
+    reset_peer(client)
     got = collect_completions(ring, seconds: 10) { |cs| cs.count { |c| c[:op_kind] == k::OP_SEND } >= 4 }
     expect(got.select { |c| c[:op_kind] == k::OP_SEND }.map { |c| c[:result] }.last).to be_negative
     collect_completions(ring) { |_| k.pinned_strings == pinned }

@@ -120,8 +120,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     body = ("r" * 1_500_000).freeze
     3.times { ring.submit_send(fd, body) }
     ring.flush
-    client.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
-    client.close
+    reset_peer(client)
     got = collect_completions(ring, seconds: 10) { |cs| sends(cs).size >= 3 }
     results = sends(got).map { |c| c[:result] }
     expect(results.first).to be_negative

@@ -484,7 +484,6 @@ hio_hp_zero_copy_supported(const struct hio_hotpath *h)
     return h->zc_ok;
 }
 
-
 void
 hio_hp_send_refusal(const struct hio_hotpath *h, struct hio_send_refusal *out)
 {

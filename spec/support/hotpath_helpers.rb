@@ -25,6 +25,13 @@ module HotpathHelpers
     Process.clock_gettime(Process::CLOCK_MONOTONIC)
   end
 
+  # Closes sock with an RST (SO_LINGER 0): the peer's sends then fail at
+  # once, whatever was queued for it.
+  def reset_peer(sock)
+    sock.setsockopt(Socket::SOL_SOCKET, Socket::SO_LINGER, [1, 0].pack("ii"))
+    sock.close
+  end
+
   # Reads n bytes on client while reaping ring (what a sender's specs need:
   # the client reads, the ring's sends go on); returns [bytes, completions].
   # Raises after +seconds+ (4x under valgrind) instead of hanging.
