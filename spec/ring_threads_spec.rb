@@ -10,8 +10,9 @@ RSpec.describe "rings of threads that ended" do
 
   let(:hp) { Hyperion::IOUring::HotpathRing }
   let(:valgrind) { ENV["HYPERION_IO_URING_SPEC_UNDER"] == "valgrind" }
-  # 8 MiB of recv buffers per ring: big enough to see in VmSize.
-  let(:n_bufs) { 1024 }
+  # 32 MiB of recv buffers per ring: well above what else may map or unmap
+  # meanwhile (a thread stack, a send payload of another example).
+  let(:n_bufs) { 4096 }
   let(:buf_size) { 8192 }
   let(:buf_mib) { (n_bufs * buf_size) >> 20 }
 
@@ -42,6 +43,15 @@ RSpec.describe "rings of threads that ended" do
     yield
     full_gc
     expect(io_uring_fd_count).to eq(before)
+  end
+
+  # Memory of earlier examples' rings that waits for their owner task
+  # (owner.c) is released by the next ring made or closed, which would show
+  # as a shrink in the middle of a VmSize measurement: let it go first. On
+  # Ruby <= 3.2 an ended thread's task lives on for ~3 s.
+  def settle_deferred
+    deadline = hp_now + 10
+    sleep 0.05 while hp.deferred_bytes.positive? && hp_now < deadline
   end
 
   def task_alive?(tid)
@@ -325,6 +335,7 @@ RSpec.describe "rings of threads that ended" do
     count = 4
     expect_no_ring_fd_leak do
       full_gc
+      settle_deferred
       before = vm_size_mib
       # Each made and dropped in its own thread: no stale VALUE on this stack.
       # GC off meanwhile: a GC between two (valgrind makes one likely) would
