@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "weakref"
 require "zlib"
 
 # HotpathRing.new(sendfile_min:): frozen Strings of at least that size go out
@@ -27,7 +28,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     expect { k.new(sendfile_min: "1") }.to raise_error(TypeError, /sendfile_min/)
     @rings = [k.new(queue_depth: 8, n_bufs: 8, buf_size: 512, sendfile_min: nil)]
     expect(@rings[0].sendfile_min).to be_nil
-    expect(ring.stats).to include(file_sends: 0, body_files: 0)
+    expect(ring.stats).to include(file_sends: 0, body_files: 0, body_file_bytes: 0)
   end
 
   it "sends large frozen Strings from one memfd copy each, in order with the others, one completion per call" do
@@ -44,7 +45,8 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     expect(data).to eq(expected)
     expect(sends(got).map { |c| c[:result] }).to eq(calls.map(&:bytesize))
     st = ring.stats
-    expect(st).to include(file_sends: 4, body_files: 2, sends: calls.size, queued_send_bytes: 0, inflight: 1)
+    expect(st).to include(file_sends: 4, body_files: 2, sends: calls.size, queued_send_bytes: 0, inflight: 1,
+                          body_file_bytes: big.bytesize + other.bytesize)
     # The ring keeps the two bodies (and their Strings) for the next sends.
     expect(k.pinned_strings).to eq(pinned + 2)
     ring.close
@@ -142,6 +144,58 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     expect(k.leaked_rings).to eq(0)
   end
 
+  # The GC of another thread than the owner's cannot cancel, so memory the
+  # kernel may still read waits for the owner task (owner.c). A sendfile
+  # that waits for room has only a POLLOUT poll in flight, which reads no
+  # memory: its String is let go at once.
+  it "collected by another thread's GC with a sendfile waiting, its owner alive: no String stays pinned, nothing waits" do
+    pinned = k.pinned_strings
+    leaked = k.leaked_rings
+    deferred = k.deferred_bytes
+    listener = TCPServer.new("127.0.0.1", 0)
+    listener.setsockopt(Socket::SOL_SOCKET, Socket::SO_SNDBUF, 4096)
+    client = TCPSocket.new("127.0.0.1", listener.local_address.ip_port)
+    server = listener.accept
+    @sockets = [listener, client, server]
+    ready = Queue.new
+    release = Queue.new
+    owner = Thread.new do
+      # Made in a Fiber that ends: no stale VALUE of the ring or the String
+      # stays on this thread's stack (the GC scans it) while it waits.
+      ready << Fiber.new do
+        r = k.new(queue_depth: 8, n_bufs: 8, buf_size: 4096, sendfile_min: 4096)
+        next [nil, nil, "no memfd_create in this C library"] unless r.sendfile_min
+
+        body = ("b" * 3_000_000).freeze
+        r.submit_send(server.fileno, body)
+        r.flush
+        r.each_completion(timeout_ms: 20) { |_| nil }
+        st = r.stats
+        next [nil, nil, "not waiting: #{st}"] unless st[:file_sends] == 1 && st[:queued_send_bytes].positive?
+
+        [WeakRef.new(r), WeakRef.new(body), nil]
+      end.resume
+      release.pop
+    end
+    weak_ring, weak_body, why = ready.pop
+    begin
+      skip why if why&.start_with?("no memfd")
+      expect(why).to be_nil
+      expect(k.pinned_strings).to be > pinned
+      deadline = hp_now + 10
+      full_gc while (weak_ring.weakref_alive? || weak_body.weakref_alive?) && hp_now < deadline
+      expect(weak_ring.weakref_alive?).to be_falsey
+      expect(weak_body.weakref_alive?).to be_falsey, "the String stayed pinned"
+      expect(owner).to be_alive
+      expect(k.pinned_strings).to eq(pinned)
+      expect(k.deferred_bytes - deferred).to be < 3_000_000
+      expect(k.leaked_rings - leaked).to be <= 1 # the buffer ring may wait, on a kernel before 6.17
+    ensure
+      release << true
+      owner.join
+    end
+  end
+
   it "keeps at most 16 bodies and send_buffer_limit bytes of them, dropping the least recently sent" do
     file_ring(send_buffer_limit: 1 << 20, connection_send_limit: 1 << 20)
     pinned = k.pinned_strings
@@ -158,6 +212,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     # 20 bodies, then the first two again (evicted by then), then two of 600 KB,
     # of which only one fits in the 1 MiB budget at a time.
     expect(st).to include(file_sends: calls.size, body_files: 24, sends: calls.size)
+    expect(st[:body_file_bytes]).to be_between(600_000, 1 << 20) # the last 600 KB body and what else fits
     expect(k.pinned_strings - pinned).to be <= 16
     expect(k.pinned_strings - pinned).to be >= 1
   end

@@ -126,6 +126,7 @@ struct hio_hp_stats {
     uint64_t buffer_releases_to_os; /* buffers whose pages were given back (MADV_DONTNEED) */
     uint64_t buffer_withdrawals;    /* idle published buffers taken back from the kernel's ring */
     uint64_t queued_send_bytes; /* bytes of send copies the ring holds now */
+    uint64_t body_file_bytes;   /* bytes of the memfd copies of bodies kept now (hp_bodies.c) */
     unsigned setup_flags;
 };
 

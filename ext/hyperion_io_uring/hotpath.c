@@ -250,6 +250,7 @@ hio_hp_memsize(const struct hio_hotpath *h)
         sz += (size_t)h->closes.cap * sizeof(struct hio_close_pending);
         sz += (size_t)h->close_dls_cap * sizeof(struct hio_close_dl);
         sz += (size_t)h->send_held + h->map_cached_bytes + h->slab_cached_bytes;
+        sz += h->body_bytes; /* memfd pages: memory, if not the heap's */
     }
     return sz;
 }
@@ -865,6 +866,7 @@ hio_hp_stats(const struct hio_hotpath *h, struct hio_hp_stats *out)
     out->inflight = h->inflight < 0 ? 0 : (uint64_t)h->inflight;
     out->queued = h->done.count;
     out->queued_send_bytes = h->send_held;
+    out->body_file_bytes = h->body_bytes;
     out->setup_flags = h->flags;
 }
 

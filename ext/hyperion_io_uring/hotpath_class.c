@@ -789,7 +789,9 @@ hpc_batch_wait_supported_p(VALUE self)
  * :zc_sends (IORING_OP_SEND_ZC requests, see zero_copy_min:), :zc_copied
  * (those the kernel copied after all, Linux 6.2+), :file_sends (sends
  * made with sendfile(2), see sendfile_min:), :body_files (memfd copies of
- * bodies made for them), plus
+ * bodies made for them), :body_file_bytes (bytes of those kept now: up to
+ * 16 bodies and send_buffer_limit bytes, a budget apart from the sends'),
+ * plus
  * :inflight (requests the kernel holds),
  * :queued (completions not yet yielded), :queued_send_bytes (bytes of send
  * copies the ring holds now, see #queued_send_bytes) and :setup_flags.
@@ -831,6 +833,7 @@ hpc_stats(VALUE self)
     HPC_STAT("zc_copied", st.st.zc_copied);
     HPC_STAT("file_sends", st.st.file_sends);
     HPC_STAT("body_files", st.st.body_files);
+    HPC_STAT("body_file_bytes", st.body_file_bytes);
     HPC_STAT("inflight", st.inflight);
     HPC_STAT("queued", st.queued);
     HPC_STAT("queued_send_bytes", st.queued_send_bytes);

@@ -109,7 +109,10 @@ hp_slots_teardown(struct hio_hotpath *h, enum hio_release inflight_fate, struct 
 
     for (i = 0; i < h->nsends; i++) {
         struct hio_send *s = &h->sends[i];
-        int held = s->inflight || s->notifs; /* a SEND_ZC's memory is the kernel's until its notification */
+        /* A SEND_ZC's memory is the kernel's until its notification. A
+         * sendfile slot's only request is a POLLOUT poll, which reads
+         * nothing: its String is not the kernel's (sendfile(2) ran here). */
+        int held = (s->inflight && s->body < 0) || s->notifs;
         if (!s->data) continue;
         if (s->borrowed) {
             /* The caller's memory (a pinned Ruby String): unpinned once
