@@ -110,10 +110,12 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       break if hp_now > deadline
     end
     expect(st[:buffers_wanted]).to eq(want_min)
-    expect(st[:buffer_releases_to_os]).to be > 0
     if (st[:setup_flags] & defer_taskrun).nonzero?
       # Idle buffers published during the burst were taken back from the
-      # kernel's ring (only on DEFER_TASKRUN rings: buf_ring.c).
+      # kernel's ring (only on DEFER_TASKRUN rings: buf_ring.c), and their
+      # pages given back. Elsewhere they stay published, the kernel's to
+      # write: nothing is on the free stack to give back.
+      expect(st[:buffer_releases_to_os]).to be > 0
       expect(st[:buffer_withdrawals]).to be > 0
       expect(st[:buffers_published]).to be <= want_min
       expect(st[:buffer_pages_resident]).to be <= 2 * want_min

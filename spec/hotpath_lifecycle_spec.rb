@@ -496,6 +496,17 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       expect(ring.stats[:buffers_in_use]).to eq(0)
     end
 
+    # A client socket for the next connection, connected only once the
+    # old number is free: without DEFER_TASKRUN the armed accept runs as
+    # task_work at any return of this thread to user space (a close's, a
+    # connect's), not only inside the ring's io_uring_enter, and would
+    # take another number if the client connected first.
+    def unconnected_client
+      sock = Socket.new(:INET, :STREAM)
+      @sockets << sock
+      sock
+    end
+
     # Collects until the OP_ACCEPT; returns [completions before it, the fd].
     def until_accept
       got = collect_completions(ring) { |cs| cs.any? { |c| c[:op_kind] == k::OP_ACCEPT } }
@@ -508,10 +519,10 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       listener = TCPServer.new("127.0.0.1", 0)
       @sockets = [listener]
       old_client, fd = armed_connection(listener)
-      new_client = TCPSocket.new("127.0.0.1", listener.local_address.ip_port) # queued in the backlog
-      @sockets << new_client
+      new_client = unconnected_client # made now, so it does not take the number
       ring.cancel(fd)
       IO.for_fd(forget_fd(fd)).close
+      new_client.connect(listener.local_address)
       before, new_fd = until_accept
       @fds << new_fd
       expect(new_fd).to eq(fd) # the kernel hands out the lowest free number
@@ -531,10 +542,10 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
       listener = TCPServer.new("127.0.0.1", 0)
       @sockets = [listener]
       old_client, fd = armed_connection(listener)
-      new_client = TCPSocket.new("127.0.0.1", listener.local_address.ip_port)
-      @sockets << new_client
+      new_client = unconnected_client
       IO.for_fd(forget_fd(fd)).close
       old_client.write("old-2")
+      new_client.connect(listener.local_address)
       before, new_fd = until_accept
       @fds << new_fd
       expect(new_fd).to eq(fd)

@@ -75,6 +75,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
   it "drains the notifications when the ring is closed with SEND_ZC sends in flight" do
     zc_ring
     pinned = k.pinned_strings
+    leaked = k.leaked_rings # rings of earlier examples may still wait for their owner task
     client, fd = stalled
     6.times { |i| ring.submit_send(fd, (i.to_s * 100_000).freeze) }
     ring.flush
@@ -85,7 +86,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     reset_peer(client)
     ring.close
     expect(k.pinned_strings).to eq(pinned)
-    expect(k.leaked_rings).to eq(0)
+    expect(k.leaked_rings).to be <= leaked
   end
 
   it "fails a SEND_ZC to a peer that reset, and still lets the Strings go" do

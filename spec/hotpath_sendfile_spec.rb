@@ -134,6 +134,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
   it "closes with a sendfile waiting for room: no fd, pin or ring left behind" do
     file_ring
     pinned = k.pinned_strings
+    leaked = k.leaked_rings # rings of earlier examples may still wait for their owner task
     _client, fd = stalled
     2.times { |i| ring.submit_send(fd, (i.to_s * 3_000_000).freeze) }
     ring.flush
@@ -141,7 +142,7 @@ RSpec.describe Hyperion::IOUring::HotpathRing do
     expect(k.pinned_strings).to be > pinned
     ring.close
     expect(k.pinned_strings).to eq(pinned)
-    expect(k.leaked_rings).to eq(0)
+    expect(k.leaked_rings).to be <= leaked
   end
 
   # The GC of another thread than the owner's cannot cancel, so memory the

@@ -1,5 +1,6 @@
 # frozen_string_literal: true
 
+require "etc"
 require "socket"
 require_relative "full_io"
 
@@ -23,6 +24,31 @@ module HotpathHelpers
 
   def hp_now
     Process.clock_gettime(Process::CLOCK_MONOTONIC)
+  end
+
+  IORING_SETUP_DEFER_TASKRUN = 1 << 13
+
+  # Whether rings here are set up with DEFER_TASKRUN (Linux 6.1+, unless
+  # HYPERION_IO_URING_SETUP=coop or plain): then task_work (an accept, a
+  # recv's copy) runs only inside io_uring_enter on the ring; without it,
+  # on any return of the owner thread to user space.
+  def hotpath_defer_taskrun?
+    return @hotpath_defer_taskrun unless @hotpath_defer_taskrun.nil?
+
+    r = hotpath_class.new(queue_depth: 2, n_bufs: 2, buf_size: 64)
+    @hotpath_defer_taskrun = (r.stats[:setup_flags] & IORING_SETUP_DEFER_TASKRUN).nonzero? ? true : false
+  ensure
+    r&.close
+  end
+
+  # Whether a ring closed while its owner task lives, with a recv in flight,
+  # unmaps its recv buffers at once (hotpath.c, hio_hp_close): only a
+  # DEFER_TASKRUN ring on Linux 6.17+. Elsewhere they wait for the owner
+  # task to be gone (HotpathRing.deferred_bytes counts them meanwhile).
+  def hotpath_buffers_freed_at_close?
+    release = ENV["HYPERION_IO_URING_KERNEL_RELEASE"]
+    release = Etc.uname[:release] if release.nil? || release.empty?
+    hotpath_defer_taskrun? && Gem::Version.new(release[/\A\d+\.\d+/] || "0") >= Gem::Version.new("6.17")
   end
 
   # Closes sock with an RST (SO_LINGER 0): the peer's sends then fail at
