@@ -1,12 +1,14 @@
 # frozen_string_literal: true
 
+require "fcntl"
 require "socket"
 
 RingInterruptSpecError = Class.new(StandardError)
 
 # Nothing lost: a Ring#read interrupted after its data arrived keeps that
-# data for the next read on the same fd, and a HotpathRing#cancel that finds
-# the SQ full still reaches the kernel.
+# data for the next read on the same fd, a Ring#accept interrupted after the
+# kernel accepted keeps the connection for the next accept on the listener,
+# and a HotpathRing#cancel that finds the SQ full still reaches the kernel.
 RSpec.describe "interrupts and full queues lose nothing" do
   include HotpathHelpers
 
@@ -75,6 +77,87 @@ RSpec.describe "interrupts and full queues lose nothing" do
         expect(got.bytesize).to eq(sent.bytesize), "lost #{sent.bytesize - got.bytesize} bytes"
         expect(got).to eq(sent)
       end
+    end
+
+    # Like interrupted_stream, for accepts. Two listeners; each round a
+    # client connects to one of them (in turn) and the accepting thread
+    # gets Thread#raise at once. The acceptor tries the listeners in turn
+    # with short timeouts, asking for nonblock: true twice, then false
+    # twice, so a connection kept from one listener's interrupted accept
+    # meets accepts on the other listener and in the other mode. Returns
+    # [clients, [fd, listener index, nonblock] per accept, interrupts, stats].
+    def interrupted_accepts(listeners, rounds:)
+      accepted = []
+      interrupts = 0
+      stats = nil
+      ready = Queue.new
+      acceptor = Thread.new do
+        ring = Hyperion::IOUring::Ring.new(queue_depth: 4)
+        attempt = 0
+        Thread.handle_interrupt(RingInterruptSpecError => :on_blocking) do
+          ready << true
+          begin
+            while accepted.size < rounds
+              li = attempt % 2
+              nonblock = (attempt / 2).even?
+              attempt += 1
+              fd = ring.accept(listeners[li], timeout: 0.01, nonblock: nonblock)
+              accepted << [fd, li, nonblock] if fd.is_a?(Integer)
+            end
+          rescue RingInterruptSpecError
+            interrupts += 1
+            retry
+          end
+          stats = ring.stats
+        end
+      rescue RingInterruptSpecError
+        nil # one still pending as the block was left: every client was accepted by then
+      ensure
+        ring&.close
+      end
+      ready.pop
+      rng = Random.new(4321)
+      clients = []
+      rounds.times do |i|
+        clients << TCPSocket.new("127.0.0.1", listeners[i % 2].local_address.ip_port)
+        sleep(rng.rand * 0.0003) if i.odd?
+        acceptor.raise(RingInterruptSpecError, "round #{i}")
+        deadline = monotonic + 0.5
+        Thread.pass while accepted.size <= i && monotonic < deadline
+      end
+      acceptor.join(10)
+      [clients, accepted, interrupts, stats]
+    ensure
+      acceptor&.kill
+    end
+
+    it "keeps a connection accepted as an accept was interrupted for the next accept on that listener: no client lost" do
+      listeners = Array.new(2) { TCPServer.new("127.0.0.1", 0) }
+      clients = accepted = []
+      expect_no_fd_leak do
+        clients, accepted, interrupts, stats = interrupted_accepts(listeners, rounds: 300)
+        expect(interrupts).to be > 30
+        expect(stats).not_to be_nil
+        expect(accepted.size).to eq(clients.size), "lost #{clients.size - accepted.size} clients (#{stats.inspect})"
+        # Each fd is the connection of one client of the listener its accept
+        # named, in the mode its accept asked for.
+        clients.each_with_index { |c, i| c.write([i].pack("N")) }
+        seen = accepted.map do |fd, li, nonblock|
+          io = IO.for_fd(fd, autoclose: false)
+          expect(io.fcntl(Fcntl::F_GETFL) & Fcntl::O_NONBLOCK).to eq(nonblock ? Fcntl::O_NONBLOCK : 0)
+          expect(io.wait_readable(5)).to be_truthy
+          i = io.read_nonblock(4).unpack1("N")
+          expect(i % 2).to eq(li), "client #{i} (of listener #{i % 2}) came from an accept on listener #{li}"
+          i
+        end
+        expect(seen.sort).to eq((0...clients.size).to_a)
+        puts "  (#{interrupts} interrupts, #{stats[:kept_accepts]} connections kept)" if ENV["VERBOSE"]
+      ensure
+        accepted.each { |fd, _| IO.for_fd(fd).close }
+        clients.each(&:close)
+      end
+    ensure
+      listeners.each(&:close)
     end
 
     it "keeps the rest of a kept read for the following reads when max: is smaller" do

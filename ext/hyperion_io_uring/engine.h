@@ -49,7 +49,7 @@ struct hio_sreq {
 };
 
 struct hio_sring_stats {
-    uint64_t ops, waits, cancels, kept_reads;
+    uint64_t ops, waits, cancels, kept_reads, kept_accepts;
     unsigned setup_flags;
 };
 

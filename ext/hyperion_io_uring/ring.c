@@ -16,6 +16,7 @@
 #include "hio_valgrind.h"
 #include "setup.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,22 @@ struct sring_kept {
     char data[];
 };
 
+/* A connection accepted as an exception ended its accept: kept for the
+ * next accept on the same listener (fd number and identity). */
+struct sring_kept_conn {
+    struct sring_kept_conn *next;
+    int listener;
+    struct hio_fdid id;
+    int fd;           /* the accepted connection's, ours until handed out */
+    int flags;        /* the accept4(2) flags it was made with */
+};
+
+/* At most this many kept connections per ring: a program that interrupts
+ * accepts on a listener it then never accepts on again would otherwise
+ * hold their fds for ever. Past it the oldest is closed (its client sees
+ * the connection reset, as it would have before connections were kept). */
+#define SRING_KEPT_CONNS_MAX 64
+
 struct hio_sring {
     struct io_uring uring;
     int inited;       /* io_uring_queue_init succeeded */
@@ -45,8 +62,10 @@ struct hio_sring {
     uint64_t seq;     /* request tokens */
     char *buf;        /* read scratch, owned here, never moved by the GC */
     size_t buf_cap;
-    uint64_t ops, cancels, kept_reads;
+    uint64_t ops, cancels, kept_reads, kept_accepts;
     struct sring_kept *kept; /* in the order they were kept */
+    struct sring_kept_conn *kept_conns; /* likewise */
+    unsigned nkept_conns;
     struct hio_wait_counts io; /* its waits */
     int busy;         /* a call is running; under a scheduler its fiber may be parked */
     unsigned char direct[3]; /* per hio_sreq_kind: calls left that submit and wait in one enter */
@@ -81,6 +100,7 @@ hio_sring_memsize(const struct hio_sring *r)
     const struct sring_kept *k;
 
     for (k = r->kept; k; k = k->next) sz += sizeof(*k) + k->len;
+    sz += (size_t)r->nkept_conns * sizeof(struct sring_kept_conn);
 
     if (r->inited) {
         sz += (size_t)r->uring.sq.ring_sz + (size_t)r->uring.cq.ring_sz;
@@ -130,6 +150,7 @@ hio_sring_stats(const struct hio_sring *r, struct hio_sring_stats *out)
     out->waits = r->io.waits;
     out->cancels = r->cancels;
     out->kept_reads = r->kept_reads;
+    out->kept_accepts = r->kept_accepts;
     out->setup_flags = r->flags;
     hio_owner_release_deferred(0);
 }
@@ -197,6 +218,15 @@ hio_sring_close(struct hio_sring *r)
         r->kept = k->next;
         free(k);
     }
+    /* Nobody will accept them now: in a forked child this closes only the
+     * child's copies. */
+    while (r->kept_conns) {
+        struct sring_kept_conn *c = r->kept_conns;
+        r->kept_conns = c->next;
+        close(c->fd);
+        free(c);
+    }
+    r->nkept_conns = 0;
     r->buf = NULL;
     r->buf_cap = 0;
     hio_owner_release_deferred(0);
@@ -415,6 +445,79 @@ sring_take_kept(struct hio_sring *r, struct hio_sreq *req)
     return 0;
 }
 
+/* ---- Connections accepted as an exception ended their accept ---- */
+
+/*
+ * Likewise an accept: the kernel took the connection off the listener's
+ * backlog, so closing it would reset a client that did nothing wrong. It is
+ * kept, and the next accept on the same listener returns it first, without
+ * a request. If the listener's number names another socket by then, the
+ * connection was the old listener's: closed. Returns 0, or -1 when it
+ * could not be kept (the caller closes it).
+ */
+static int
+sring_keep_conn(struct hio_sring *r, const struct hio_sreq *req)
+{
+    struct sring_kept_conn *c, **tail;
+
+    if (!(c = malloc(sizeof(*c)))) return -1;
+    if (hio_fdid_get(req->fd, &c->id) < 0) { /* the listener was closed meanwhile */
+        free(c);
+        return -1;
+    }
+    c->next = NULL;
+    c->listener = req->fd;
+    c->fd = req->res;
+    c->flags = req->flags;
+    if (r->nkept_conns == SRING_KEPT_CONNS_MAX) {
+        struct sring_kept_conn *old = r->kept_conns;
+        r->kept_conns = old->next;
+        close(old->fd);
+        free(old);
+        r->nkept_conns--;
+    }
+    for (tail = &r->kept_conns; *tail; tail = &(*tail)->next) {}
+    *tail = c;
+    r->nkept_conns++;
+    r->kept_accepts++;
+    return 0;
+}
+
+/* Serves req from a connection kept for its listener: 1 when it did (req
+ * done, res the fd), 0 when none was kept for it. The fd gets the mode
+ * this call asked for (nonblock:), which may differ from its first call's. */
+static int
+sring_take_kept_conn(struct hio_sring *r, struct hio_sreq *req)
+{
+    struct sring_kept_conn **p = &r->kept_conns;
+
+    while (*p) {
+        struct sring_kept_conn *c = *p;
+        int fd = c->fd;
+
+        if (c->listener != req->fd) {
+            p = &c->next;
+            continue;
+        }
+        *p = c->next;
+        r->nkept_conns--;
+        if (hio_fdid_check(req->fd, &c->id) < 0) { /* another file on the number now */
+            close(fd);
+            free(c);
+            continue;
+        }
+        if ((c->flags ^ req->flags) & SOCK_NONBLOCK) {
+            int fl = fcntl(fd, F_GETFL);
+            if (fl >= 0) fcntl(fd, F_SETFL, (req->flags & SOCK_NONBLOCK) ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK));
+        }
+        free(c);
+        req->res = fd;
+        req->done = 1;
+        return 1;
+    }
+    return 0;
+}
+
 /* wait.c's end: runs however the wait ended (an exception included), so
  * the request never outlives the call. */
 static void
@@ -446,13 +549,13 @@ sring_wait_end(void *ctx, const struct hio_wait *w)
         HIO_MEM_DEFINED(r->buf, (size_t)req->res); /* the kernel wrote it (or a kept read was copied) */
         req->data = r->buf;
     }
-    /* An exception ends the call: an fd accepted in the race would leak.
-     * A watch that found the listener closed ends it too: a connection
-     * that came in meanwhile (the socket listened until the cancel) is
-     * nobody's, and the client sees it reset, as for the rest of the
-     * closed socket's backlog. */
+    /* An exception ends the call: a connection accepted in the race is kept
+     * for the next accept on the listener. A watch that found the listener
+     * closed ends it too: a connection that came in meanwhile (the socket
+     * listened until the cancel) is nobody's, and the client sees it
+     * reset, as for the rest of the closed socket's backlog. */
     if ((w->raised || w->watch_err) && req->done && req->kind == HIO_SREQ_ACCEPT && req->res >= 0) {
-        close(req->res);
+        if (w->watch_err || sring_keep_conn(r, req) < 0) close(req->res);
         req->done = 0;
         req->res = -ECANCELED;
     }
@@ -476,8 +579,15 @@ hio_sring_begin(struct hio_sring *r, struct hio_sreq *req, struct hio_wait *w)
      * reallocate the read buffer on this ring (ring_class.c checks). */
     r->busy = 1;
     if (direct) r->direct[req->kind]--;
-    /* Bytes kept from an interrupted read of this file come first. */
-    if (!(req->kind == HIO_SREQ_READ && r->kept && sring_take_kept(r, req))) sring_prep(r);
+    /* Bytes kept from an interrupted read of this file, or a connection
+     * kept from an interrupted accept on this listener, come first. */
+    if (req->kind == HIO_SREQ_READ && r->kept && sring_take_kept(r, req)) {
+        /* served */
+    } else if (req->kind == HIO_SREQ_ACCEPT && r->kept_conns && sring_take_kept_conn(r, req)) {
+        /* served */
+    } else {
+        sring_prep(r);
+    }
     w->ring = &r->uring;
     w->ops = &sring_wait_ops;
     w->ctx = r;

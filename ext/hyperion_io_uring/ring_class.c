@@ -256,7 +256,11 @@ ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what, struct ringc
  * blocking (what accept4(2) gives without flags, and what earlier versions
  * returned). Waits in io_uring_enter with the GVL
  * released; Thread#raise, Timeout and signals interrupt it, and the request
- * is cancelled and reaped before the exception leaves.
+ * is cancelled and reaped before the exception leaves. A connection the
+ * kernel accepted as the exception came is not lost: the next accept on
+ * the same listener (same fd number, same socket) returns it first, with
+ * the mode that call asks for. Up to 64 are kept per ring; #close closes
+ * those nobody accepted. stats[:kept_accepts] counts them.
  *
  * A listener closed elsewhere while accept waits (another thread, a trap
  * handler, another fiber) ends it within about 100 ms: the wait wakes every
@@ -424,7 +428,9 @@ ringc_fileno(VALUE self)
  * kind had to wait, the next ones submit and wait in one enter),
  * +:cancels+ (requests cancelled by a timeout or an interrupt),
  * +:kept_reads+ (reads whose data arrived as an interrupt ended them, kept
- * for the next #read of that fd),
+ * for the next #read of that fd), +:kept_accepts+ (connections accepted as
+ * an interrupt ended the accept, kept for the next #accept on that
+ * listener),
  * +:setup_flags+ (IORING_SETUP_* in force).
  */
 static VALUE
@@ -439,6 +445,7 @@ ringc_stats(VALUE self)
     rb_hash_aset(h, ID2SYM(rb_intern("waits")), ULL2NUM(st.waits));
     rb_hash_aset(h, ID2SYM(rb_intern("cancels")), ULL2NUM(st.cancels));
     rb_hash_aset(h, ID2SYM(rb_intern("kept_reads")), ULL2NUM(st.kept_reads));
+    rb_hash_aset(h, ID2SYM(rb_intern("kept_accepts")), ULL2NUM(st.kept_accepts));
     rb_hash_aset(h, ID2SYM(rb_intern("setup_flags")), UINT2NUM(st.setup_flags));
     return h;
 }
