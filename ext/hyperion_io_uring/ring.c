@@ -20,6 +20,7 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -455,11 +456,40 @@ sring_take_kept(struct hio_sring *r, struct hio_sreq *req)
  * connection was the old listener's: closed. Returns 0, or -1 when it
  * could not be kept (the caller closes it).
  */
+/* Whether conn was accepted on the socket listener names now: a listening
+ * socket of the same family and port (for AF_UNIX, the same address). The
+ * number may have been closed and reused while the accept waited (a trap
+ * handler or another thread closing the listener at shutdown). */
+static int
+sring_conn_of_listener(int listener, int conn)
+{
+    struct sockaddr_storage la, ca;
+    socklen_t llen = sizeof(la), clen = sizeof(ca), alen;
+    int acc = 0;
+
+    alen = sizeof(acc);
+    if (getsockopt(listener, SOL_SOCKET, SO_ACCEPTCONN, &acc, &alen) < 0 || !acc) return 0;
+    if (getsockname(listener, (struct sockaddr *)&la, &llen) < 0) return 0;
+    if (getsockname(conn, (struct sockaddr *)&ca, &clen) < 0) return 0;
+    if (la.ss_family != ca.ss_family) return 0;
+    switch (la.ss_family) {
+    case AF_INET:
+        return ((struct sockaddr_in *)&la)->sin_port == ((struct sockaddr_in *)&ca)->sin_port;
+    case AF_INET6:
+        return ((struct sockaddr_in6 *)&la)->sin6_port == ((struct sockaddr_in6 *)&ca)->sin6_port;
+    case AF_UNIX:
+        return llen == clen && memcmp(&la, &ca, llen) == 0;
+    default:
+        return 0;
+    }
+}
+
 static int
 sring_keep_conn(struct hio_sring *r, const struct hio_sreq *req)
 {
     struct sring_kept_conn *c, **tail;
 
+    if (!sring_conn_of_listener(req->fd, req->res)) return -1;
     if (!(c = malloc(sizeof(*c)))) return -1;
     if (hio_fdid_get(req->fd, &c->id) < 0) { /* the listener was closed meanwhile */
         free(c);

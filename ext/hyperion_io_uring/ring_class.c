@@ -239,6 +239,10 @@ ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what, struct ringc
         close(req->res);
         ringc_raise_listener_closed(l);
     }
+    if ((req->fatal || req->wedged) && req->done && req->kind == HIO_SREQ_ACCEPT && req->res >= 0) {
+        close(req->res); /* accepted, but the call raises: nobody would get it */
+        req->done = 0;
+    }
     if (req->fatal) hio_raise_errno(req->fatal, "io_uring_enter(%s fd %d)", what, req->fd);
     if (req->wedged) rb_raise(hio_eRingError, "ring wedged: %s on fd %d could not be cancelled", what, req->fd);
     if (w.watch_err) ringc_raise_listener_closed(l);
@@ -259,8 +263,10 @@ ringc_run(struct ringc *rc, struct hio_sreq *req, const char *what, struct ringc
  * is cancelled and reaped before the exception leaves. A connection the
  * kernel accepted as the exception came is not lost: the next accept on
  * the same listener (same fd number, same socket) returns it first, with
- * the mode that call asks for. Up to 64 are kept per ring; #close closes
- * those nobody accepted. stats[:kept_accepts] counts them.
+ * the mode that call asks for. Its client waits until then: a loop that
+ * stops accepting on an exception should close the ring, which closes
+ * those nobody accepted (at most 64 are kept per ring, the oldest closed
+ * past that). stats[:kept_accepts] counts them.
  *
  * A listener closed elsewhere while accept waits (another thread, a trap
  * handler, another fiber) ends it within about 100 ms: the wait wakes every
