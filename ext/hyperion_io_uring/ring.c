@@ -448,14 +448,6 @@ sring_take_kept(struct hio_sring *r, struct hio_sreq *req)
 
 /* ---- Connections accepted as an exception ended their accept ---- */
 
-/*
- * Likewise an accept: the kernel took the connection off the listener's
- * backlog, so closing it would reset a client that did nothing wrong. It is
- * kept, and the next accept on the same listener returns it first, without
- * a request. If the listener's number names another socket by then, the
- * connection was the old listener's: closed. Returns 0, or -1 when it
- * could not be kept (the caller closes it).
- */
 /* Whether conn was accepted on the socket listener names now: a listening
  * socket of the same family and port (for AF_UNIX, the same address). The
  * number may have been closed and reused while the accept waited (a trap
@@ -484,6 +476,14 @@ sring_conn_of_listener(int listener, int conn)
     }
 }
 
+/*
+ * Likewise an accept: the kernel took the connection off the listener's
+ * backlog, so closing it would reset a client that did nothing wrong. It is
+ * kept, and the next accept on the same listener returns it first, without
+ * a request. If the listener's number names another socket by then, the
+ * connection was the old listener's: closed. Returns 0, or -1 when it
+ * could not be kept (the caller closes it).
+ */
 static int
 sring_keep_conn(struct hio_sring *r, const struct hio_sreq *req)
 {
